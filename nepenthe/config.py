@@ -1,0 +1,187 @@
+"""Typed schemas for every config group and their validation.
+
+``train.py`` merges the Hydra-composed config into :class:`RunConfig` (OmegaConf checks the types) and calls
+:func:`validate`, which checks names and ranges and raises one :class:`~nepenthe.errors.ConfigError` line naming the
+value and what would be valid, before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from .data import list_data
+from .engine import DEVICES, PRECISIONS, SCHEDULES
+from .entropy import LAYER_MEANS, POOLINGS, ZERO_STATES, check_choice
+from .errors import ConfigError, unknown_name
+from .models import list_models
+from .pruning.budget import check_ratio
+from .pruning.methods import METHODS
+
+
+@dataclass
+class ModelConfig:
+    name: str = "compact_cnn"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # builder keyword arguments (e.g. maxpool, width)
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "fashion_mnist"
+    root: str = "data"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # builder keyword arguments (val_size, train_subset, ...)
+
+
+@dataclass
+class PruningConfig:
+    method: str = "nepenthe"
+    ratio: float = 0.5  # fraction of the remaining prunable weights removed per round
+
+
+@dataclass
+class HardwareConfig:
+    device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    channels_last: bool = False
+    threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    mode: str = "offline"  # wandb mode: offline | online | disabled
+    project: str = "nepenthe"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: Optional[int] = None  # None: rewind the full training schedule every round (reference protocol)
+    lr: Optional[float] = None  # None: train.lr
+    milestones: Optional[list[int]] = None  # None: train.milestones
+
+
+@dataclass
+class EntropyConfig:
+    zero_state: str = "off"
+    layer_mean: str = "nonconstant"
+    pooling: str = "dataset"
+    split: str = "train"  # train (no augmentation) | train_aug (reference codes) | val | test
+    batch_size: int = 512
+    max_batches: Optional[int] = None
+
+
+@dataclass
+class StopConfig:
+    max_drop: float = 1.0  # accuracy points below dense (validation) a kept round may lose
+    max_rounds: int = 10
+    target_zero_units: Optional[int] = None
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    entropy: EntropyConfig = field(default_factory=EntropyConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
+    eval_batch_size: int = 512
+    progress: bool = True
+    resume: bool = True
+    output_root: str = "runs"
+    name: str = "run"
+
+
+# Keys that change how a run is watched, not what it computes; a resumed run may differ in them.
+NON_SEMANTIC_KEYS = ("progress", "resume", "logger", "hardware.threads", "output_root", "name")
+
+
+def _positive(option: str, value, allow_zero: bool = False) -> None:
+    if value is None or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{option}={value!r} must be {bound}")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    if cfg.model.name not in list_models():
+        raise unknown_name("model", cfg.model.name, list_models())
+    if cfg.dataset.name not in list_data():
+        raise unknown_name("dataset", cfg.dataset.name, list_data())
+    if cfg.pruning.method not in METHODS:
+        raise unknown_name("pruning method", cfg.pruning.method, METHODS)
+    if cfg.pruning.method != "none":
+        check_ratio(cfg.pruning.ratio)
+    check_choice("hardware.device", cfg.hardware.device, DEVICES)
+    check_choice("hardware.precision", cfg.hardware.precision, tuple(PRECISIONS))
+    check_choice("logger.name", cfg.logger.name, ("none", "wandb"))
+    check_choice("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
+    check_choice("train.schedule", cfg.train.schedule, SCHEDULES)
+    check_choice("entropy.zero_state", cfg.entropy.zero_state, ZERO_STATES)
+    check_choice("entropy.layer_mean", cfg.entropy.layer_mean, LAYER_MEANS)
+    check_choice("entropy.pooling", cfg.entropy.pooling, POOLINGS)
+    check_choice("entropy.split", cfg.entropy.split, ("train", "train_aug", "val", "test"))
+    _positive("train.epochs", cfg.train.epochs, allow_zero=True)
+    _positive("train.batch_size", cfg.train.batch_size)
+    _positive("train.lr", cfg.train.lr)
+    _positive("eval_batch_size", cfg.eval_batch_size)
+    _positive("entropy.batch_size", cfg.entropy.batch_size)
+    _positive("stop.max_drop", cfg.stop.max_drop, allow_zero=True)
+    _positive("stop.max_rounds", cfg.stop.max_rounds, allow_zero=True)
+    if cfg.finetune.epochs is not None:
+        _positive("finetune.epochs", cfg.finetune.epochs, allow_zero=True)
+    if cfg.finetune.lr is not None:
+        _positive("finetune.lr", cfg.finetune.lr)
+    if cfg.hardware.threads is not None:
+        _positive("hardware.threads", cfg.hardware.threads)
+    return cfg
+
+
+def semantic_dict(cfg: RunConfig) -> dict:
+    """The config without the keys in :data:`NON_SEMANTIC_KEYS`."""
+    data = asdict(cfg)
+    for key in NON_SEMANTIC_KEYS:
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        node.pop(leaf, None)
+    return data
+
+
+def config_hash(cfg: RunConfig) -> str:
+    return hashlib.sha256(json.dumps(semantic_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    keys = sorted(set(a) | set(b))
+    diffs = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            diffs.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return diffs

@@ -1,0 +1,89 @@
+"""Dataset registry: ``@register_data("name")`` on a builder returning a :class:`DataBundle`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..errors import ConfigError, unknown_name
+from .loader import ArrayLoader, ImageSplit
+
+PROBE_SPLITS = ("train", "train_aug", "val", "test")
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: tuple[str, ...] = ()
+    crop_padding: int = 4
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def in_chans(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.train.images.shape[2:])
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def loader(self, split: str, batch_size: int, *, seed: int = 0) -> ArrayLoader:
+        """``train`` shuffles and augments; ``train_aug`` is the augmented loader without shuffling (the reference
+        codes' probe set); ``train_eval``/``val``/``test`` are plain ordered passes."""
+        source = {"train": self.train, "train_aug": self.train, "train_eval": self.train, "val": self.val,
+                  "test": self.test}
+        if split not in source:
+            raise ConfigError(f"split {split!r} is unknown; choose from {', '.join(source)}")
+        augment = self.augment if split in ("train", "train_aug") else ()
+        return ArrayLoader(source[split], batch_size, self.mean, self.std, shuffle=split == "train",
+                           augment=augment, crop_padding=self.crop_padding, seed=seed)
+
+    def probe_loader(self, split: str, batch_size: int, *, seed: int = 0) -> ArrayLoader:
+        """Entropy is measured on the training images without augmentation unless told otherwise."""
+        if split not in PROBE_SPLITS:
+            raise ConfigError(f"entropy.split={split!r} is unknown; choose from {', '.join(PROBE_SPLITS)}")
+        return self.loader("train_eval" if split == "train" else split, batch_size, seed=seed)
+
+
+_BUILDERS: dict[str, Callable[..., DataBundle]] = {}
+
+
+def register_data(name: str):
+    def decorate(builder):
+        _BUILDERS[name] = builder
+        return builder
+
+    return decorate
+
+
+def list_data() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def create_data(name: str, root: str = "data", **kwargs) -> DataBundle:
+    if name not in _BUILDERS:
+        raise unknown_name("dataset", name, _BUILDERS)
+    return _BUILDERS[name](root=root, **kwargs)
+
+
+def carve_validation(train: ImageSplit, val_size: int, split_seed: int, train_subset: int | None = None):
+    """Split a fixed-seed validation set off ``train`` (independent of the run seed), then optionally subsample."""
+    if not 0 < val_size < len(train):
+        raise ConfigError(f"dataset.val_size={val_size} must be between 1 and {len(train) - 1}")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(split_seed))
+    val, rest = order[:val_size], order[val_size:]
+    if train_subset is not None:
+        if not 0 < train_subset <= len(rest):
+            raise ConfigError(f"dataset.train_subset={train_subset} must be between 1 and {len(rest)}")
+        rest = rest[:train_subset]
+    return train.subset(rest), train.subset(val)

@@ -1,0 +1,134 @@
+"""Training and evaluation loops (SGD, optional bf16 autocast and channels_last), CPU or CUDA."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, NonFiniteLossError
+
+SCHEDULES = ("cosine", "multistep", "constant")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise ConfigError(f"hardware.device={name!r} is unknown; choose from {', '.join(DEVICES)}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("hardware.device='cuda' but no CUDA device is visible; use hardware=cpu or hardware=auto")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"hardware.precision={precision!r} is unknown; choose from {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = False):
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov and momentum > 0)
+
+
+def make_scheduler(optimizer, schedule: str, epochs: int, milestones: Iterable[int] = (), gamma: float = 0.1):
+    """A per-epoch learning-rate schedule."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    raise ConfigError(f"train.schedule={schedule!r} is unknown; choose from {', '.join(SCHEDULES)}")
+
+
+def _to_device(x, y, device, channels_last):
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+def train_one_epoch(model, loader, optimizer, *, device, amp_dtype=None, channels_last=False, progress=False,
+                    desc="train", check_every=50) -> dict:
+    model.train()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    for step, (x, y) in enumerate(bar):
+        x, y = _to_device(x, y, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().double() * y.shape[0]
+        correct += (logits.argmax(1) == y).sum()
+        seen += y.shape[0]
+        # One host sync every `check_every` steps: cheap, and a NaN stops the run within seconds.
+        if (step + 1) % check_every == 0:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"{desc}: loss became {value} at step {step + 1}; lower train.lr "
+                                         f"(now {optimizer.param_groups[0]['lr']:.3g}) or use hardware.precision=fp32")
+            bar.set_postfix(loss=f"{value:.3f}")
+    mean_loss = float(loss_sum) / max(seen, 1)
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(f"{desc}: mean loss is {mean_loss}; lower train.lr or use hardware.precision=fp32")
+    return {"loss": mean_loss, "acc": 100.0 * float(correct) / max(seen, 1)}
+
+
+@torch.no_grad()
+def evaluate(model, loader, *, device, amp_dtype=None, channels_last=False) -> dict:
+    """Top-1 accuracy (%) and mean cross-entropy; the model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for x, y in loader:
+        x, y = _to_device(x, y, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+        seen += y.shape[0]
+    model.train(was_training)
+    return {"loss": float(loss_sum) / max(seen, 1), "acc": 100.0 * float(correct) / max(seen, 1)}
+
+
+def fit(model, loader, epochs: int, *, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
+        nesterov: bool = False, schedule: str = "cosine", milestones=(), gamma: float = 0.1, device,
+        amp_dtype=None, channels_last=False, progress=False, desc="fit", first_epoch: int = 0) -> dict:
+    """Train ``epochs`` epochs with a fresh optimizer and schedule (the reference protocol rewinds both each round).
+
+    ``first_epoch`` offsets the loader's epoch counter so every round draws its own shuffles and crops.
+    """
+    if epochs < 0:
+        raise ConfigError(f"epochs={epochs} must be >= 0")
+    optimizer = make_optimizer(model, lr, momentum, weight_decay, nesterov)
+    scheduler = make_scheduler(optimizer, schedule, epochs, milestones, gamma)
+    last = {"loss": float("nan"), "acc": float("nan")}
+    for epoch in range(epochs):
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(first_epoch + epoch)
+        last = train_one_epoch(model, loader, optimizer, device=device, amp_dtype=amp_dtype,
+                               channels_last=channels_last, progress=progress, desc=f"{desc} {epoch + 1}/{epochs}")
+        scheduler.step()
+    return {"train_loss": last["loss"], "train_acc": last["acc"], "epochs": epochs}

@@ -1,0 +1,245 @@
+"""ON/OFF entropy of rectifier neurons, measured with forward hooks.
+
+A neuron is one channel of a conv feature map or one hidden feature of a token/plain tensor. Every scalar of the
+activation's *input* ``z`` is ON when ``z > 0`` and OFF when ``z < 0``; exact zeros follow ``zero_state``. The probe
+adds per-neuron ON/OFF counts into integer buffers on the model's device, so a pass costs two comparisons and two
+reductions per activation and never synchronises with the host until :meth:`EntropyProbe.stats` is called.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .errors import ConfigError
+
+ZERO_STATES = ("off", "on", "drop")
+LAYER_MEANS = ("nonconstant", "all")
+POOLINGS = ("dataset", "batch")
+LAYOUTS = ("auto", "channels_first", "channels_last")
+
+_LN2 = math.log(2.0)
+
+
+def check_choice(option: str, value: str, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise ConfigError(f"{option}={value!r} is not valid; choose one of {', '.join(valid)}")
+    return value
+
+
+def binary_entropy(p: Tensor) -> Tensor:
+    """Entropy in bits of a Bernoulli(p); exactly 0 at p = 0 and p = 1 (``entr`` defines 0·log 0 = 0)."""
+    return (torch.special.entr(p) + torch.special.entr(1.0 - p)) / _LN2
+
+
+def on_probability(on: Tensor, off: Tensor, zeros: Tensor, zero_state: str) -> Tensor:
+    """Fraction of ON among counted states, per neuron; NaN for a neuron with no counted state."""
+    on, off, zeros = on.double(), off.double(), zeros.double()
+    if zero_state == "on":
+        on = on + zeros
+    elif zero_state == "off":
+        off = off + zeros
+    counted = on + off
+    return torch.where(counted > 0, on / counted.clamp(min=1.0), torch.full_like(on, math.nan))
+
+
+def layer_entropy(p_on: Tensor, layer_mean: str) -> Tensor:
+    """Mean neuron entropy of a layer, as a 0-dim tensor on ``p_on``'s device (no host sync).
+
+    ``nonconstant`` averages over neurons with 0 < p < 1 and gives 0 when there are none (EGP code);
+    ``all`` averages over every neuron, a neuron with no counted state contributing 0 (EASIER code).
+    """
+    p = torch.nan_to_num(p_on, nan=0.0)
+    h = binary_entropy(p)
+    if layer_mean == "all":
+        return h.mean()
+    switching = ((p > 0) & (p < 1)).to(h.dtype)
+    return (h * switching).sum() / switching.sum().clamp(min=1.0)
+
+
+def channel_dim(ndim: int, layout: str) -> int:
+    """Which dimension holds the neurons: 1 for channels-first 4-D maps, the last one otherwise."""
+    if ndim < 2:
+        raise ConfigError(f"activation input has {ndim} dimension(s); expected a batch dimension plus features")
+    if layout == "channels_first" or (layout == "auto" and ndim == 4):
+        return 1
+    return ndim - 1
+
+
+@dataclass
+class LayerStats:
+    """What one probe pass learned about one activation."""
+
+    name: str
+    p_on: Tensor  # float64 per neuron, on the CPU; NaN where nothing was counted (zero_state=drop, all z == 0)
+    entropy: float  # bits
+    positions: int  # scalars seen per neuron, zeros included
+
+    @property
+    def num_neurons(self) -> int:
+        return self.p_on.numel()
+
+    @property
+    def always_on(self) -> int:
+        return int((self.p_on == 1).sum())
+
+    @property
+    def always_off(self) -> int:
+        return int((self.p_on == 0).sum())
+
+    @property
+    def never_counted(self) -> int:
+        return int(self.p_on.isnan().sum())
+
+    @property
+    def switching(self) -> int:
+        return self.num_neurons - self.always_on - self.always_off - self.never_counted
+
+    @property
+    def is_zero_entropy(self) -> bool:
+        return self.entropy == 0.0
+
+    @property
+    def identity_on_probe(self) -> bool:
+        """Every neuron was ON (or saw only exact zeros), so a ReLU-like activation acted as the identity."""
+        return self.always_on + self.never_counted == self.num_neurons
+
+    def neuron_counts(self) -> dict:
+        return {
+            "neurons": self.num_neurons,
+            "always_on": self.always_on,
+            "always_off": self.always_off,
+            "switching": self.switching,
+        }
+
+
+class _Counter:
+    """Per-activation accumulators; created lazily on the first batch so the device and width are known."""
+
+    def __init__(self, layout: str):
+        self.layout = layout
+        self.on: Tensor | None = None
+        self.off: Tensor | None = None
+        self.positions = 0
+        self.batch_entropy_sum: Tensor | None = None
+        self.batches = 0
+
+    def add(self, z: Tensor, zero_state: str, layer_mean: str, per_batch: bool) -> None:
+        cdim = channel_dim(z.dim(), self.layout)
+        dims = [d for d in range(z.dim()) if d != cdim]
+        on = (z > 0).sum(dim=dims)
+        off = (z < 0).sum(dim=dims)
+        positions = z.numel() // z.shape[cdim]
+        if self.on is None:
+            self.on, self.off = torch.zeros_like(on), torch.zeros_like(off)
+            self.batch_entropy_sum = torch.zeros((), dtype=torch.float64, device=z.device)
+        elif self.on.shape != on.shape:
+            raise ConfigError(
+                f"activation width changed from {self.on.numel()} to {on.numel()} neurons between batches; "
+                f"check the layout ({self.layout!r}) of this activation"
+            )
+        self.on += on
+        self.off += off
+        self.positions += positions
+        if per_batch:
+            p = on_probability(on, off, positions - on - off, zero_state)
+            self.batch_entropy_sum += layer_entropy(p, layer_mean)
+            self.batches += 1
+
+
+class EntropyProbe:
+    """Context manager that hooks activations and accumulates ON/OFF counts of their inputs.
+
+    >>> with EntropyProbe({"relu": model.relu}) as probe:
+    ...     model(x)
+    >>> probe.stats()["relu"].entropy
+    """
+
+    def __init__(
+        self,
+        activations: Mapping[str, nn.Module],
+        *,
+        zero_state: str = "off",
+        layer_mean: str = "nonconstant",
+        pooling: str = "dataset",
+        layouts: Mapping[str, str] | None = None,
+    ):
+        self.zero_state = check_choice("entropy.zero_state", zero_state, ZERO_STATES)
+        self.layer_mean = check_choice("entropy.layer_mean", layer_mean, LAYER_MEANS)
+        self.pooling = check_choice("entropy.pooling", pooling, POOLINGS)
+        layouts = dict(layouts or {})
+        for name, layout in layouts.items():
+            check_choice(f"layout of {name}", layout, LAYOUTS)
+        self.activations = dict(activations)
+        self._counters = {name: _Counter(layouts.get(name, "auto")) for name in self.activations}
+        self._handles: list = []
+
+    def __enter__(self) -> "EntropyProbe":
+        for name, module in self.activations.items():
+            self._handles.append(module.register_forward_hook(self._hook(self._counters[name])))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, counter: _Counter):
+        per_batch = self.pooling == "batch"
+
+        def hook(module, inputs, output):
+            counter.add(inputs[0].detach(), self.zero_state, self.layer_mean, per_batch)
+
+        return hook
+
+    def stats(self) -> dict[str, LayerStats]:
+        result = {}
+        for name, c in self._counters.items():
+            if c.on is None:
+                raise ConfigError(f"activation {name!r} was never called during the probe pass; is it in the model?")
+            p_on = on_probability(c.on, c.off, c.positions - c.on - c.off, self.zero_state)
+            if self.pooling == "batch":
+                value = c.batch_entropy_sum / c.batches
+            else:
+                value = layer_entropy(p_on, self.layer_mean)
+            result[name] = LayerStats(name=name, p_on=p_on.cpu(), entropy=float(value), positions=c.positions)
+        return result
+
+
+@torch.no_grad()
+def measure_entropy(
+    model: nn.Module,
+    activations: Mapping[str, nn.Module],
+    batches: Iterable,
+    *,
+    device: torch.device | str = "cpu",
+    zero_state: str = "off",
+    layer_mean: str = "nonconstant",
+    pooling: str = "dataset",
+    layouts: Mapping[str, str] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    max_batches: int | None = None,
+    progress: bool = False,
+) -> dict[str, LayerStats]:
+    """One eval-mode, no-grad pass over ``batches`` (``(x, y)`` pairs or bare inputs); the mode is restored after."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    probe = EntropyProbe(activations, zero_state=zero_state, layer_mean=layer_mean, pooling=pooling, layouts=layouts)
+    try:
+        with probe:
+            for i, batch in enumerate(tqdm(batches, desc="entropy", leave=False, disable=not progress)):
+                if max_batches is not None and i >= max_batches:
+                    break
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                x = x.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    model(x)
+    finally:
+        model.train(was_training)
+    return probe.stats()

@@ -1,0 +1,21 @@
+"""One exception family so callers (train.py, tests) can tell user errors from bugs."""
+
+
+class NepentheError(Exception):
+    """A bad input or state, described in one line that names the value and what would be valid."""
+
+
+class ConfigError(NepentheError, ValueError):
+    """A configuration value is unknown or out of range."""
+
+
+class DataError(NepentheError, FileNotFoundError):
+    """A data root is missing, incomplete or corrupt."""
+
+
+class NonFiniteLossError(NepentheError, FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+def unknown_name(kind: str, name: str, known) -> ConfigError:
+    return ConfigError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")

@@ -1,0 +1,31 @@
+"""Model registry: ``@register_model("name")`` on a builder, ``create_model("name", ...)`` to build."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from ..errors import unknown_name
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    def decorate(builder: Callable[..., nn.Module]):
+        if name in _BUILDERS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _BUILDERS[name] = builder
+        return builder
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def create_model(name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
+    if name not in _BUILDERS:
+        raise unknown_name("model", name, _BUILDERS)
+    return _BUILDERS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)

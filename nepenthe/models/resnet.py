@@ -1,0 +1,58 @@
+"""Residual CNNs: the family's CIFAR ResNet-18 and a compact residual CNN that trains on 2 CPU cores."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..units import Unit
+from .blocks import BasicBlock, conv3x3
+from .registry import register_model
+
+
+class ResidualCNN(nn.Module):
+    """3×3 stem (+ optional max-pool), stages of :class:`BasicBlock`, global pooling, linear classifier."""
+
+    def __init__(self, widths, blocks_per_stage, strides, num_classes: int, in_chans: int, maxpool: bool):
+        super().__init__()
+        self.conv1 = conv3x3(in_chans, widths[0])
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if maxpool else nn.Identity()
+        stages, in_ch = [], widths[0]
+        for width, count, stride in zip(widths, blocks_per_stage, strides):
+            blocks = []
+            for i in range(count):
+                blocks.append(BasicBlock(in_ch, width, stride if i == 0 else 1))
+                in_ch = width
+            stages.append(nn.Sequential(*blocks))
+        self.layers = nn.ModuleList(stages)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in self.layers:
+            x = stage(x)
+        return self.fc(self.avgpool(x).flatten(1))
+
+    def units(self) -> list[Unit]:
+        units = [Unit("relu", ("conv1",))]
+        for s, stage in enumerate(self.layers):
+            for b, block in enumerate(stage):
+                units += block.units(f"layers.{s}.{b}.")
+        return units
+
+
+@register_model("resnet18_cifar")
+def resnet18_cifar(num_classes: int = 10, in_chans: int = 3, maxpool: bool = True) -> ResidualCNN:
+    """The paper family's CIFAR ResNet-18: 3×3 stride-1 stem, max-pool kept by default (≈140 M MACs at 32×32)."""
+    return ResidualCNN((64, 128, 256, 512), (2, 2, 2, 2), (1, 2, 2, 2), num_classes, in_chans, maxpool)
+
+
+@register_model("compact_cnn")
+def compact_cnn(num_classes: int = 10, in_chans: int = 1, width: int = 16) -> ResidualCNN:
+    """A small residual CNN (7 rectifier units, ≈0.1 M weights) for CPU quickstarts on 28×28 images."""
+    return ResidualCNN((width, 2 * width, 4 * width), (1, 1, 1), (1, 2, 2), num_classes, in_chans, maxpool=False)

@@ -1,0 +1,1 @@
+"""Pruning: pure budget allocation, mask bookkeeping, and one small class per method."""

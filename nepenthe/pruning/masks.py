@@ -1,0 +1,79 @@
+"""Mask bookkeeping on top of ``torch.nn.utils.prune`` (weights only; biases are never pruned)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+
+def is_pruned(module: nn.Module) -> bool:
+    return prune.is_pruned(module) and hasattr(module, "weight_mask")
+
+
+def remaining_mask(module: nn.Module) -> Tensor:
+    """True where the weight is still alive."""
+    if is_pruned(module):
+        return module.weight_mask.bool()
+    return torch.ones_like(module.weight, dtype=torch.bool)
+
+
+def remaining(module: nn.Module) -> int:
+    return int(remaining_mask(module).sum())
+
+
+def remaining_magnitudes(module: nn.Module) -> Tensor:
+    """|w| of the weights still alive, flattened (pruned entries excluded, not zeroed)."""
+    return module.weight.detach().abs()[remaining_mask(module)]
+
+
+def mean_abs_remaining(modules: list[nn.Module]) -> float:
+    values = torch.cat([remaining_magnitudes(m).flatten() for m in modules])
+    return float(values.mean()) if values.numel() else 0.0
+
+
+def prune_smallest(module: nn.Module, n: int) -> None:
+    """Remove the ``n`` smallest-magnitude weights among those still alive.
+
+    ``prune``'s container restricts a new unstructured mask to the surviving entries, so an integer amount counts
+    among the remaining weights, not among all of them.
+    """
+    if n > 0:
+        prune.l1_unstructured(module, "weight", amount=int(n))
+
+
+def pruned_layer_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if is_pruned(m)]
+
+
+def attach_empty_masks(model: nn.Module, layer_names: list[str]) -> None:
+    """Re-create the pruning re-parametrisation so a state dict with ``weight_orig``/``weight_mask`` loads."""
+    for name in layer_names:
+        module = model.get_submodule(name)
+        if not is_pruned(module):
+            prune.identity(module, "weight")
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold masks into plain weights (for export and inference)."""
+    for name in pruned_layer_names(model):
+        prune.remove(model.get_submodule(name), "weight")
+    return model
+
+
+def layer_sparsity(model: nn.Module, layer_names: list[str]) -> dict[str, float]:
+    result = {}
+    for name in layer_names:
+        module = model.get_submodule(name)
+        result[name] = 1.0 - remaining(module) / module.weight.numel()
+    return result
+
+
+def overall_sparsity(model: nn.Module, layer_names: list[str]) -> float:
+    """Fraction of pruned weights over the given layers, weighted by their sizes."""
+    total = alive = 0
+    for name in layer_names:
+        module = model.get_submodule(name)
+        total += module.weight.numel()
+        alive += remaining(module)
+    return 1.0 - alive / total if total else 0.0

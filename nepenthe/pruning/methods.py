@@ -1,0 +1,124 @@
+"""Pruning methods: each turns (model, units, entropy stats) into a plan of how many weights to cut per layer.
+
+A plan is data, so it can be recorded, tested against hand-computed numbers and applied later by
+:func:`apply_plan`; every method prunes the smallest-magnitude surviving weights of the layers it chose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from torch import nn
+
+from ..entropy import LayerStats
+from ..errors import unknown_name
+from ..units import Unit, weight_layer_names
+from .budget import check_ratio, global_magnitude_allocation, nepenthe_allocation, smallest_counts, uniform_allocation
+from .masks import mean_abs_remaining, prune_smallest, remaining, remaining_magnitudes
+
+
+@dataclass
+class PruningPlan:
+    counts: dict[str, int] = field(default_factory=dict)  # layer path -> weights to remove this round
+    frozen_units: list[str] = field(default_factory=list)  # zero-entropy units left alone
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class Method:
+    name = "base"
+
+    def __init__(self, ratio: float):
+        self.ratio = check_ratio(ratio)
+
+    def plan(self, model: nn.Module, units: list[Unit], stats: Mapping[str, LayerStats]) -> PruningPlan:
+        raise NotImplementedError
+
+
+def unit_remaining(model: nn.Module, unit: Unit) -> int:
+    return sum(remaining(model.get_submodule(w)) for w in unit.weights)
+
+
+def split_over_layers(model: nn.Module, layers: tuple[str, ...], n: int) -> dict[str, int]:
+    """A unit fed by several layers loses its ``n`` smallest weights wherever they lie among those layers."""
+    if len(layers) == 1:
+        return {layers[0]: n}
+    counts = smallest_counts([remaining_magnitudes(model.get_submodule(w)) for w in layers], n)
+    return dict(zip(layers, counts))
+
+
+class Nepenthe(Method):
+    """Entropy-guided budget (DESIGN.md step 5); zero-entropy units are frozen."""
+
+    name = "nepenthe"
+
+    def prunable(self, model, units, stats) -> tuple[list[Unit], list[str]]:
+        alive = [u for u in units if unit_remaining(model, u) > 0]
+        frozen = [u.name for u in alive if stats[u.name].entropy <= 0.0]
+        return [u for u in alive if stats[u.name].entropy > 0.0], frozen
+
+    def plan(self, model, units, stats) -> PruningPlan:
+        prunable, frozen = self.prunable(model, units, stats)
+        plan = PruningPlan(frozen_units=frozen)
+        if not prunable:
+            return plan
+        per_unit = nepenthe_allocation(
+            entropy=[stats[u.name].entropy for u in prunable],
+            mean_abs=[mean_abs_remaining([model.get_submodule(w) for w in u.weights]) for u in prunable],
+            nnz=[unit_remaining(model, u) for u in prunable],
+            ratio=self.ratio,
+        )
+        for unit, n in zip(prunable, per_unit):
+            plan.counts.update(split_over_layers(model, unit.weights, n))
+        return plan
+
+
+class GlobalMagnitude(Method):
+    """IMP: the ``ratio`` smallest surviving weights over every conv/linear layer (shortcuts, classifier too)."""
+
+    name = "imp"
+
+    def plan(self, model, units, stats) -> PruningPlan:
+        layers = weight_layer_names(model)
+        counts = global_magnitude_allocation([remaining_magnitudes(model.get_submodule(n)) for n in layers], self.ratio)
+        return PruningPlan(counts=dict(zip(layers, counts)))
+
+
+class Uniform(Method):
+    """Layer-wise magnitude pruning: the same ``ratio`` of surviving weights in every unit's layers."""
+
+    name = "uniform"
+
+    def plan(self, model, units, stats) -> PruningPlan:
+        layers = [w for u in units for w in u.weights]
+        counts = uniform_allocation([remaining(model.get_submodule(n)) for n in layers], self.ratio)
+        return PruningPlan(counts=dict(zip(layers, counts)))
+
+
+class NoPruning(Method):
+    """Dense control: trains once and measures entropy, prunes nothing."""
+
+    name = "none"
+
+    def __init__(self, ratio: float = 0.5):
+        self.ratio = ratio
+
+    def plan(self, model, units, stats) -> PruningPlan:
+        return PruningPlan()
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Nepenthe, GlobalMagnitude, Uniform, NoPruning)}
+
+
+def create_method(name: str, ratio: float) -> Method:
+    if name not in METHODS:
+        raise unknown_name("pruning method", name, METHODS)
+    return METHODS[name](ratio)
+
+
+def apply_plan(model: nn.Module, plan: PruningPlan) -> None:
+    for layer, n in plan.counts.items():
+        prune_smallest(model.get_submodule(layer), n)

@@ -1,0 +1,125 @@
+"""Run records: local files are the truth; W&B (optional, imported lazily) mirrors them.
+
+A run directory holds
+  ``config.yaml``   the resolved config (written first, atomically);
+  ``rounds.jsonl``  one JSON object per completed round, appended with a single write each;
+  ``summary.json``  written last and atomically, so its presence means the run finished;
+  ``checkpoints/round_NNN.pt``  model weights and masks after each round.
+
+Fields of a round record (stable; analysis reads these names):
+  round              0 is the dense model, then one per pruning round
+  method, ratio      pruning method and per-round ratio
+  pruned             weights removed this round; plan: {layer: count}
+  frozen_units       zero-entropy units the method left alone this round
+  sparsity           fraction of pruned weights over every conv/linear layer
+  unit_sparsity      {unit: fraction of pruned weights in the layers feeding it}
+  entropy            {unit: layer entropy in bits}
+  neurons            {unit: {neurons, always_on, always_off, switching}}
+  zero_entropy_units names of units at exactly zero entropy; k = their count; N = number of units
+  val_acc, val_loss, test_acc, test_loss, train_acc, train_loss   top-1 in %, mean cross-entropy
+  epochs             training epochs spent in this round
+  wall_time_s        seconds spent in this round; elapsed_s since the run started (resumes included)
+
+Fields of the summary: status, stop_reason, rounds_completed, final_round, dense (round-0 record subset),
+final (the kept round's record subset), k, N, depth (``"k/N"``), linearized_units, linearized_test_acc,
+config_hash, versions, device, wall_time_s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+ROUNDS_FILE, SUMMARY_FILE, CONFIG_FILE = "rounds.jsonl", "summary.json", "config.yaml"
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary file in the same folder and rename over the target: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide records from collaborators
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_rounds(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / ROUNDS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_summary(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def flatten(record: dict, prefix: str = "") -> dict:
+    """``{"entropy": {"relu": 0.5}}`` -> ``{"entropy/relu": 0.5}`` for W&B charts."""
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class RunRecorder:
+    def __init__(self, run_dir: str | Path, *, wandb_settings: dict | None = None, config: dict | None = None):
+        self.run_dir = Path(run_dir)
+        self.wandb_settings = wandb_settings
+        self.config = config or {}
+        self._wandb_run = None
+
+    def write_config(self, yaml_text: str) -> None:
+        atomic_write_text(self.run_dir / CONFIG_FILE, yaml_text)
+
+    def restore_rounds(self, records: list[dict]) -> None:
+        """After a resume, make rounds.jsonl hold exactly the rounds the checkpoint knows (no dangling line)."""
+        atomic_write_text(self.run_dir / ROUNDS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+
+    def round(self, record: dict) -> None:
+        line = (json.dumps(record) + "\n").encode()
+        fd = os.open(self.run_dir / ROUNDS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # one write of a whole line: a crash leaves the file ending at a line boundary
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        run = self._wandb()
+        if run is not None:
+            run.log(flatten(record), step=record["round"])
+
+    def summary(self, summary: dict) -> None:
+        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        run = self._wandb()
+        if run is not None:
+            run.summary.update(flatten(summary))
+            run.finish()
+            self._wandb_run = None
+
+    def _wandb(self):
+        if self.wandb_settings is None:
+            return None
+        if self._wandb_run is None:
+            import wandb  # optional dependency, only imported when the logger is on
+
+            s = self.wandb_settings
+            self._wandb_run = wandb.init(
+                project=s.get("project"), entity=s.get("entity"), group=s.get("group"), tags=s.get("tags") or None,
+                mode=s.get("mode", "offline"), dir=str(self.run_dir), config=self.config,
+                name=self.run_dir.name, id=s.get("id"), resume="allow",
+            )
+        return self._wandb_run

@@ -1,0 +1,83 @@
+"""Units: a rectifier activation together with the weight layer(s) that feed it.
+
+Models declare their units through a ``units()`` method returning :class:`Unit` objects. Declaring keeps the
+pairing explicit where a graph walk would be ambiguous (a ReLU after a residual add is fed by ``conv2`` *and* the
+shortcut; the family's codes prune only the main path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import ConfigError
+
+RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU)
+WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One activation (its module path is the unit's name) and the conv/linear layers whose output reaches it."""
+
+    name: str
+    weights: tuple[str, ...]
+    layout: str = "auto"  # where the neurons sit in the activation input; see entropy.LAYOUTS
+
+
+def model_units(model: nn.Module) -> list[Unit]:
+    """The model's declared units, checked against its modules."""
+    declare = getattr(model, "units", None)
+    if not callable(declare):
+        raise ConfigError(
+            f"{type(model).__name__} declares no units; add a units() method returning nepenthe.units.Unit objects"
+        )
+    units = list(declare())
+    modules = dict(model.named_modules())
+    seen: set[str] = set()
+    for unit in units:
+        act = modules.get(unit.name)
+        if not isinstance(act, RECTIFIERS):
+            raise ConfigError(f"unit {unit.name!r} is not a rectifier module of {type(model).__name__}")
+        if getattr(act, "inplace", False):
+            raise ConfigError(f"activation {unit.name!r} is inplace; hooks would see its output, not its input")
+        if unit.name in seen:
+            raise ConfigError(f"activation {unit.name!r} is declared by two units")
+        seen.add(unit.name)
+        for w in unit.weights:
+            if not isinstance(modules.get(w), WEIGHT_LAYERS):
+                raise ConfigError(f"unit {unit.name!r} names {w!r}, which is not a conv/linear layer")
+    shared = shared_rectifiers(model)
+    if shared:
+        raise ConfigError(f"rectifier module(s) reused at several places: {', '.join(shared)}; give each its own")
+    return units
+
+
+def shared_rectifiers(model: nn.Module) -> list[str]:
+    """Paths of rectifier modules that appear under more than one name (their counts would mix)."""
+    first_seen: dict[int, str] = {}
+    shared = []
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, RECTIFIERS):
+            if id(module) in first_seen:
+                shared.append(f"{first_seen[id(module)]}={name}")
+            first_seen.setdefault(id(module), name)
+    return shared
+
+
+def rectifier_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, RECTIFIERS)]
+
+
+def weight_layer_names(model: nn.Module) -> list[str]:
+    """Every conv/linear layer, in module order (what global magnitude pruning ranges over)."""
+    return [name for name, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
+
+
+def activation_modules(model: nn.Module, units: list[Unit]) -> dict[str, nn.Module]:
+    return {u.name: model.get_submodule(u.name) for u in units}
+
+
+def unit_layouts(units: list[Unit]) -> dict[str, str]:
+    return {u.name: u.layout for u in units}

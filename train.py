@@ -1,0 +1,302 @@
+"""Entropy-guided depth reduction, one run per override set.
+
+    python train.py                                   # NEPENTHE, compact CNN, Fashion-MNIST (conf/config.yaml)
+    python train.py experiment=quickstart             # the README's main job
+    python train.py -m seed=0,1 pruning=nepenthe,imp  # a sweep; each job gets its own run directory
+
+The run directory is derived from the overrides, so re-running a command resumes from its last completed round.
+Data flow: compose → validate → create_data → create_model → units → fit dense → loop[probe → plan → prune →
+fit → evaluate → record → checkpoint → stop?] → keep the last round within max_drop → linearize → summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+import torchvision
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import nepenthe
+from nepenthe.checkpoint import latest_checkpoint, load_checkpoint, load_compact_state, save_checkpoint
+from nepenthe.config import RunConfig, config_diff, config_hash, semantic_dict, validate
+from nepenthe.data import create_data
+from nepenthe.engine import autocast_dtype, evaluate, fit, resolve_device, seed_everything
+from nepenthe.entropy import measure_entropy
+from nepenthe.errors import ConfigError, NepentheError
+from nepenthe.linearize import linearize_identity
+from nepenthe.models import create_model
+from nepenthe.pruning.masks import overall_sparsity
+from nepenthe.pruning.methods import PruningPlan, apply_plan, create_method
+from nepenthe.report import format_round_row, format_table_header
+from nepenthe.tracking import CONFIG_FILE, SUMMARY_FILE, ROUNDS_FILE, RunRecorder, read_summary
+from nepenthe.units import activation_modules, model_units, unit_layouts, weight_layer_names
+
+log = logging.getLogger("nepenthe")
+
+
+def run_id(overrides: str) -> str:
+    """Directory name for an override set: readable, filesystem-safe, bounded in length."""
+    if not overrides:
+        return "default"
+    safe = re.sub(r"[^A-Za-z0-9=,._+-]", "_", overrides)
+    if len(safe) <= 120:
+        return safe
+    return safe[:100] + "-" + hashlib.sha256(overrides.encode()).hexdigest()[:12]
+
+
+OmegaConf.register_new_resolver("nepenthe_run_id", run_id, replace=True)
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Type-check the composed config against the schema and validate names and ranges."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from exc
+    return validate(OmegaConf.to_object(merged))
+
+
+class Experiment:
+    """Everything one run needs, built from a validated :class:`RunConfig` (plain values, no Hydra)."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.hardware.device)
+        self.amp = autocast_dtype(cfg.hardware.precision)
+        if cfg.hardware.threads:
+            torch.set_num_threads(cfg.hardware.threads)
+        self.data = create_data(cfg.dataset.name, cfg.dataset.root, **cfg.dataset.kwargs)
+        self.model = self.new_model()
+        self.units = model_units(self.model)
+        self.method = create_method(cfg.pruning.method, cfg.pruning.ratio)
+        self.train_loader = self.data.loader("train", cfg.train.batch_size, seed=cfg.seed)
+
+    def new_model(self):
+        seed_everything(self.cfg.seed)
+        model = create_model(self.cfg.model.name, self.data.num_classes, self.data.in_chans, **self.cfg.model.kwargs)
+        model = model.to(self.device)
+        if self.cfg.hardware.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def fit(self, round_index: int) -> dict:
+        cfg, ft = self.cfg, self.cfg.finetune
+        dense = round_index == 0
+        seed_everything(cfg.seed * 1000 + round_index)  # each round's draws do not depend on how we got here
+        return fit(
+            self.model, self.train_loader,
+            cfg.train.epochs if dense or ft.epochs is None else ft.epochs,
+            lr=cfg.train.lr if dense or ft.lr is None else ft.lr,
+            milestones=cfg.train.milestones if dense or ft.milestones is None else ft.milestones,
+            momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov,
+            schedule=cfg.train.schedule, gamma=cfg.train.gamma, device=self.device, amp_dtype=self.amp,
+            channels_last=cfg.hardware.channels_last, progress=cfg.progress,
+            desc="dense" if dense else f"round {round_index}", first_epoch=round_index * 10_000,
+        )
+
+    def probe(self, model=None):
+        e = self.cfg.entropy
+        model = model or self.model
+        return measure_entropy(
+            model, activation_modules(model, self.units),
+            self.data.probe_loader(e.split, e.batch_size, seed=self.cfg.seed), device=self.device,
+            zero_state=e.zero_state, layer_mean=e.layer_mean, pooling=e.pooling, layouts=unit_layouts(self.units),
+            autocast_dtype=self.amp, max_batches=e.max_batches, progress=self.cfg.progress,
+        )
+
+    def assess(self, model=None) -> dict:
+        model = model or self.model
+        scores = {}
+        for split in ("val", "test"):
+            result = evaluate(model, self.data.loader(split, self.cfg.eval_batch_size), device=self.device,
+                              amp_dtype=self.amp, channels_last=self.cfg.hardware.channels_last)
+            scores[f"{split}_acc"], scores[f"{split}_loss"] = result["acc"], result["loss"]
+        return scores
+
+    def record(self, round_index, stats, plan: PruningPlan, fitted: dict, scores: dict, wall: float, elapsed: float):
+        zero = [u.name for u in self.units if stats[u.name].is_zero_entropy]
+        return {
+            "round": round_index, "method": self.method.name, "ratio": self.cfg.pruning.ratio,
+            "pruned": plan.total, "plan": {k: v for k, v in plan.counts.items() if v}, "frozen_units": plan.frozen_units,
+            "sparsity": overall_sparsity(self.model, weight_layer_names(self.model)),
+            "unit_sparsity": {u.name: overall_sparsity(self.model, list(u.weights)) for u in self.units},
+            "entropy": {u.name: stats[u.name].entropy for u in self.units},
+            "neurons": {u.name: stats[u.name].neuron_counts() for u in self.units},
+            "zero_entropy_units": zero, "k": len(zero), "N": len(self.units),
+            **scores, "train_acc": fitted["train_acc"], "train_loss": fitted["train_loss"], "epochs": fitted["epochs"],
+            "wall_time_s": wall, "elapsed_s": elapsed,
+        }
+
+
+def stop_reason(cfg: RunConfig, records: list[dict], plan: PruningPlan | None) -> str | None:
+    last, dense = records[-1], records[0]
+    if last["val_acc"] < dense["val_acc"] - cfg.stop.max_drop:
+        return "accuracy_drop"
+    if cfg.stop.target_zero_units is not None and last["k"] >= cfg.stop.target_zero_units:
+        return "target_zero_units"
+    if last["round"] >= cfg.stop.max_rounds:
+        return "max_rounds"
+    if plan is not None and plan.total == 0:
+        return "nothing_to_prune"
+    return None
+
+
+def kept_round(records: list[dict], max_drop: float) -> int:
+    """The last round whose validation accuracy is within ``max_drop`` points of dense (round 0 always is)."""
+    floor = records[0]["val_acc"] - max_drop
+    return max(r["round"] for r in records if r["val_acc"] >= floor)
+
+
+def clear_records(run_dir: Path) -> None:
+    for name in (ROUNDS_FILE, SUMMARY_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def resume_point(cfg: RunConfig, run_dir: Path):
+    """``(checkpoint dict or None)``; refuses to resume a directory that holds a run of another config."""
+    if not cfg.resume:
+        clear_records(run_dir)
+        return None
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        return None
+    ckpt = load_checkpoint(path)
+    diffs = config_diff(ckpt["config"], semantic_dict(cfg))
+    if diffs:
+        raise ConfigError(f"{run_dir} holds a run of another config ({'; '.join(diffs)}); use another output_root "
+                          f"or resume=false to start it over")
+    return ckpt
+
+
+def summarize(exp: Experiment, records, reason, elapsed, run_dir: Path) -> dict:
+    cfg = exp.cfg
+    kept = kept_round(records, cfg.stop.max_drop)
+    if kept != records[-1]["round"]:
+        ckpt = load_checkpoint(run_dir / "checkpoints" / f"round_{kept:03d}.pt")
+        exp.model = load_compact_state(exp.new_model(), ckpt["state"], ckpt["masks"])
+    stats = exp.probe()
+    linear_model, replaced = linearize_identity(exp.model, exp.units, stats)
+    linear_scores = exp.assess(linear_model)
+    keep = ("round", "sparsity", "val_acc", "test_acc", "k", "N", "entropy", "zero_entropy_units")
+    final = records[kept]
+    return {
+        "status": "complete", "stop_reason": reason, "rounds_completed": records[-1]["round"], "final_round": kept,
+        "dense": {k: records[0][k] for k in keep}, "final": {k: final[k] for k in keep},
+        "k": final["k"], "N": final["N"], "depth": f"{final['k']}/{final['N']}",
+        "zero_entropy_units": final["zero_entropy_units"],
+        "linearized_units": replaced, "linearized_test_acc": linear_scores["test_acc"],
+        "config_hash": config_hash(cfg), "device": str(exp.device), "wall_time_s": elapsed,
+        "versions": {"nepenthe": nepenthe.__version__, "torch": torch.__version__,
+                     "torchvision": torchvision.__version__},
+    }
+
+
+def print_summary(summary: dict) -> None:
+    d, f = summary["dense"], summary["final"]
+    print(f"stopped: {summary['stop_reason']}; kept round {summary['final_round']} of "
+          f"{summary['rounds_completed']}: sparsity {100 * f['sparsity']:.1f}%, test top-1 {f['test_acc']:.2f}% "
+          f"(dense {d['test_acc']:.2f}%), zero-entropy units {summary['depth']}")
+    if summary["linearized_units"]:
+        print(f"linearized (identity): {', '.join(summary['linearized_units'])} -> test top-1 "
+              f"{summary['linearized_test_acc']:.2f}%")
+    else:
+        print(f"no zero-entropy activation was always ON; test top-1 {summary['linearized_test_acc']:.2f}%")
+
+
+def execute(cfg: RunConfig, run_dir: str | Path, config_yaml: str) -> dict:
+    """Run (or resume) one experiment into ``run_dir`` and return its summary."""
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    exp = Experiment(cfg)  # every input error surfaces here, before any record is written
+    ckpt = resume_point(cfg, run_dir)
+    done = read_summary(run_dir)
+    if ckpt is not None and done is not None:
+        print(f"{run_dir} is complete; delete it or pass resume=false to run again")
+        print_summary(done)
+        return done
+    wandb_settings = None
+    if cfg.logger.name == "wandb":
+        wandb_settings = {
+            "mode": cfg.logger.mode, "project": cfg.logger.project, "entity": cfg.logger.entity,
+            "group": cfg.logger.group, "tags": cfg.logger.tags,
+            "id": hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16],
+        }
+    recorder = RunRecorder(run_dir, wandb_settings=wandb_settings, config=semantic_dict(cfg))
+    recorder.write_config(config_yaml)
+    names = [u.name for u in exp.units]
+    print(format_table_header(names))
+
+    if ckpt is None:
+        recorder.restore_rounds([])
+        tick = time.perf_counter()
+        fitted = exp.fit(0)
+        stats = exp.probe()
+        scores = exp.assess()
+        records, offset = [], 0.0
+        records.append(exp.record(0, stats, PruningPlan(), fitted, scores, time.perf_counter() - tick,
+                                  time.perf_counter() - started))
+        save_checkpoint(run_dir, 0, exp.model, {"records": records, "config": semantic_dict(cfg)})
+        recorder.round(records[-1])
+        print(format_round_row(records[-1], names))
+    else:
+        load_compact_state(exp.model, ckpt["state"], ckpt["masks"])
+        records, offset = ckpt["records"], ckpt["records"][-1]["elapsed_s"]
+        recorder.restore_rounds(records)
+        for r in records:
+            print(format_round_row(r, names))
+        print(f"resumed after round {records[-1]['round']} from {run_dir / 'checkpoints'}")
+        stats = exp.probe()
+
+    while True:
+        plan = exp.method.plan(exp.model, exp.units, stats) if records[-1]["round"] < cfg.stop.max_rounds else None
+        reason = stop_reason(cfg, records, plan)
+        if reason is not None:
+            break
+        r = records[-1]["round"] + 1
+        tick = time.perf_counter()
+        apply_plan(exp.model, plan)
+        fitted = exp.fit(r)
+        stats = exp.probe()
+        scores = exp.assess()
+        wall = time.perf_counter() - tick
+        records.append(exp.record(r, stats, plan, fitted, scores, wall, offset + time.perf_counter() - started))
+        save_checkpoint(run_dir, r, exp.model, {"records": records, "config": semantic_dict(cfg)})
+        recorder.round(records[-1])
+        print(format_round_row(records[-1], names))
+
+    summary = summarize(exp, records, reason, offset + time.perf_counter() - started, run_dir)
+    recorder.summary(summary)
+    print_summary(summary)
+    return summary
+
+
+def remove_if_unused(run_dir: Path) -> None:
+    """Drop a run directory that Hydra created for a job that failed before writing any record of its own."""
+    if run_dir.is_dir() and not (run_dir / CONFIG_FILE).exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        execute(to_run_config(cfg), run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+    except NepentheError as exc:
+        remove_if_unused(run_dir)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
