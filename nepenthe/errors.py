@@ -17,5 +17,15 @@ class NonFiniteLossError(NepentheError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
+def check_builder_kwargs(kind: str, name: str, builder, kwargs: dict, reserved=("root",)) -> None:
+    """A builder option that does not exist is named, with the valid ones, instead of a TypeError."""
+    import inspect
+
+    valid = [p for p in inspect.signature(builder).parameters if p not in reserved]
+    for key in kwargs:
+        if key not in valid:
+            raise ConfigError(f"{kind} {name!r} has no option {key!r}; valid: {', '.join(valid)}")
+
+
 def unknown_name(kind: str, name: str, known) -> ConfigError:
     return ConfigError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")

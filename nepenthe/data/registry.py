@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import ConfigError, unknown_name
+from ..errors import ConfigError, check_builder_kwargs, unknown_name
 from .loader import ArrayLoader, ImageSplit
 
 PROBE_SPLITS = ("train", "train_aug", "val", "test")
@@ -73,6 +73,7 @@ def list_data() -> list[str]:
 def create_data(name: str, root: str = "data", **kwargs) -> DataBundle:
     if name not in _BUILDERS:
         raise unknown_name("dataset", name, _BUILDERS)
+    check_builder_kwargs("dataset", name, _BUILDERS[name], kwargs)
     return _BUILDERS[name](root=root, **kwargs)
 
 

@@ -6,7 +6,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..errors import unknown_name
+from ..errors import check_builder_kwargs, unknown_name
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -28,4 +28,5 @@ def list_models() -> list[str]:
 def create_model(name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
     if name not in _BUILDERS:
         raise unknown_name("model", name, _BUILDERS)
+    check_builder_kwargs("model", name, _BUILDERS[name], kwargs, reserved=("num_classes", "in_chans"))
     return _BUILDERS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -1,0 +1,40 @@
+# Two commands set everything up on a fresh machine:  make quickstart   (install + main job)
+#                                                      make test         (install + default test suite)
+PYTHON ?= python3
+DATA_ROOT ?= data
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+STAMP := .install-stamp
+
+.PHONY: install data quickstart test test-slow bench clean
+
+# Installs into the current interpreter (use a venv of your own if you prefer: PYTHON=.venv/bin/python).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m pip install $(TORCH_PINS)
+	$(PYTHON) -m pip install -e ".[dev]" $(TORCH_PINS)
+	touch $(STAMP)
+
+install: $(STAMP) data
+
+# Fashion-MNIST offline: Debian's package when we are root, torchvision's download otherwise.
+data: $(STAMP)
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; fi
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+		$(PYTHON) -m nepenthe.data.prepare fashion_mnist --root $(DATA_ROOT); \
+	else \
+		$(PYTHON) -m nepenthe.data.prepare fashion_mnist --root $(DATA_ROOT) --download; fi
+
+quickstart: install
+	$(PYTHON) train.py experiment=quickstart
+
+test: install
+	$(PYTHON) -m pytest -q
+
+test-slow: install
+	$(PYTHON) -m pytest -q -m slow
+
+bench: install
+	$(PYTHON) bench/entropy_overhead.py
+
+clean:
+	rm -rf $(STAMP) runs multirun outputs .pytest_cache

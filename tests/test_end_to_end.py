@@ -1,0 +1,132 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import train
+from conftest import ROOT
+from nepenthe.data.fashion_mnist import DEBIAN_DIR, prepare_fashion_mnist, raw_dir
+from nepenthe.errors import ConfigError
+from nepenthe.tracking import read_rounds, read_summary
+
+ROUND_FIELDS = {
+    "round", "method", "ratio", "pruned", "plan", "frozen_units", "sparsity", "unit_sparsity", "entropy", "neurons",
+    "zero_entropy_units", "k", "N", "val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss",
+    "epochs", "wall_time_s", "elapsed_s",
+}
+SUMMARY_FIELDS = {
+    "status", "stop_reason", "rounds_completed", "final_round", "dense", "final", "k", "N", "depth",
+    "zero_entropy_units", "linearized_units", "linearized_test_acc", "config_hash", "device", "wall_time_s", "versions",
+}
+UNITS = {"relu", "layers.0.0.relu1", "layers.0.0.relu2", "layers.1.0.relu1", "layers.1.0.relu2",
+         "layers.2.0.relu1", "layers.2.0.relu2"}
+
+
+def check_run_directory(run_dir: Path, rounds: int):
+    records = read_rounds(run_dir)
+    assert [r["round"] for r in records] == list(range(rounds + 1))
+    for r in records:
+        assert set(r) == ROUND_FIELDS
+        assert set(r["entropy"]) == UNITS and r["N"] == 7 and r["k"] == len(r["zero_entropy_units"])
+        assert all(0.0 <= h <= 1.0 for h in r["entropy"].values())
+        assert 0.0 <= r["test_acc"] <= 100.0
+    assert records[0]["sparsity"] == 0.0 and records[0]["pruned"] == 0
+    assert all(b["sparsity"] > a["sparsity"] for a, b in zip(records, records[1:]))
+    summary = read_summary(run_dir)
+    assert set(summary) == SUMMARY_FIELDS and summary["status"] == "complete"
+    assert summary["depth"] == f"{summary['k']}/7"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["name"] == "compact_cnn"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"round_{i:03d}.pt" for i in range(rounds + 1)]
+    return records, summary
+
+
+def test_synthetic_run_writes_complete_records(run_fast):
+    summary, run_dir = run_fast("pruning=nepenthe")
+    records, _ = check_run_directory(run_dir, rounds=3)
+    assert summary["stop_reason"] == "max_rounds" and summary["final_round"] == 3
+    # NEPENTHE removes ratio 0.5 of the remaining *prunable* weights each round (unit layers, not the head/shortcuts)
+    for r in records[1:]:
+        assert r["pruned"] == sum(r["plan"].values()) > 0
+    assert records[0]["test_acc"] > 80.0  # synthetic templates are easy; a broken pipeline would sit near 10 %
+
+
+def test_imp_and_uniform_runs_prune_as_configured(run_fast, tmp_path):
+    _, imp_dir = run_fast("pruning=imp", "stop.max_rounds=2", run_dir=tmp_path / "imp")
+    imp = read_rounds(imp_dir)
+    assert imp[1]["sparsity"] == pytest.approx(0.5, abs=1e-4) and imp[2]["sparsity"] == pytest.approx(0.75, abs=1e-4)
+    _, uni_dir = run_fast("pruning=uniform", "pruning.ratio=0.3", "stop.max_rounds=1", run_dir=tmp_path / "uni")
+    uni = read_rounds(uni_dir)
+    assert all(s == pytest.approx(0.3, abs=0.01) for s in uni[1]["unit_sparsity"].values())
+
+
+def test_interrupted_run_resumes_from_its_last_round_and_matches_an_uninterrupted_one(run_fast, tmp_path,
+                                                                                      monkeypatch):
+    _, reference_dir = run_fast(run_dir=tmp_path / "reference")
+    reference = read_rounds(reference_dir)
+
+    original_fit = train.Experiment.fit
+    calls = []
+
+    def killed_in_round_2(self, round_index):
+        calls.append(round_index)
+        if round_index == 2:
+            raise KeyboardInterrupt("cluster killed the job")
+        return original_fit(self, round_index)
+
+    monkeypatch.setattr(train.Experiment, "fit", killed_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_fast(run_dir=tmp_path / "victim")
+    assert [r["round"] for r in read_rounds(tmp_path / "victim")] == [0, 1]
+    assert read_summary(tmp_path / "victim") is None
+
+    calls.clear()
+    monkeypatch.setattr(train.Experiment, "fit", lambda self, r: calls.append(r) or original_fit(self, r))
+    summary, _ = run_fast(run_dir=tmp_path / "victim")
+    assert calls == [2, 3]  # neither dense training nor round 1 was redone
+    resumed = read_rounds(tmp_path / "victim")
+    timing = {"wall_time_s", "elapsed_s"}
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
+    assert strip(resumed) == strip(reference)
+
+    calls.clear()
+    again, _ = run_fast(run_dir=tmp_path / "victim")  # complete: nothing is retrained
+    assert calls == [] and again == summary
+
+
+def test_resuming_with_another_config_is_refused(run_fast, tmp_path):
+    run_fast("stop.max_rounds=1", run_dir=tmp_path / "r")
+    with pytest.raises(ConfigError, match=r"holds a run of another config \(pruning.ratio: 0.5 -> 0.3\)"):
+        run_fast("stop.max_rounds=1", "pruning.ratio=0.3", run_dir=tmp_path / "r")
+
+
+@pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (make data)")
+def test_fashion_mnist_subset_end_to_end(run_fast, tmp_path):
+    prepare_fashion_mnist(tmp_path / "data")
+    summary, run_dir = run_fast(
+        "stop.max_rounds=2", "train.epochs=2", "train.batch_size=64",
+        data=["dataset=fashion_mnist", f"dataset.root={tmp_path / 'data'}", "dataset.kwargs.train_subset=3000",
+              "dataset.kwargs.val_size=1000", "dataset.kwargs.augment=[]"],
+    )
+    records, summary = check_run_directory(run_dir, rounds=2)
+    assert records[0]["val_acc"] > 45.0  # 2 epochs on 3k images reach ~60 %; chance is 10 %
+    assert len(list(raw_dir(tmp_path / "data").iterdir())) == 4
+
+
+def test_multirun_two_seeds_get_their_own_directories(tmp_path):
+    from conftest import FAST, SYNTHETIC
+    overrides = SYNTHETIC + [o for o in FAST if not o.startswith("stop.max_rounds")] + ["stop.max_rounds=1"]
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "seed=0,1", *overrides, f"output_root={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted((tmp_path / "run").glob("*seed=*"))
+    assert [p.name.rsplit("seed=", 1)[1] for p in runs] == ["0", "1"]
+    summaries = [json.loads((p / "summary.json").read_text()) for p in runs]
+    assert all(s["status"] == "complete" for s in summaries)
+    seeds = [yaml.safe_load((p / "config.yaml").read_text())["seed"] for p in runs]
+    assert seeds == [0, 1]
+    assert read_rounds(runs[0])[0]["train_loss"] != read_rounds(runs[1])[0]["train_loss"]

@@ -1,0 +1,85 @@
+import pytest
+import torch
+from torch import nn
+
+from nepenthe.errors import ConfigError
+from nepenthe.linearize import linearize_identity
+from nepenthe.entropy import measure_entropy
+from nepenthe.models import create_model, list_models
+from nepenthe.pruning.masks import prune_smallest
+from nepenthe.units import RECTIFIERS, activation_modules, model_units, rectifier_names
+
+SHAPES = {"compact_cnn": (1, 28, 28), "resnet18_cifar": (3, 32, 32)}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_units_cover_every_rectifier_once_and_one_step_trains(name):
+    model = create_model(name, num_classes=10, in_chans=SHAPES[name][0])
+    units = model_units(model)
+    assert sorted(u.name for u in units) == sorted(rectifier_names(model))
+    assert all(not getattr(m, "inplace", False) for m in model.modules() if isinstance(m, RECTIFIERS))
+    x = torch.randn(4, *SHAPES[name])
+    stats = measure_entropy(model, activation_modules(model, units), [x])
+    assert set(stats) == {u.name for u in units}
+    assert all(0.0 <= s.entropy <= 1.0 for s in stats.values())
+    before = model.fc.weight.detach().clone()
+    loss = nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert not torch.equal(before, model.fc.weight)
+
+
+def test_unit_counts_match_the_paper_family():
+    assert len(model_units(create_model("resnet18_cifar", 10, 3))) == 17  # stem + 2 per BasicBlock
+    assert len(model_units(create_model("compact_cnn", 10, 1))) == 7
+
+
+def test_resnet18_in_chans_and_maxpool_flag():
+    model = create_model("resnet18_cifar", 100, 1, maxpool=False)
+    assert model.conv1.in_channels == 1 and isinstance(model.maxpool, nn.Identity)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 100)
+
+
+def test_unknown_model_lists_the_registry():
+    with pytest.raises(ConfigError, match="unknown model 'resnet1000'; known: compact_cnn, resnet18_cifar"):
+        create_model("resnet1000", 10, 3)
+
+
+def test_shared_or_inplace_rectifiers_are_refused():
+    class Shared(nn.Module):
+        def __init__(self, inplace=False):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+            self.a = nn.ReLU(inplace=inplace)
+            self.b = self.a
+
+        def units(self):
+            from nepenthe.units import Unit
+            return [Unit("a", ("fc",))]
+
+    with pytest.raises(ConfigError, match="reused at several places: a=b"):
+        model_units(Shared())
+
+
+def test_fully_pruned_conv_makes_relu1_zero_entropy_and_identity_swap_is_exact_when_all_on():
+    model = create_model("compact_cnn", 10, 1).eval()
+    block = model.layers[0][0]
+    prune_smallest(block.conv1, block.conv1.weight.numel())  # conv1 outputs 0 -> bn1 emits its shift
+    with torch.no_grad():
+        block.bn1.bias.fill_(0.5)  # eval BN of an all-zero input emits its shift: +0.5, always ON
+        block.bn1.running_mean.zero_()
+    x = torch.randn(8, 1, 28, 28)
+    units = model_units(model)
+    stats = measure_entropy(model, activation_modules(model, units), [x])
+    s = stats["layers.0.0.relu1"]
+    assert s.entropy == 0.0 and s.always_on == 16
+    linear, replaced = linearize_identity(model, units, stats)
+    assert replaced == {"layers.0.0.relu1": True}
+    assert isinstance(linear.layers[0][0].relu1, nn.Identity)
+    assert isinstance(model.layers[0][0].relu1, nn.ReLU)  # the input model is untouched
+    assert torch.equal(linear(x), model(x))
+
+
+def test_unknown_builder_option_is_named():
+    with pytest.raises(ConfigError, match="model 'compact_cnn' has no option 'depth'; valid: width"):
+        create_model("compact_cnn", 10, 1, depth=3)
