@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import nepenthe
-from nepenthe.checkpoint import latest_checkpoint, load_checkpoint, load_compact_state, save_checkpoint
+from nepenthe.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, load_compact_state, save_checkpoint
 from nepenthe.config import RunConfig, config_diff, config_hash, semantic_dict, validate
 from nepenthe.data import create_data
 from nepenthe.engine import autocast_dtype, evaluate, fit, resolve_device, seed_everything
@@ -179,13 +179,15 @@ def resume_point(cfg: RunConfig, run_dir: Path):
     return ckpt
 
 
-def summarize(exp: Experiment, records, reason, elapsed, run_dir: Path) -> dict:
+def summarize(exp: Experiment, records, reason, elapsed, run_dir: Path, last_stats) -> dict:
+    """Go back to the kept round, linearize its always-ON zero-entropy activations, and describe the run."""
     cfg = exp.cfg
     kept = kept_round(records, cfg.stop.max_drop)
+    stats = last_stats
     if kept != records[-1]["round"]:
-        ckpt = load_checkpoint(run_dir / "checkpoints" / f"round_{kept:03d}.pt")
+        ckpt = load_checkpoint(checkpoint_path(run_dir, kept))
         exp.model = load_compact_state(exp.new_model(), ckpt["state"], ckpt["masks"])
-    stats = exp.probe()
+        stats = exp.probe()
     linear_model, replaced = linearize_identity(exp.model, exp.units, stats)
     linear_scores = exp.assess(linear_model)
     keep = ("round", "sparsity", "val_acc", "test_acc", "k", "N", "entropy", "zero_entropy_units")
@@ -275,7 +277,7 @@ def execute(cfg: RunConfig, run_dir: str | Path, config_yaml: str) -> dict:
         recorder.round(records[-1])
         print(format_round_row(records[-1], names))
 
-    summary = summarize(exp, records, reason, offset + time.perf_counter() - started, run_dir)
+    summary = summarize(exp, records, reason, offset + time.perf_counter() - started, run_dir, stats)
     recorder.summary(summary)
     print_summary(summary)
     return summary

@@ -118,10 +118,8 @@ def test_fashion_mnist_subset_end_to_end(run_fast, tmp_path):
 def test_multirun_two_seeds_get_their_own_directories(tmp_path):
     from conftest import FAST, SYNTHETIC
     overrides = SYNTHETIC + [o for o in FAST if not o.startswith("stop.max_rounds")] + ["stop.max_rounds=1"]
-    result = subprocess.run(
-        [sys.executable, "train.py", "-m", "seed=0,1", *overrides, f"output_root={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+    command = [sys.executable, "train.py", "-m", "seed=0,1", *overrides, f"output_root={tmp_path}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     runs = sorted((tmp_path / "run").glob("*seed=*"))
     assert [p.name.rsplit("seed=", 1)[1] for p in runs] == ["0", "1"]
@@ -130,3 +128,22 @@ def test_multirun_two_seeds_get_their_own_directories(tmp_path):
     seeds = [yaml.safe_load((p / "config.yaml").read_text())["seed"] for p in runs]
     assert seeds == [0, 1]
     assert read_rounds(runs[0])[0]["train_loss"] != read_rounds(runs[1])[0]["train_loss"]
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("is complete") == 2  # same directories, nothing retrained
+
+
+def test_bf16_autocast_and_channels_last_run_on_cpu(run_fast):
+    summary, run_dir = run_fast("hardware.precision=bf16", "hardware.channels_last=true", "stop.max_rounds=1")
+    records = read_rounds(run_dir)
+    assert records[0]["test_acc"] > 50.0 and records[1]["sparsity"] > 0.2
+    assert summary["device"] == "cpu"
+
+
+def test_wandb_offline_mirrors_the_round_records(run_fast):
+    pytest.importorskip("wandb")
+    summary, run_dir = run_fast("logger=wandb", "logger.mode=offline", "stop.max_rounds=1")
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    history = list(offline[0].glob("*.wandb"))
+    assert history and history[0].stat().st_size > 0
+    assert read_summary(run_dir)["status"] == "complete"

@@ -32,6 +32,7 @@ def test_units_cover_every_rectifier_once_and_one_step_trains(name):
 def test_unit_counts_match_the_paper_family():
     assert len(model_units(create_model("resnet18_cifar", 10, 3))) == 17  # stem + 2 per BasicBlock
     assert len(model_units(create_model("compact_cnn", 10, 1))) == 7
+    assert len(model_units(create_model("compact_cnn", 10, 1, blocks=2))) == 13
 
 
 def test_resnet18_in_chans_and_maxpool_flag():
@@ -81,5 +82,5 @@ def test_fully_pruned_conv_makes_relu1_zero_entropy_and_identity_swap_is_exact_w
 
 
 def test_unknown_builder_option_is_named():
-    with pytest.raises(ConfigError, match="model 'compact_cnn' has no option 'depth'; valid: width"):
+    with pytest.raises(ConfigError, match="model 'compact_cnn' has no option 'depth'; valid: width, blocks"):
         create_model("compact_cnn", 10, 1, depth=3)
