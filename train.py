@@ -49,9 +49,9 @@ def run_id(overrides: str) -> str:
     if not overrides:
         return "default"
     safe = re.sub(r"[^A-Za-z0-9=,._+-]", "_", overrides)
-    if len(safe) <= 120:
+    if len(safe) <= 200:  # well under the usual 255-byte file-name limit
         return safe
-    return safe[:100] + "-" + hashlib.sha256(overrides.encode()).hexdigest()[:12]
+    return safe[:180] + "-" + hashlib.sha256(overrides.encode()).hexdigest()[:12]
 
 
 OmegaConf.register_new_resolver("nepenthe_run_id", run_id, replace=True)

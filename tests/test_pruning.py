@@ -99,3 +99,13 @@ def test_compact_checkpoint_state_round_trips_masks_and_outputs():
     x = torch.randn(5, 4)
     assert torch.equal(fresh(x), model(x))
     assert remaining(fresh.fc2) == 32
+
+
+def test_prune_smallest_works_on_channels_last_weights():
+    conv = nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+    reference = nn.Conv2d(4, 8, 3)
+    reference.load_state_dict(conv.state_dict())
+    prune_smallest(conv, 100)
+    prune_smallest(reference, 100)
+    assert remaining(conv) == 288 - 100
+    assert torch.equal(remaining_mask(conv), remaining_mask(reference))

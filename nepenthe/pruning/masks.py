@@ -36,10 +36,12 @@ def prune_smallest(module: nn.Module, n: int) -> None:
     """Remove the ``n`` smallest-magnitude weights among those still alive.
 
     ``prune``'s container restricts a new unstructured mask to the surviving entries, so an integer amount counts
-    among the remaining weights, not among all of them.
+    among the remaining weights, not among all of them. The scores are passed contiguous because ``prune`` flattens
+    them with ``view``, which fails on channels_last weights.
     """
     if n > 0:
-        prune.l1_unstructured(module, "weight", amount=int(n))
+        scores = module.weight.detach().abs().contiguous()
+        prune.l1_unstructured(module, "weight", amount=int(n), importance_scores=scores)
 
 
 def pruned_layer_names(model: nn.Module) -> list[str]:
