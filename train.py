@@ -212,8 +212,10 @@ def print_summary(summary: dict) -> None:
     if summary["linearized_units"]:
         print(f"linearized (identity): {', '.join(summary['linearized_units'])} -> test top-1 "
               f"{summary['linearized_test_acc']:.2f}%")
-    else:
-        print(f"no zero-entropy activation was always ON; test top-1 {summary['linearized_test_acc']:.2f}%")
+    elif summary["k"]:
+        print(f"zero-entropy units {', '.join(summary['zero_entropy_units'])} have always-OFF neurons (constant "
+              f"outputs), so they are not identities; they stay rectifiers here (removing constant channels is the "
+              f"collapse step's job)")
 
 
 def execute(cfg: RunConfig, run_dir: str | Path, config_yaml: str) -> dict:

@@ -3,12 +3,14 @@
     python bench/entropy_overhead.py                       # CPU, both models
     python bench/entropy_overhead.py --device cuda --batch 256 --batches 20
 
-Prints median times from torch.utils.benchmark and their ratio (target: probe <= 1.10x plain eval).
+Prints the median of interleaved torch.utils.benchmark timings of whole passes: a plain eval loop, the probe's own
+loop with nothing hooked, and the probe; target: probe <= 1.10x plain eval.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 from torch.utils import benchmark
@@ -26,25 +28,28 @@ def plain_pass(model, batches):
         model(x)
 
 
-def measure(name: str, device: torch.device, batch: int, count: int, min_run_time: float, threads: int):
+def measure(name: str, device: torch.device, batch: int, count: int, repeats: int, threads: int):
     model = create_model(name, 10, SHAPES[name][0]).to(device).eval()
     acts = activation_modules(model, model_units(model))
     batches = [torch.randn(batch, *SHAPES[name], device=device) for _ in range(count)]
     timers = {
         "eval": benchmark.Timer("plain_pass(model, batches)", globals={"plain_pass": plain_pass, "model": model,
                                 "batches": batches}, num_threads=threads),
+        # the same pass with no activation hooked: isolates what the hooks cost from the loop around them
+        "unhooked": benchmark.Timer("measure_entropy(model, {}, batches, device=device)",
+                                    globals={"measure_entropy": measure_entropy, "model": model, "batches": batches,
+                                             "device": device}, num_threads=threads),
         "probe": benchmark.Timer("measure_entropy(model, acts, batches, device=device)",
                                  globals={"measure_entropy": measure_entropy, "model": model, "acts": acts,
                                           "batches": batches, "device": device}, num_threads=threads),
     }
-    timers["eval"].timeit(1)  # warm-up (allocator, cuDNN autotune)
-    timers["probe"].timeit(1)
-    medians = {}
-    for _ in range(2):  # alternate so drift in machine load hits both
+    for timer in timers.values():
+        timer.timeit(1)  # warm-up (allocator, oneDNN/cuDNN kernel selection)
+    samples = {key: [] for key in timers}
+    for _ in range(repeats):  # interleaved, so drift in machine load hits both sides alike
         for key, timer in timers.items():
-            medians.setdefault(key, []).append(timer.blocked_autorange(min_run_time=min_run_time).median)
-    eval_s, probe_s = min(medians["eval"]), min(medians["probe"])
-    return eval_s, probe_s
+            samples[key].append(timer.timeit(1).mean)
+    return {key: statistics.median(values) for key, values in samples.items()}
 
 
 def main() -> None:
@@ -53,16 +58,18 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(SHAPES))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--min-run-time", type=float, default=2.0)
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes per side (median reported)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"device={device} threads={args.threads} batch={args.batch} batches/pass={args.batches} "
+    print(f"device={device} threads={args.threads} batch={args.batch} batches/pass={args.batches} repeats={args.repeats} "
           f"torch={torch.__version__}")
-    print(f"{'model':16} {'eval pass (ms)':>15} {'probe pass (ms)':>16} {'ratio':>7}")
+    print(f"{'model':16} {'eval pass (ms)':>15} {'unhooked (ms)':>14} {'probe pass (ms)':>16} "
+          f"{'probe/eval':>11} {'probe/unhooked':>15}")
     for name in args.models:
-        eval_s, probe_s = measure(name, device, args.batch, args.batches, args.min_run_time, args.threads)
-        print(f"{name:16} {1e3 * eval_s:15.1f} {1e3 * probe_s:16.1f} {probe_s / eval_s:6.3f}x")
+        t = measure(name, device, args.batch, args.batches, args.repeats, args.threads)
+        print(f"{name:16} {1e3 * t['eval']:15.1f} {1e3 * t['unhooked']:14.1f} {1e3 * t['probe']:16.1f} "
+              f"{t['probe'] / t['eval']:10.3f}x {t['probe'] / t['unhooked']:14.3f}x")
 
 
 if __name__ == "__main__":

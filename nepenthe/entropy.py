@@ -132,11 +132,17 @@ class _Counter:
     def add(self, z: Tensor, zero_state: str, layer_mean: str, per_batch: bool) -> None:
         cdim = channel_dim(z.dim(), self.layout)
         dims = [d for d in range(z.dim()) if d != cdim]
-        on = (z > 0).sum(dim=dims)
-        off = (z < 0).sum(dim=dims)
         positions = z.numel() // z.shape[cdim]
+        # Only what zero_state needs is counted: with zeros as OFF, P(ON) = on/positions and the OFF count is
+        # implied (likewise for zeros as ON), which halves the hook's memory traffic. int32 partial sums are twice
+        # as fast as the default int64 on CPU and exact below 2^31 scalars per neuron per batch.
+        on = (z > 0).sum(dim=dims, dtype=torch.int32) if zero_state != "on" else None
+        off = (z < 0).sum(dim=dims, dtype=torch.int32) if zero_state != "off" else None
+        on = positions - off if on is None else on
+        off = positions - on if off is None else off
         if self.on is None:
-            self.on, self.off = torch.zeros_like(on), torch.zeros_like(off)
+            self.on = torch.zeros_like(on, dtype=torch.int64)
+            self.off = torch.zeros_like(off, dtype=torch.int64)
             self.batch_entropy_sum = torch.zeros((), dtype=torch.float64, device=z.device)
         elif self.on.shape != on.shape:
             raise ConfigError(

@@ -37,7 +37,7 @@ def test_quickstart_preset_values():
     cfg = train.to_run_config(compose_config(["experiment=quickstart"]))
     assert (cfg.model.name, cfg.dataset.name, cfg.pruning.method, cfg.hardware.device) == (
         "compact_cnn", "fashion_mnist", "nepenthe", "cpu")
-    assert cfg.dataset.kwargs["train_subset"] == 12000 and cfg.finetune.epochs is None and cfg.stop.max_rounds == 5
+    assert cfg.dataset.kwargs["train_subset"] == 12000 and cfg.finetune.epochs == 3 and cfg.stop.max_rounds == 4
 
 
 @pytest.mark.parametrize("override,message", [
