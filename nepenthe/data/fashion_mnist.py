@@ -28,7 +28,7 @@ IDX_MAGIC = {"images": 2051, "labels": 2049}
 MEAN, STD = (0.2860,), (0.3530,)
 FIX = (
     "install Debian's package (`apt-get install -y dataset-fashion-mnist`, or `make data`) and run "
-    "`python -m nepenthe.data.prepare fashion_mnist --root {root}`, or pass dataset.download=true where the network allows"
+    "`python -m nepenthe.data.prepare fashion_mnist --root {root}`, or pass dataset.kwargs.download=true where the network allows"
 )
 
 
