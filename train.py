@@ -34,6 +34,7 @@ from nepenthe.engine import autocast_dtype, evaluate, fit, resolve_device, seed_
 from nepenthe.entropy import measure_entropy
 from nepenthe.errors import ConfigError, NepentheError
 from nepenthe.linearize import linearize_identity
+from nepenthe.metrics import cost_report
 from nepenthe.models import create_model
 from nepenthe.pruning.masks import overall_sparsity
 from nepenthe.pruning.methods import PruningPlan, apply_plan, create_method
@@ -190,6 +191,8 @@ def summarize(exp: Experiment, records, reason, elapsed, run_dir: Path, last_sta
         stats = exp.probe()
     linear_model, replaced = linearize_identity(exp.model, exp.units, stats)
     linear_scores = exp.assess(linear_model)
+    example = exp.data.test.images[:1].float().to(exp.device)  # one real image: costs are per input
+    cost = {"dense": cost_report(exp.new_model(), example), "final": cost_report(exp.model, example)}
     keep = ("round", "sparsity", "val_acc", "test_acc", "k", "N", "entropy", "zero_entropy_units")
     final = records[kept]
     return {
@@ -197,7 +200,7 @@ def summarize(exp: Experiment, records, reason, elapsed, run_dir: Path, last_sta
         "dense": {k: records[0][k] for k in keep}, "final": {k: final[k] for k in keep},
         "k": final["k"], "N": final["N"], "depth": f"{final['k']}/{final['N']}",
         "zero_entropy_units": final["zero_entropy_units"],
-        "linearized_units": replaced, "linearized_test_acc": linear_scores["test_acc"],
+        "linearized_units": replaced, "linearized_test_acc": linear_scores["test_acc"], "cost": cost,
         "config_hash": config_hash(cfg), "device": str(exp.device), "wall_time_s": elapsed,
         "versions": {"nepenthe": nepenthe.__version__, "torch": torch.__version__,
                      "torchvision": torchvision.__version__},
@@ -209,6 +212,10 @@ def print_summary(summary: dict) -> None:
     print(f"stopped: {summary['stop_reason']}; kept round {summary['final_round']} of "
           f"{summary['rounds_completed']}: sparsity {100 * f['sparsity']:.1f}%, test top-1 {f['test_acc']:.2f}% "
           f"(dense {d['test_acc']:.2f}%), zero-entropy units {summary['depth']}")
+    if "cost" in summary:  # summaries written before cost accounting existed lack it
+        dense, final = summary["cost"]["dense"], summary["cost"]["final"]
+        print(f"MACs per input: {dense['macs'] / 1e6:.2f} M dense, {final['macs_nonzero'] / 1e6:.2f} M at non-zero weights; "
+              f"weight layers on the longest path: {final['weight_layers_on_longest_path']}")
     if summary["linearized_units"]:
         print(f"linearized (identity): {', '.join(summary['linearized_units'])} -> test top-1 "
               f"{summary['linearized_test_acc']:.2f}%")

@@ -22,7 +22,8 @@ Fields of a round record (stable; analysis reads these names):
 
 Fields of the summary: status, stop_reason, rounds_completed, final_round, dense (round-0 record subset),
 final (the kept round's record subset), k, N, depth (``"k/N"``), linearized_units, linearized_test_acc,
-config_hash, versions, device, wall_time_s.
+cost ({dense, final}: macs, macs_nonzero, params, params_nonzero, weight_layers_on_longest_path — per input, see
+nepenthe/metrics.py), config_hash, versions, device, wall_time_s.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ ROUND_FIELDS = {
 SUMMARY_FIELDS = {
     "status", "stop_reason", "rounds_completed", "final_round", "dense", "final", "k", "N", "depth",
     "zero_entropy_units", "linearized_units", "linearized_test_acc", "config_hash", "device", "wall_time_s", "versions",
+    "cost",
 }
 UNITS = {"relu", "layers.0.0.relu1", "layers.0.0.relu2", "layers.1.0.relu1", "layers.1.0.relu2",
          "layers.2.0.relu1", "layers.2.0.relu2"}
@@ -38,6 +39,10 @@ def check_run_directory(run_dir: Path, rounds: int):
     summary = read_summary(run_dir)
     assert set(summary) == SUMMARY_FIELDS and summary["status"] == "complete"
     assert summary["depth"] == f"{summary['k']}/7"
+    dense, final = summary["cost"]["dense"], summary["cost"]["final"]
+    assert final["macs"] == dense["macs"] and final["weight_layers_on_longest_path"] == 8
+    kept = records[summary["final_round"]]
+    assert (final["macs_nonzero"] < dense["macs_nonzero"]) == (kept["sparsity"] > 0)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["name"] == "compact_cnn"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"round_{i:03d}.pt" for i in range(rounds + 1)]
     return records, summary

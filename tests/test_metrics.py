@@ -1,0 +1,68 @@
+import pytest
+import torch
+from torch import nn
+
+from nepenthe.errors import NepentheError
+from nepenthe.metrics import (
+    cost_report,
+    layer_macs,
+    nonzero_macs,
+    parameter_counts,
+    weight_layers_on_longest_path,
+)
+from nepenthe.models import create_model
+from nepenthe.pruning.masks import prune_smallest
+
+
+def test_linear_and_conv_macs_match_the_formula():
+    fc = nn.Linear(4, 3)
+    assert layer_macs(fc, torch.randn(1, 4)) == (12, {"": 12})  # 4 * 3
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    total, _ = layer_macs(conv, torch.randn(1, 2, 5, 5))
+    assert total == 5 * 5 * 3 * 2 * 9  # output positions * out channels * in channels * kernel
+
+
+def test_resnet18_cifar_has_the_papers_140_19_million_macs():
+    total, per_layer = layer_macs(create_model("resnet18_cifar", 10, 3), torch.randn(1, 3, 32, 32))
+    assert round(total / 1e6, 2) == 140.19
+    assert per_layer["fc"] == 512 * 10
+
+
+def test_nonzero_macs_and_params_follow_the_masks():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        for layer in (net[0], net[2]):
+            layer.weight.copy_(torch.arange(1, layer.weight.numel() + 1, dtype=torch.float32).view_as(layer.weight))
+            layer.bias.fill_(1.0)
+    prune_smallest(net[0], 6)  # half of the first layer's 12 weights
+    assert nonzero_macs(net, torch.randn(1, 4)) == 6 + 6
+    assert parameter_counts(net) == {"dense": 12 + 3 + 6 + 2, "nonzero": 6 + 3 + 6 + 2}
+
+
+def test_weight_layers_on_the_longest_path():
+    assert weight_layers_on_longest_path(create_model("compact_cnn", 10, 1)) == 1 + 2 * 3 + 1
+    assert weight_layers_on_longest_path(create_model("resnet18_cifar", 10, 3)) == 1 + 2 * 8 + 1
+
+
+def test_untraceable_model_names_what_blocked_tracing():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else x
+
+    with pytest.raises(NepentheError, match="torch.fx cannot trace DataDependent"):
+        weight_layers_on_longest_path(DataDependent())
+
+
+def test_cost_report_of_a_pruned_compact_cnn():
+    model = create_model("compact_cnn", 10, 1)
+    dense = cost_report(model, torch.randn(1, 1, 28, 28))
+    conv = model.layers[2][0].conv2
+    prune_smallest(conv, conv.weight.numel())
+    pruned = cost_report(model, torch.randn(1, 1, 28, 28))
+    assert pruned["macs"] == dense["macs"] == 9_345_920
+    assert dense["macs"] - pruned["macs_nonzero"] == 7 * 7 * 64 * 64 * 9  # the removed layer's MACs
+    assert dense["params_nonzero"] - pruned["params_nonzero"] == 64 * 64 * 9
