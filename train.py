@@ -107,7 +107,7 @@ class Experiment:
 
     def probe(self, model=None):
         e = self.cfg.entropy
-        model = model or self.model
+        model = model if model is not None else self.model
         return measure_entropy(
             model, activation_modules(model, self.units),
             self.data.probe_loader(e.split, e.batch_size, seed=self.cfg.seed), device=self.device,
@@ -116,7 +116,7 @@ class Experiment:
         )
 
     def assess(self, model=None) -> dict:
-        model = model or self.model
+        model = model if model is not None else self.model
         scores = {}
         for split in ("val", "test"):
             result = evaluate(model, self.data.loader(split, self.cfg.eval_batch_size), device=self.device,

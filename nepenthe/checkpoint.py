@@ -71,8 +71,3 @@ def load_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise NepentheError(f"checkpoint {path} is unreadable ({exc!r}); delete it to resume from the one before") from exc
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    return sorted(p for p in folder.iterdir() if _NAME.search(p.name)) if folder.is_dir() else []

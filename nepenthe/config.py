@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from .data import list_data
+from .data.registry import PROBE_SPLITS
 from .engine import DEVICES, PRECISIONS, SCHEDULES
 from .entropy import LAYER_MEANS, POOLINGS, ZERO_STATES, check_choice
 from .errors import ConfigError, unknown_name
@@ -141,7 +142,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     check_choice("entropy.zero_state", cfg.entropy.zero_state, ZERO_STATES)
     check_choice("entropy.layer_mean", cfg.entropy.layer_mean, LAYER_MEANS)
     check_choice("entropy.pooling", cfg.entropy.pooling, POOLINGS)
-    check_choice("entropy.split", cfg.entropy.split, ("train", "train_aug", "val", "test"))
+    check_choice("entropy.split", cfg.entropy.split, PROBE_SPLITS)
     _positive("train.epochs", cfg.train.epochs, allow_zero=True)
     _positive("train.batch_size", cfg.train.batch_size)
     _positive("train.lr", cfg.train.lr)

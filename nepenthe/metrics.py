@@ -1,4 +1,4 @@
-"""Cost of a model: MACs (dense and what unstructured sparsity leaves), parameters, depth in weight layers, latency.
+"""Cost of a model: MACs (dense and what unstructured sparsity leaves), parameters, depth in weight layers.
 
 MACs come from ``torch.utils.flop_counter`` (FLOPs / 2) for one input of the given shape. "Non-zero" MACs scale each
 conv/linear layer's MACs by the fraction of its weights that are non-zero: what a sparse kernel would execute, not
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, fx, nn
-from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import NepentheError
@@ -76,21 +75,6 @@ def weight_layers_on_longest_path(model: nn.Module) -> int:
         own = node.op == "call_module" and isinstance(modules.get(node.target), WEIGHT_LAYERS)
         depth[node] = incoming + int(own)
     return max(depth.values(), default=0)
-
-
-@torch.no_grad()
-def latency_ms(model: nn.Module, example_input: Tensor, *, threads: int | None = None,
-               min_run_time: float = 1.0) -> float:
-    """Median forward time in milliseconds (``torch.utils.benchmark``, eval mode, CUDA-synchronised)."""
-    was_training = model.training
-    model.eval()
-    try:
-        timer = benchmark.Timer("model(x)", globals={"model": model, "x": example_input},
-                                num_threads=threads or torch.get_num_threads())
-        timer.timeit(2)  # warm-up
-        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
-    finally:
-        model.train(was_training)
 
 
 def cost_report(model: nn.Module, example_input: Tensor) -> dict:

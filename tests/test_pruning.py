@@ -109,3 +109,15 @@ def test_prune_smallest_works_on_channels_last_weights():
     prune_smallest(reference, 100)
     assert remaining(conv) == 288 - 100
     assert torch.equal(remaining_mask(conv), remaining_mask(reference))
+
+
+def test_make_permanent_keeps_the_zeros_and_drops_the_reparametrisation():
+    from nepenthe.pruning.masks import make_permanent, pruned_layer_names
+
+    model = TwoUnitNet()
+    apply_plan(model, Uniform(0.5).plan(model, model.units(), {}))
+    x = torch.randn(3, 4)
+    before = model(x)
+    make_permanent(model)
+    assert pruned_layer_names(model) == [] and not hasattr(model.fc1, "weight_orig")
+    assert (model.fc1.weight == 0).sum().item() == 16 and torch.equal(model(x), before)

@@ -48,27 +48,11 @@ def pruned_layer_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if is_pruned(m)]
 
 
-def attach_empty_masks(model: nn.Module, layer_names: list[str]) -> None:
-    """Re-create the pruning re-parametrisation so a state dict with ``weight_orig``/``weight_mask`` loads."""
-    for name in layer_names:
-        module = model.get_submodule(name)
-        if not is_pruned(module):
-            prune.identity(module, "weight")
-
-
 def make_permanent(model: nn.Module) -> nn.Module:
     """Fold masks into plain weights (for export and inference)."""
     for name in pruned_layer_names(model):
         prune.remove(model.get_submodule(name), "weight")
     return model
-
-
-def layer_sparsity(model: nn.Module, layer_names: list[str]) -> dict[str, float]:
-    result = {}
-    for name in layer_names:
-        module = model.get_submodule(name)
-        result[name] = 1.0 - remaining(module) / module.weight.numel()
-    return result
 
 
 def overall_sparsity(model: nn.Module, layer_names: list[str]) -> float:
