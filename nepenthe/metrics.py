@@ -41,11 +41,15 @@ def weight_density(module: nn.Module) -> float:
     return float(torch.count_nonzero(weight)) / weight.numel()
 
 
-def nonzero_macs(model: nn.Module, example_input: Tensor) -> int:
-    """Dense MACs with every conv/linear layer's share scaled by its fraction of non-zero weights."""
-    total, per_module = layer_macs(model, example_input)
+def macs_at_nonzero_weights(model: nn.Module, total: int, per_module: dict[str, int]) -> int:
+    """``total`` with every conv/linear layer's share scaled by its fraction of non-zero weights."""
     saved = sum(macs * (1.0 - weight_density(model.get_submodule(name))) for name, macs in per_module.items())
     return int(round(total - saved))
+
+
+def nonzero_macs(model: nn.Module, example_input: Tensor) -> int:
+    """Dense MACs with every conv/linear layer's share scaled by its fraction of non-zero weights."""
+    return macs_at_nonzero_weights(model, *layer_macs(model, example_input))
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
@@ -79,11 +83,11 @@ def weight_layers_on_longest_path(model: nn.Module) -> int:
 
 def cost_report(model: nn.Module, example_input: Tensor) -> dict:
     """The cost fields a run summary records for one model (one input of ``example_input``'s shape)."""
-    macs, _ = layer_macs(model, example_input)
+    macs, per_module = layer_macs(model, example_input)  # one counted forward pass serves both MAC fields
     params = parameter_counts(model)
     return {
         "macs": macs,
-        "macs_nonzero": nonzero_macs(model, example_input),
+        "macs_nonzero": macs_at_nonzero_weights(model, macs, per_module),
         "params": params["dense"],
         "params_nonzero": params["nonzero"],
         "weight_layers_on_longest_path": weight_layers_on_longest_path(model),
