@@ -68,10 +68,16 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 def weight_layers_on_longest_path(model: nn.Module) -> int:
     """Structural depth: the most conv/linear layers any input-to-output path of the traced graph goes through."""
+    if isinstance(model, fx.GraphModule):  # already a graph (a collapsed model); re-tracing would lose buffers
+        return _longest_path(model, model.graph)
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception as exc:  # tracing fails on data-dependent control flow; say what blocked it
         raise NepentheError(f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc
+    return _longest_path(model, graph)
+
+
+def _longest_path(model: nn.Module, graph: fx.Graph) -> int:
     modules = dict(model.named_modules())
     depth: dict[fx.Node, int] = {}
     for node in graph.nodes:  # fx graphs are topologically ordered

@@ -1,0 +1,14 @@
+"""Exact collapse of a pruned network into a truly shallower one (DESIGN.md step 9).
+
+    from nepenthe.collapse import collapse
+    small, report = collapse(model, stats, batch, merge="cost")
+
+``python -m nepenthe.collapse RUN_DIR`` collapses a saved run's kept checkpoint (see ``__main__``).
+"""
+
+from .graph import CollapseError
+from .merge import MERGES
+from .pipeline import CollapseReport, collapse
+from .saving import load_collapsed, save_collapsed
+
+__all__ = ["CollapseError", "CollapseReport", "MERGES", "collapse", "load_collapsed", "save_collapsed"]

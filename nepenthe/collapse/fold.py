@@ -1,0 +1,69 @@
+"""Exact folds into a conv/linear layer: an eval-mode BatchNorm after it, a per-channel scale of its output."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from .graph import WEIGHT_OPS, bypass, call_counts, is_module, module, only_user, shape
+
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def foldable_producer(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """The conv/linear node feeding ``node`` if its output goes nowhere else and the module is called only there."""
+    source = node.args[0] if node.args else None
+    if not isinstance(source, fx.Node) or not is_module(gm, source, WEIGHT_OPS):
+        return None
+    if only_user(source) is not node or call_counts(gm)[source.target] != 1:
+        return None
+    return source
+
+
+def _neurons_match(layer: nn.Module, out_shape) -> bool:
+    """True when the layer's output channels are where a per-channel fold expects them (dim 1 for convs, last for linear)."""
+    if out_shape is None:
+        return False
+    if isinstance(layer, nn.Conv2d):
+        return len(out_shape) == 4
+    return True
+
+
+def fold_batchnorms(gm: fx.GraphModule) -> list[dict]:
+    """Fold every eval-mode BatchNorm that directly follows a conv (or a linear on 2-D input) into that layer."""
+    done = []
+    for node in list(gm.graph.nodes):
+        bn = module(gm, node)
+        if not isinstance(bn, BATCHNORMS) or bn.running_mean is None:
+            continue
+        source = foldable_producer(gm, node)
+        if source is None:
+            continue
+        layer = module(gm, source)
+        if isinstance(layer, nn.Linear):
+            if len(shape(source) or ()) != 2:  # BatchNorm1d on (N, C, L) normalises dim 1, a linear writes the last
+                continue
+            fused = fuse_linear_bn_eval(layer.eval(), bn.eval())
+        else:
+            fused = fuse_conv_bn_eval(layer.eval(), bn.eval())
+        gm.add_submodule(source.target, fused)
+        bypass(gm, node)
+        done.append({"op": "fold_batchnorm", "layer": source.target, "norm": node.target, "exact": True})
+    return done
+
+
+@torch.no_grad()
+def scale_output_channels(layer: nn.Module, scale: Tensor) -> None:
+    """Multiply each output channel of a conv/linear (weights and bias) by ``scale``: exact, in place."""
+    scale = scale.to(layer.weight.dtype).to(layer.weight.device)
+    layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.dim() - 1))))
+    if layer.bias is not None:
+        layer.bias.mul_(scale)
+
+
+def can_scale_channels(gm: fx.GraphModule, node: fx.Node, neurons_dim_is_channel: bool) -> fx.Node | None:
+    source = foldable_producer(gm, node)
+    if source is None or not neurons_dim_is_channel or not _neurons_match(module(gm, source), shape(source)):
+        return None
+    return source

@@ -1,0 +1,132 @@
+"""torch.fx plumbing shared by the collapse passes: tracing, recorded shapes, module look-up, node surgery."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import NepentheError
+
+# The ops collapse rewrites. Conv1d/Conv3d and transposed convs are left as they are.
+CONV = nn.Conv2d
+LINEAR = nn.Linear
+WEIGHT_OPS = (nn.Conv2d, nn.Linear)
+# Element-wise functions through which a constant broadcasts against a full tensor.
+BROADCASTING = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul}
+
+
+class CollapseError(NepentheError):
+    """Collapse could not build a model it can vouch for."""
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as exc:  # data-dependent control flow, unsupported Python, ...
+        raise CollapseError(
+            f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}); collapse rewrites the traced "
+            f"graph, so the forward must be free of data-dependent control flow"
+        ) from exc
+
+
+@torch.no_grad()
+def record_shapes(gm: fx.GraphModule, example: Tensor) -> None:
+    """Store every node's output shape in ``node.meta['tensor_meta']`` for ``example``'s input size."""
+    ShapeProp(gm).propagate(example)
+
+
+def shape(node: fx.Node) -> torch.Size | None:
+    meta = node.meta.get("tensor_meta")
+    return getattr(meta, "shape", None)
+
+
+def module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def is_module(gm: fx.GraphModule, node: fx.Node, types) -> bool:
+    return isinstance(module(gm, node), types)
+
+
+def call_counts(gm: fx.GraphModule) -> dict[str, int]:
+    """How many graph nodes call each submodule (a module called twice must not be rewritten for one call)."""
+    counts: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            counts[node.target] = counts.get(node.target, 0) + 1
+    return counts
+
+
+def only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def bypass(gm: fx.GraphModule, node: fx.Node) -> None:
+    """Remove a one-input node whose output equals its input (identity, dropout in eval)."""
+    node.replace_all_uses_with(node.args[0])
+    gm.graph.erase_node(node)
+
+
+def add_buffer(gm: fx.GraphModule, stem: str, value: Tensor) -> str:
+    """Register ``value`` as a new buffer of ``gm`` under a fresh name and return the name."""
+    base = "collapsed_" + stem.replace(".", "_")
+    name, i = base, 1
+    while hasattr(gm, name):
+        name, i = f"{base}_{i}", i + 1
+    gm.register_buffer(name, value.detach().clone())
+    return name
+
+
+def insert_after(gm: fx.GraphModule, node: fx.Node, op: str, target, args) -> fx.Node:
+    with gm.graph.inserting_after(node):
+        return gm.graph.create_node(op, target, args)
+
+
+def tidy(gm: fx.GraphModule) -> fx.GraphModule:
+    """Drop dead nodes and unused submodules, check the graph and regenerate ``forward``."""
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    for name in [n for n, _ in gm.named_buffers(recurse=False)]:
+        if not any(node.op == "get_attr" and node.target == name for node in gm.graph.nodes):
+            delattr(gm, name)
+    return gm
+
+
+def weight_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if is_module(gm, n, WEIGHT_OPS)]
+
+
+def conv_geometry(conv: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
+    """``(kernel, stride, padding)`` per spatial dim, or None for convs kernel composition does not cover."""
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros" or tuple(conv.dilation) != (1, 1):
+        return None
+    return tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding)
+
+
+def dense_conv_weight(conv: nn.Conv2d) -> Tensor:
+    """The weight of ``conv`` written as a groups=1 convolution (block-diagonal for grouped convs)."""
+    w = conv.weight.detach()
+    if conv.groups == 1:
+        return w
+    out_per, in_per = conv.out_channels // conv.groups, conv.in_channels // conv.groups
+    dense = w.new_zeros(conv.out_channels, conv.in_channels, *w.shape[2:])
+    for g in range(conv.groups):
+        dense[g * out_per:(g + 1) * out_per, g * in_per:(g + 1) * in_per] = w[g * out_per:(g + 1) * out_per]
+    return dense
+
+
+def layer_macs(layer: nn.Module, out_shape) -> int:
+    """MACs of one conv/linear call producing ``out_shape`` (batch 1)."""
+    if isinstance(layer, nn.Conv2d):
+        kh, kw = layer.kernel_size
+        return layer.out_channels * (layer.in_channels // layer.groups) * kh * kw * out_shape[-2] * out_shape[-1]
+    positions = 1
+    for d in out_shape[1:-1]:
+        positions *= d
+    return layer.in_features * layer.out_features * positions

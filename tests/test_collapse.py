@@ -1,0 +1,316 @@
+"""Collapse: every operation on small randomized modules, outputs compared with the model it must reproduce."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from nepenthe.collapse import CollapseError, collapse, load_collapsed, save_collapsed
+from nepenthe.entropy import LayerStats, binary_entropy
+from nepenthe.metrics import weight_layers_on_longest_path
+from nepenthe.models.blocks import BasicBlock
+
+
+def stats_of(p_on) -> LayerStats:
+    p = torch.as_tensor(p_on, dtype=torch.float64)
+    h = binary_entropy(p)
+    switching = (p > 0) & (p < 1)
+    entropy = float(h[switching].mean()) if switching.any() else 0.0
+    return LayerStats("unit", p, entropy, 100)
+
+
+def all_on(n):
+    return stats_of([1.0] * n)
+
+
+def randomize_norms(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def assert_same(got, expected, rtol=1e-5):
+    scale = float(expected.detach().abs().max())
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * scale)
+
+
+def ops(report, name):
+    return [op for op in report.operations if op["op"] == name]
+
+
+def with_identity(model, *paths):
+    """The linearized model collapse must reproduce: the named activations replaced by identities."""
+    reference = copy.deepcopy(model)
+    for path in paths:
+        parent, _, leaf = path.rpartition(".")
+        setattr(reference.get_submodule(parent) if parent else reference, leaf, nn.Identity())
+    return reference.eval()
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+def test_batchnorm_folds_into_conv_exactly_and_input_model_is_untouched():
+    model = randomize_norms(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()))
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(4, 3, 10, 10)
+    small, report = collapse(model, {}, x)
+    assert [op["op"] for op in report.operations] == ["fold_batchnorm"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in small.modules())
+    assert_same(small(x), model(x))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model[1], nn.BatchNorm2d)
+
+
+def test_always_on_relu_becomes_identity_and_1x1_chain_merges_exactly():
+    model = nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU(), nn.Conv2d(16, 4, 1)).eval()
+    x = torch.randn(4, 3, 9, 9)
+    small, report = collapse(model, {"1": all_on(16)}, x)
+    assert report.units[0]["action"] == "identity"
+    merged = ops(report, "merge")
+    assert len(merged) == 1 and merged[0]["exact"] and merged[0]["macs_after"] < merged[0]["macs_before"]
+    convs = [m for m in small.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 and convs[0].weight.shape == (4, 3, 1, 1)
+    assert_same(small(x), with_identity(model, "1")(x))
+    assert report.before["weight_layers"] == 2 and report.after["weight_layers"] == 1
+
+
+def test_always_off_relu_channels_are_removed_from_producer_and_reader():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 3, padding=1)).eval()
+    x = torch.randn(4, 3, 8, 8)
+    # channels 1 and 6 never switched ON on the probe; the rest switch
+    p_on = [0.5, 0.0, 0.3, 0.7, 0.5, 0.2, 0.0, 0.9]
+    reference = copy.deepcopy(model)
+    reference[0].weight.data[[1, 6]] = 0
+    reference[0].bias.data[[1, 6]] = 0  # what the probe decided: those neurons emit 0
+    small, report = collapse(model, {"1": stats_of(p_on)}, x)
+    assert report.units[0]["action"] == "dead_channels_zeroed"
+    removed = ops(report, "remove_channels")
+    assert removed == [{"op": "remove_channels", "layer": "0", "removed": 2, "kept": 6, "readers": ["2"],
+                        "exact": True}]
+    first, second = [m for m in small.modules() if isinstance(m, nn.Conv2d)]
+    assert first.out_channels == 6 and second.in_channels == 6
+    assert_same(small(x), reference(x))
+
+
+def test_leaky_relu_off_neurons_are_linear_not_dead():
+    model = nn.Sequential(nn.Linear(6, 4), nn.LeakyReLU(0.1), nn.Linear(4, 3)).eval()
+    x = torch.randn(16, 6)
+    small, report = collapse(model, {"1": stats_of([1.0, 0.0, 1.0, 0.0])}, x)
+    assert report.units[0]["action"] == "scale_folded"
+    # the unit is linear (scale 1, 0.1, 1, 0.1), so the two linears merge into one 6 -> 3 map
+    layers = [m for m in small.modules() if isinstance(m, nn.Linear)]
+    assert len(layers) == 1 and layers[0].weight.shape == (3, 6)
+    scale = torch.tensor([1.0, 0.1, 1.0, 0.1])
+    expected = model[2](model[0](x) * scale)
+    assert_same(small(x), expected)
+    assert not ops(report, "remove_channels")
+
+
+def test_switching_leaky_relu_keeps_its_off_neurons():
+    model = nn.Sequential(nn.Linear(6, 4), nn.LeakyReLU(0.1), nn.Linear(4, 3)).eval()
+    x = torch.randn(16, 6)
+    small, report = collapse(model, {"1": stats_of([0.5, 0.0, 0.5, 0.0])}, x)
+    assert report.units[0]["action"] == "kept"
+    assert [m.out_features for m in small.modules() if isinstance(m, nn.Linear)] == [4, 3]
+    assert_same(small(x), model(x))
+
+
+def test_dead_unit_becomes_a_constant_and_its_layers_disappear():
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
+    x = torch.randn(16, 6)
+    small, report = collapse(model, {"1": stats_of([0.0] * 4)}, x)
+    assert report.units[0]["action"] == "zero"
+    assert not [m for m in small.modules() if isinstance(m, nn.Linear)]
+    expected = model[2].bias.expand(16, 3)  # a dead unit leaves only the next layer's bias
+    assert_same(small(x), expected)
+    assert small(torch.randn(5, 6)).shape == (5, 3)
+
+
+def test_fully_pruned_conv1_in_resnet_block_leaves_a_per_position_bias_map():
+    block = randomize_norms(BasicBlock(8, 16, stride=2))
+    prune.l1_unstructured(block.conv1, "weight", amount=1.0)
+    x = torch.randn(4, 8, 12, 12)
+    small, report = collapse(block, {}, x)
+    folded = ops(report, "fold_constant")
+    assert len(folded) == 1 and folded[0]["removed_layers"] == ["conv1", "conv2"]
+    assert folded[0]["shape"] == [1, 16, 6, 6]  # zero padding makes conv2's constant position-dependent
+    assert report.before["weight_layers"] == 2 and report.after["weight_layers"] == 1  # only the shortcut is left
+    assert report.after["macs"] < report.before["macs"] / 3
+    assert_same(small(x), block(x))
+    assert "conv1" in dict(block.named_modules())  # the input model keeps its layers
+
+
+def test_constant_that_is_uniform_per_channel_becomes_a_bias():
+    block = randomize_norms(BasicBlock(8, 16, stride=2))
+    prune.l1_unstructured(block.conv2, "weight", amount=1.0)  # conv2 emits its (folded) bias: per channel only
+    x = torch.randn(4, 8, 12, 12)
+    small, report = collapse(block, {}, x)
+    assert ops(report, "fold_constant")[0]["shape"] == [1, 16, 1, 1]
+    assert [op["layer"] for op in ops(report, "fold_constant_into_bias")] == ["shortcut.0"]
+    assert not [b for name, b in small.named_buffers() if name.startswith("collapsed_")]
+    assert_same(small(x), block(x))
+
+
+def test_resnet18_cifar_block_with_conv1_pruned_collapses_with_equal_outputs():
+    from nepenthe.models import create_model
+
+    model = randomize_norms(create_model("resnet18_cifar", num_classes=10, in_chans=3))
+    prune.l1_unstructured(model.layers[2][1].conv1, "weight", amount=1.0)
+    x = torch.randn(2, 3, 32, 32)
+    small, report = collapse(model, {}, x)
+    # an identity-shortcut block: both of its convs leave the main path, 18 -> 16 weight layers
+    assert weight_layers_on_longest_path(model) == 18 and weight_layers_on_longest_path(small) == 16
+    assert report.removed_weight_layers == 2
+    removed = ops(report, "fold_constant")[0]["removed_layers"]
+    assert removed == ["layers.2.1.conv1", "layers.2.1.conv2"]
+    assert_same(small(x), model(x), rtol=1e-4)
+    assert report.max_abs_diff <= 1e-4 * max(report.output_scale, 1.0)
+
+
+def test_3x3_after_3x3_merges_to_5x5_only_when_asked_with_a_measured_border_ring():
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)).eval()
+    x = torch.randn(2, 4, 10, 10)
+    stats = {"1": all_on(4)}
+    linear = with_identity(model, "1")
+    _, by_cost = collapse(model, stats, x, merge="cost")
+    assert not ops(by_cost, "merge")  # 2·9·16 MACs per position < 25·16
+    _, never = collapse(model, stats, x, merge="never")
+    assert not ops(never, "merge")
+    small, report = collapse(model, stats, x, merge="always")
+    (merge,) = ops(report, "merge")
+    assert merge["kernel"] == [5, 5] and merge["padding"] == [2, 2] and not merge["exact"]
+    diff = (small(x) - linear(x)).abs()
+    assert merge["max_abs_diff"] == pytest.approx(float(diff.max()), rel=1e-4)
+    assert float(diff[..., 1:-1, 1:-1].max()) < 1e-5  # exact away from the one-pixel ring
+    assert float(diff.max()) > 1e-3  # the ring really differs, and the report says so
+    assert merge["interior_max_abs_diff"] < 1e-5 and report.border_diff == pytest.approx(float(diff.max()), rel=1e-4)
+
+
+@pytest.mark.parametrize("first,second", [
+    (dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=1)),   # strided k×k then pointwise: exact
+    (dict(kernel_size=1), dict(kernel_size=3, stride=2, padding=1)),   # pointwise then strided k×k: exact + bias map
+    (dict(kernel_size=2, stride=2), dict(kernel_size=3, stride=1)),    # patchify then valid conv: exact
+])
+def test_strided_conv_compositions_are_exact(first, second):
+    model = nn.Sequential(nn.Conv2d(3, 6, **first), nn.ReLU(), nn.Conv2d(6, 5, **second)).eval()
+    x = torch.randn(2, 3, 11, 11)
+    small, report = collapse(model, {"1": all_on(6)}, x, merge="always")
+    (merge,) = ops(report, "merge")
+    assert merge["exact"]
+    assert_same(small(x), with_identity(model, "1")(x))
+
+
+def test_inverted_residual_with_linear_activations_merges_exactly():
+    class InvertedResidual(nn.Module):
+        def __init__(self, c=8, expand=6):
+            super().__init__()
+            h = c * expand
+            self.expand, self.bn1, self.act1 = nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6()
+            self.dw, self.bn2, self.act2 = nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6()
+            self.project, self.bn3 = nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            y = self.act1(self.bn1(self.expand(x)))
+            y = self.act2(self.bn2(self.dw(y)))
+            return x + self.bn3(self.project(y))
+
+    block = randomize_norms(InvertedResidual())
+    x = torch.randn(2, 8, 9, 9)
+    small, report = collapse(block, {"act1": all_on(48), "act2": all_on(48)}, x)
+    (merge,) = ops(report, "merge")
+    assert merge["layers"] == ["expand", "dw", "project"] and merge["exact"] and merge["kernel"] == [3, 3]
+    convs = [m for m in small.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 and convs[0].weight.shape == (8, 8, 3, 3)
+    assert_same(small(x), with_identity(block, "act1", "act2")(x))
+    assert report.after["macs"] < report.before["macs"]
+
+
+def test_transformer_mlp_with_gelu_replaced_becomes_one_linear():
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.act, self.drop, self.fc2 = nn.Linear(16, 64), nn.GELU(), nn.Dropout(0.1), nn.Linear(64, 16)
+
+        def forward(self, x):
+            return self.fc2(self.drop(self.act(self.fc1(x))))
+
+    mlp = MLP().eval()
+    x = torch.randn(2, 7, 16)  # tokens: the neurons are the last dimension
+    small, report = collapse(mlp, {"act": all_on(64)}, x)
+    assert report.units[0]["action"] == "identity" and report.units[0]["exact_on_probe"] is False
+    layers = [m for m in small.modules() if isinstance(m, nn.Linear)]
+    assert len(layers) == 1 and layers[0].weight.shape == (16, 16)
+    assert_same(small(x), mlp.fc2(mlp.fc1(x)))
+
+
+def test_never_merges_across_a_residual_add_and_identity_after_add_disappears():
+    block = randomize_norms(BasicBlock(8, 8))
+    x = torch.randn(2, 8, 6, 6)
+    small, report = collapse(block, {"relu2": all_on(8)}, x, merge="always")
+    assert not ops(report, "merge")
+    assert not any(isinstance(m, nn.ReLU) and name == "relu2" for name, m in small.named_modules())
+    assert_same(small(x), with_identity(block, "relu2")(x))
+
+
+def test_saved_collapsed_model_reloads_with_plain_torch_for_any_batch(tmp_path):
+    block = randomize_norms(BasicBlock(4, 8, stride=2))
+    prune.l1_unstructured(block.conv1, "weight", amount=1.0)
+    x = torch.randn(3, 4, 8, 8)
+    small, _ = collapse(block, {}, x)
+    path = save_collapsed(small, x, tmp_path / "collapsed.pt2")
+    loaded = torch.export.load(str(path)).module()
+    for batch in (1, 5):
+        y = torch.randn(batch, 4, 8, 8)
+        assert_same(loaded(y), block(y))
+    assert_same(load_collapsed(path)(x), small(x))
+
+
+def test_bad_merge_value_and_untraceable_model_give_one_clear_error():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else x
+
+    with pytest.raises(CollapseError, match=r"merge='sometimes' is not valid; choose one of cost, always, never"):
+        collapse(nn.Linear(4, 4), {}, torch.randn(2, 4), merge="sometimes")
+    with pytest.raises(CollapseError, match="torch.fx cannot trace Branchy"):
+        collapse(Branchy(), {}, torch.randn(2, 4))
+
+
+def test_a_step_that_changes_the_output_stops_collapse(monkeypatch):
+    import nepenthe.collapse.pipeline as pipeline
+
+    def corrupt(gm):
+        for m in gm.modules():
+            if isinstance(m, nn.Conv2d):
+                m.bias.data += 1.0
+        return []
+
+    monkeypatch.setattr(pipeline, "remove_dead_channels", corrupt)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    with pytest.raises(CollapseError, match=r"step 'remove_channels' changed the output by"):
+        collapse(model, {}, torch.randn(2, 3, 8, 8))
+
+
+def test_cost_merge_counts_macs_from_the_merged_kernel():
+    # 1×1 expand 4→32 then 3×3 32→4 : 4·32 + 9·32·4 = 1280 MACs/position; merged 3×3 4→4: 144 → merged
+    model = nn.Sequential(nn.Conv2d(4, 32, 1), nn.ReLU(), nn.Conv2d(32, 4, 3, padding=1)).eval()
+    x = torch.randn(1, 4, 6, 6)
+    _, report = collapse(model, {"1": all_on(32)}, x)
+    (merge,) = ops(report, "merge")
+    assert merge["macs_before"] == (4 * 32 + 9 * 32 * 4) * 36 and merge["macs_after"] == 9 * 4 * 4 * 36
+    assert report.after["macs"] == 9 * 4 * 4 * 36
+    assert math.isclose(report.before["macs"], merge["macs_before"])
