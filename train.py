@@ -6,7 +6,7 @@
 
 The run directory is derived from the overrides, so re-running a command resumes from its last completed round.
 Data flow: compose → validate → create_data → create_model → units → fit dense → loop[probe → plan → prune →
-fit → evaluate → record → checkpoint → stop?] → keep the last round within max_drop → linearize → summary.
+fit → evaluate → record → checkpoint → stop?] → keep the last round within max_drop → collapse → verify → summary.
 """
 
 from __future__ import annotations
@@ -24,23 +24,16 @@ import torch
 import torchvision
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 import nepenthe
 from nepenthe.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, load_compact_state, save_checkpoint
-from nepenthe.config import RunConfig, config_diff, config_hash, semantic_dict, validate
-from nepenthe.data import create_data
-from nepenthe.engine import autocast_dtype, evaluate, fit, resolve_device, seed_everything
-from nepenthe.entropy import measure_entropy
+from nepenthe.config import RunConfig, config_diff, config_hash, load_run_config, semantic_dict
 from nepenthe.errors import ConfigError, NepentheError
-from nepenthe.linearize import linearize_identity
+from nepenthe.experiment import Experiment
 from nepenthe.metrics import cost_report
-from nepenthe.models import create_model
-from nepenthe.pruning.masks import overall_sparsity
-from nepenthe.pruning.methods import PruningPlan, apply_plan, create_method
-from nepenthe.report import format_round_row, format_table_header
+from nepenthe.pruning.methods import PruningPlan, apply_plan
+from nepenthe.report import format_collapse, format_round_row, format_table_header
 from nepenthe.tracking import CONFIG_FILE, SUMMARY_FILE, ROUNDS_FILE, RunRecorder, read_summary
-from nepenthe.units import activation_modules, model_units, unit_layouts, weight_layer_names
 
 log = logging.getLogger("nepenthe")
 
@@ -60,83 +53,7 @@ OmegaConf.register_new_resolver("nepenthe_run_id", run_id, replace=True)
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Type-check the composed config against the schema and validate names and ranges."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from exc
-    return validate(OmegaConf.to_object(merged))
-
-
-class Experiment:
-    """Everything one run needs, built from a validated :class:`RunConfig` (plain values, no Hydra)."""
-
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
-        self.device = resolve_device(cfg.hardware.device)
-        self.amp = autocast_dtype(cfg.hardware.precision)
-        if cfg.hardware.threads:
-            torch.set_num_threads(cfg.hardware.threads)
-        self.data = create_data(cfg.dataset.name, cfg.dataset.root, **cfg.dataset.kwargs)
-        self.model = self.new_model()
-        self.units = model_units(self.model)
-        self.method = create_method(cfg.pruning.method, cfg.pruning.ratio)
-        self.train_loader = self.data.loader("train", cfg.train.batch_size, seed=cfg.seed)
-
-    def new_model(self):
-        seed_everything(self.cfg.seed)
-        model = create_model(self.cfg.model.name, self.data.num_classes, self.data.in_chans, **self.cfg.model.kwargs)
-        model = model.to(self.device)
-        if self.cfg.hardware.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
-
-    def fit(self, round_index: int) -> dict:
-        cfg, ft = self.cfg, self.cfg.finetune
-        dense = round_index == 0
-        seed_everything(cfg.seed * 1000 + round_index)  # each round's draws do not depend on how we got here
-        return fit(
-            self.model, self.train_loader,
-            cfg.train.epochs if dense or ft.epochs is None else ft.epochs,
-            lr=cfg.train.lr if dense or ft.lr is None else ft.lr,
-            milestones=cfg.train.milestones if dense or ft.milestones is None else ft.milestones,
-            momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov,
-            schedule=cfg.train.schedule, gamma=cfg.train.gamma, device=self.device, amp_dtype=self.amp,
-            channels_last=cfg.hardware.channels_last, progress=cfg.progress,
-            desc="dense" if dense else f"round {round_index}", first_epoch=round_index * 10_000,
-        )
-
-    def probe(self, model=None):
-        e = self.cfg.entropy
-        model = model if model is not None else self.model
-        return measure_entropy(
-            model, activation_modules(model, self.units),
-            self.data.probe_loader(e.split, e.batch_size, seed=self.cfg.seed), device=self.device,
-            zero_state=e.zero_state, layer_mean=e.layer_mean, pooling=e.pooling, layouts=unit_layouts(self.units),
-            autocast_dtype=self.amp, max_batches=e.max_batches, progress=self.cfg.progress,
-        )
-
-    def assess(self, model=None) -> dict:
-        model = model if model is not None else self.model
-        scores = {}
-        for split in ("val", "test"):
-            result = evaluate(model, self.data.loader(split, self.cfg.eval_batch_size), device=self.device,
-                              amp_dtype=self.amp, channels_last=self.cfg.hardware.channels_last)
-            scores[f"{split}_acc"], scores[f"{split}_loss"] = result["acc"], result["loss"]
-        return scores
-
-    def record(self, round_index, stats, plan: PruningPlan, fitted: dict, scores: dict, wall: float, elapsed: float):
-        zero = [u.name for u in self.units if stats[u.name].is_zero_entropy]
-        return {
-            "round": round_index, "method": self.method.name, "ratio": self.cfg.pruning.ratio,
-            "pruned": plan.total, "plan": {k: v for k, v in plan.counts.items() if v}, "frozen_units": plan.frozen_units,
-            "sparsity": overall_sparsity(self.model, weight_layer_names(self.model)),
-            "unit_sparsity": {u.name: overall_sparsity(self.model, list(u.weights)) for u in self.units},
-            "entropy": {u.name: stats[u.name].entropy for u in self.units},
-            "neurons": {u.name: stats[u.name].neuron_counts() for u in self.units},
-            "zero_entropy_units": zero, "k": len(zero), "N": len(self.units),
-            **scores, "train_acc": fitted["train_acc"], "train_loss": fitted["train_loss"], "epochs": fitted["epochs"],
-            "wall_time_s": wall, "elapsed_s": elapsed,
-        }
+    return load_run_config(cfg)
 
 
 def stop_reason(cfg: RunConfig, records: list[dict], plan: PruningPlan | None) -> str | None:
@@ -181,7 +98,7 @@ def resume_point(cfg: RunConfig, run_dir: Path):
 
 
 def summarize(exp: Experiment, records, reason, elapsed, run_dir: Path, last_stats) -> dict:
-    """Go back to the kept round, linearize its always-ON zero-entropy activations, and describe the run."""
+    """Go back to the kept round, collapse it (verified), and describe the run."""
     cfg = exp.cfg
     kept = kept_round(records, cfg.stop.max_drop)
     stats = last_stats
@@ -189,22 +106,24 @@ def summarize(exp: Experiment, records, reason, elapsed, run_dir: Path, last_sta
         ckpt = load_checkpoint(checkpoint_path(run_dir, kept))
         exp.model = load_compact_state(exp.new_model(), ckpt["state"], ckpt["masks"])
         stats = exp.probe()
-    linear_model, replaced = linearize_identity(exp.model, exp.units, stats)
-    linear_scores = exp.assess(linear_model)
     example = exp.data.test.images[:1].float().to(exp.device)  # one real image: costs are per input
     cost = {"dense": cost_report(exp.new_model(), example), "final": cost_report(exp.model, example)}
     keep = ("round", "sparsity", "val_acc", "test_acc", "k", "N", "entropy", "zero_entropy_units")
     final = records[kept]
-    return {
+    summary = {
         "status": "complete", "stop_reason": reason, "rounds_completed": records[-1]["round"], "final_round": kept,
         "dense": {k: records[0][k] for k in keep}, "final": {k: final[k] for k in keep},
         "k": final["k"], "N": final["N"], "depth": f"{final['k']}/{final['N']}",
-        "zero_entropy_units": final["zero_entropy_units"],
-        "linearized_units": replaced, "linearized_test_acc": linear_scores["test_acc"], "cost": cost,
+        "zero_entropy_units": final["zero_entropy_units"], "cost": cost,
         "config_hash": config_hash(cfg), "device": str(exp.device), "wall_time_s": elapsed,
         "versions": {"nepenthe": nepenthe.__version__, "torch": torch.__version__,
                      "torchvision": torchvision.__version__},
     }
+    if cfg.collapse.enabled:
+        _, section = exp.collapse_and_measure(stats, run_dir)
+        cost["collapsed"] = section["after"]
+        summary["collapse"] = section
+    return summary
 
 
 def print_summary(summary: dict) -> None:
@@ -214,15 +133,11 @@ def print_summary(summary: dict) -> None:
           f"(dense {d['test_acc']:.2f}%), zero-entropy units {summary['depth']}")
     if "cost" in summary:  # summaries written before cost accounting existed lack it
         dense, final = summary["cost"]["dense"], summary["cost"]["final"]
-        print(f"MACs per input: {dense['macs'] / 1e6:.2f} M dense, {final['macs_nonzero'] / 1e6:.2f} M at non-zero weights; "
-              f"weight layers on the longest path: {final['weight_layers_on_longest_path']}")
-    if summary["linearized_units"]:
-        print(f"linearized (identity): {', '.join(summary['linearized_units'])} -> test top-1 "
-              f"{summary['linearized_test_acc']:.2f}%")
-    elif summary["k"]:
-        print(f"zero-entropy units {', '.join(summary['zero_entropy_units'])} have always-OFF neurons (constant "
-              f"outputs), so they are not identities; they stay rectifiers here (removing constant channels is the "
-              f"collapse step's job)")
+        print(f"MACs per input: {dense['macs'] / 1e6:.2f} M dense, {final['macs_nonzero'] / 1e6:.2f} M at non-zero "
+              f"weights; weight layers on the longest path: {final['weight_layers_on_longest_path']}")
+    if "collapse" in summary:
+        for line in format_collapse(summary["collapse"], f["test_acc"]):
+            print(line)
 
 
 def execute(cfg: RunConfig, run_dir: str | Path, config_yaml: str) -> dict:

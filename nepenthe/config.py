@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
+from .collapse.merge import MERGES
 from .data import list_data
 from .data.registry import PROBE_SPLITS
 from .engine import DEVICES, PRECISIONS, SCHEDULES
@@ -97,6 +99,17 @@ class StopConfig:
 
 
 @dataclass
+class CollapseConfig:
+    enabled: bool = True  # collapse → verify → report at the end of the run
+    merge: str = "cost"  # cost (merge only when MACs go down) | always | never
+    tolerance: float = 1e-4  # allowed |collapsed − linearized| / max |output| for the exact steps
+    verify_batch: int = 256  # test images the collapse is verified on (and the per-position constants sized for)
+    latency_batches: list[int] = field(default_factory=lambda: [1, 64])
+    latency_min_run_time: float = 0.5  # seconds per torch.utils.benchmark measurement
+    latency_rounds: int = 3  # interleaved measurements per model; the best median is kept
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -108,6 +121,7 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     entropy: EntropyConfig = field(default_factory=EntropyConfig)
     stop: StopConfig = field(default_factory=StopConfig)
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
     eval_batch_size: int = 512
     progress: bool = True
     resume: bool = True
@@ -115,8 +129,9 @@ class RunConfig:
     name: str = "run"
 
 
-# Keys that change how a run is watched, not what it computes; a resumed run may differ in them.
-NON_SEMANTIC_KEYS = ("progress", "resume", "logger", "hardware.threads", "output_root", "name")
+# Keys that change how a run is watched or post-processed, not what it trains; a resumed run may differ in them
+# (collapse settings only shape the end-of-run report; ``python -m nepenthe.collapse`` redoes it with others).
+NON_SEMANTIC_KEYS = ("progress", "resume", "logger", "hardware.threads", "output_root", "name", "collapse")
 
 
 def _positive(option: str, value, allow_zero: bool = False) -> None:
@@ -156,7 +171,27 @@ def validate(cfg: RunConfig) -> RunConfig:
         _positive("finetune.lr", cfg.finetune.lr)
     if cfg.hardware.threads is not None:
         _positive("hardware.threads", cfg.hardware.threads)
+    check_choice("collapse.merge", cfg.collapse.merge, MERGES)
+    _positive("collapse.tolerance", cfg.collapse.tolerance)
+    _positive("collapse.verify_batch", cfg.collapse.verify_batch)
+    _positive("collapse.latency_min_run_time", cfg.collapse.latency_min_run_time)
+    _positive("collapse.latency_rounds", cfg.collapse.latency_rounds)
+    for size in cfg.collapse.latency_batches:
+        _positive("collapse.latency_batches[]", size)
     return cfg
+
+
+def load_run_config(data) -> RunConfig:
+    """Type-check a config (a dict, DictConfig or YAML file path) against :class:`RunConfig` and validate it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        loaded = OmegaConf.load(data) if isinstance(data, (str, Path)) else data
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), loaded)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from exc
+    return validate(OmegaConf.to_object(merged))
 
 
 def semantic_dict(cfg: RunConfig) -> dict:

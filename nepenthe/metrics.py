@@ -1,4 +1,4 @@
-"""Cost of a model: MACs (dense and what unstructured sparsity leaves), parameters, depth in weight layers.
+"""Cost of a model: MACs (dense and what unstructured sparsity leaves), parameters, depth in weight layers, latency.
 
 MACs come from ``torch.utils.flop_counter`` (FLOPs / 2) for one input of the given shape. "Non-zero" MACs scale each
 conv/linear layer's MACs by the fraction of its weights that are non-zero: what a sparse kernel would execute, not
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, fx, nn
+from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import NepentheError
@@ -98,3 +99,31 @@ def cost_report(model: nn.Module, example_input: Tensor) -> dict:
         "params_nonzero": params["nonzero"],
         "weight_layers_on_longest_path": weight_layers_on_longest_path(model),
     }
+
+
+@torch.no_grad()
+def latency_ms(models: dict[str, nn.Module], sample: Tensor, batch_sizes=(1, 64), *, min_run_time: float = 0.5,
+               rounds: int = 3, threads: int | None = None) -> dict[str, dict[str, float]]:
+    """Median forward latency in milliseconds, ``{model name: {"batch_<n>": ms}}``, measured side by side.
+
+    ``sample`` is one input (batch dimension 1) repeated to each batch size. Models are timed in turn, ``rounds``
+    times each with ``torch.utils.benchmark`` (which synchronises CUDA), keeping each one's best median, so drifting
+    machine load hits all of them alike. CPU timings use ``threads`` (default: torch's current setting).
+    """
+    threads = threads or torch.get_num_threads()
+    results: dict[str, dict[str, float]] = {name: {} for name in models}
+    for model in models.values():
+        model.eval()
+    for batch in batch_sizes:
+        x = sample[:1].expand(batch, *sample.shape[1:]).contiguous()
+        if sample.dim() == 4 and sample.is_contiguous(memory_format=torch.channels_last) and sample.shape[1] > 1:
+            x = x.contiguous(memory_format=torch.channels_last)
+        best = {name: float("inf") for name in models}
+        for _ in range(rounds):
+            for name, model in models.items():
+                model(x)  # warm-up: lazy init, allocator, cudnn autotune
+                timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=threads)
+                best[name] = min(best[name], timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
+        for name in models:
+            results[name][f"batch_{batch}"] = best[name]
+    return results

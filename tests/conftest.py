@@ -19,6 +19,7 @@ FAST = [
     "model.kwargs.width=8", "train.epochs=3", "train.batch_size=32",
     "finetune.epochs=1",
     "stop.max_rounds=3", "stop.max_drop=100", "progress=false", "hardware=cpu",
+    "collapse.latency_min_run_time=0.02", "collapse.latency_rounds=1", "collapse.verify_batch=64",
 ]
 
 

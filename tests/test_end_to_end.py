@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import train
@@ -19,9 +20,15 @@ ROUND_FIELDS = {
 }
 SUMMARY_FIELDS = {
     "status", "stop_reason", "rounds_completed", "final_round", "dense", "final", "k", "N", "depth",
-    "zero_entropy_units", "linearized_units", "linearized_test_acc", "config_hash", "device", "wall_time_s", "versions",
-    "cost",
+    "zero_entropy_units", "config_hash", "device", "wall_time_s", "versions", "cost", "collapse",
 }
+COLLAPSE_FIELDS = {
+    "merge", "input_shape", "tolerance", "units", "operations", "before", "after", "max_abs_diff", "border_diff",
+    "linearization_diff", "diff_vs_original", "output_scale", "test_acc", "val_acc", "latency_ms", "latency_threads",
+    "latency_device", "file",
+}
+UNITS_IN_ORDER = ["relu", "layers.0.0.relu1", "layers.0.0.relu2", "layers.1.0.relu1", "layers.1.0.relu2",
+                  "layers.2.0.relu1", "layers.2.0.relu2"]
 UNITS = {"relu", "layers.0.0.relu1", "layers.0.0.relu2", "layers.1.0.relu1", "layers.1.0.relu2",
          "layers.2.0.relu1", "layers.2.0.relu2"}
 
@@ -45,7 +52,23 @@ def check_run_directory(run_dir: Path, rounds: int):
     assert (final["macs_nonzero"] < dense["macs_nonzero"]) == (kept["sparsity"] > 0)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["name"] == "compact_cnn"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"round_{i:03d}.pt" for i in range(rounds + 1)]
+    check_collapse(run_dir, summary, kept)
     return records, summary
+
+
+def check_collapse(run_dir: Path, summary: dict, kept: dict):
+    section = summary["collapse"]
+    assert set(section) == COLLAPSE_FIELDS
+    assert section["before"] == summary["cost"]["final"] and section["after"] == summary["cost"]["collapsed"]
+    depth = "weight_layers_on_longest_path"
+    assert section["after"][depth] <= section["before"][depth] and section["after"]["macs"] <= section["before"]["macs"]
+    assert section["max_abs_diff"] <= section["tolerance"] * max(section["output_scale"], 1.0)
+    assert abs(section["test_acc"] - kept["test_acc"]) <= 0.1
+    assert [u["unit"] for u in section["units"]] == sorted(UNITS, key=list(UNITS_IN_ORDER).index)
+    assert set(section["latency_ms"]) == {"uncollapsed", "collapsed"}
+    assert all(ms > 0 for timings in section["latency_ms"].values() for ms in timings.values())
+    loaded = torch.export.load(str(run_dir / section["file"])).module()  # plain PyTorch, no nepenthe code
+    assert loaded(torch.zeros(3, *section["input_shape"][1:])).shape == (3, 10)
 
 
 def test_synthetic_run_writes_complete_records(run_fast):

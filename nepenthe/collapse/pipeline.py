@@ -45,7 +45,8 @@ class CollapseReport:
 
     @property
     def removed_weight_layers(self) -> int:
-        return self.before["weight_layers"] - self.after["weight_layers"]
+        key = "weight_layers_on_longest_path"
+        return self.before[key] - self.after[key]
 
 
 def detached_copy(model: nn.Module) -> nn.Module:
@@ -81,12 +82,6 @@ def max_diff(a: list[Tensor], b: list[Tensor]) -> float:
     return max((float((x - y).abs().max()) for x, y in zip(a, b)), default=0.0)
 
 
-def _costs(model: nn.Module, example: Tensor) -> dict:
-    cost = cost_report(model, example[:1])
-    return {"weight_layers": cost["weight_layers_on_longest_path"], "macs": cost["macs"],
-            "macs_nonzero": cost["macs_nonzero"], "params": cost["params"], "params_nonzero": cost["params_nonzero"]}
-
-
 @torch.no_grad()
 def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: Tensor, merge: str = "cost", *,
              layouts: Mapping[str, str] | None = None, tolerance: float = 1e-4):
@@ -101,7 +96,7 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
     work = make_permanent(detached_copy(model)).eval()
     gm = trace(work)
     report = CollapseReport(merge, list(example_input.shape), tolerance)
-    report.before = _costs(gm, example_input)
+    report.before = cost_report(gm, example_input[:1])
     original = outputs(work, example_input)
     report.output_scale = max((float(t.abs().max()) for t in original), default=0.0)
     bound = tolerance * max(report.output_scale, 1.0)
@@ -140,7 +135,7 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
     collapsed = outputs(gm, example_input)
     report.border_diff = max_diff(collapsed, linearized)
     report.diff_vs_original = max_diff(collapsed, original)
-    report.after = _costs(gm, example_input)
+    report.after = cost_report(gm, example_input[:1])
     return gm, report
 
 

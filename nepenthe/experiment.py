@@ -1,0 +1,120 @@
+"""One run's parts built from a validated :class:`~nepenthe.config.RunConfig`: data, model, units, method, and the
+train / probe / assess / collapse steps. ``train.py`` drives the pruning loop with it; ``python -m
+nepenthe.collapse`` rebuilds it from a run directory. Plain values only, no Hydra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .collapse import collapse, save_collapsed
+from .collapse.pipeline import detached_copy
+from .config import RunConfig
+from .data import create_data
+from .engine import autocast_dtype, evaluate, fit, resolve_device, seed_everything
+from .entropy import measure_entropy
+from .metrics import latency_ms
+from .models import create_model
+from .pruning.masks import make_permanent, overall_sparsity
+from .pruning.methods import PruningPlan, create_method
+from .units import activation_modules, model_units, unit_layouts, weight_layer_names
+
+COLLAPSED_FILE = "collapsed.pt2"
+
+
+class Experiment:
+    """Everything one run needs, built from a validated :class:`RunConfig`."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.hardware.device)
+        self.amp = autocast_dtype(cfg.hardware.precision)
+        if cfg.hardware.threads:
+            torch.set_num_threads(cfg.hardware.threads)
+        self.data = create_data(cfg.dataset.name, cfg.dataset.root, **cfg.dataset.kwargs)
+        self.model = self.new_model()
+        self.units = model_units(self.model)
+        self.method = create_method(cfg.pruning.method, cfg.pruning.ratio)
+        self.train_loader = self.data.loader("train", cfg.train.batch_size, seed=cfg.seed)
+
+    def new_model(self):
+        seed_everything(self.cfg.seed)
+        model = create_model(self.cfg.model.name, self.data.num_classes, self.data.in_chans, **self.cfg.model.kwargs)
+        model = model.to(self.device)
+        if self.cfg.hardware.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def fit(self, round_index: int) -> dict:
+        cfg, ft = self.cfg, self.cfg.finetune
+        dense = round_index == 0
+        seed_everything(cfg.seed * 1000 + round_index)  # each round's draws do not depend on how we got here
+        return fit(
+            self.model, self.train_loader,
+            cfg.train.epochs if dense or ft.epochs is None else ft.epochs,
+            lr=cfg.train.lr if dense or ft.lr is None else ft.lr,
+            milestones=cfg.train.milestones if dense or ft.milestones is None else ft.milestones,
+            momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov,
+            schedule=cfg.train.schedule, gamma=cfg.train.gamma, device=self.device, amp_dtype=self.amp,
+            channels_last=cfg.hardware.channels_last, progress=cfg.progress,
+            desc="dense" if dense else f"round {round_index}", first_epoch=round_index * 10_000,
+        )
+
+    def probe(self, model=None):
+        e = self.cfg.entropy
+        model = model if model is not None else self.model
+        return measure_entropy(
+            model, activation_modules(model, self.units),
+            self.data.probe_loader(e.split, e.batch_size, seed=self.cfg.seed), device=self.device,
+            zero_state=e.zero_state, layer_mean=e.layer_mean, pooling=e.pooling, layouts=unit_layouts(self.units),
+            autocast_dtype=self.amp, max_batches=e.max_batches, progress=self.cfg.progress,
+        )
+
+    def assess(self, model=None) -> dict:
+        model = model if model is not None else self.model
+        scores = {}
+        for split in ("val", "test"):
+            result = evaluate(model, self.data.loader(split, self.cfg.eval_batch_size), device=self.device,
+                              amp_dtype=self.amp, channels_last=self.cfg.hardware.channels_last)
+            scores[f"{split}_acc"], scores[f"{split}_loss"] = result["acc"], result["loss"]
+        return scores
+
+    def record(self, round_index, stats, plan: PruningPlan, fitted: dict, scores: dict, wall: float, elapsed: float):
+        zero = [u.name for u in self.units if stats[u.name].is_zero_entropy]
+        return {
+            "round": round_index, "method": self.method.name, "ratio": self.cfg.pruning.ratio,
+            "pruned": plan.total, "plan": {k: v for k, v in plan.counts.items() if v}, "frozen_units": plan.frozen_units,
+            "sparsity": overall_sparsity(self.model, weight_layer_names(self.model)),
+            "unit_sparsity": {u.name: overall_sparsity(self.model, list(u.weights)) for u in self.units},
+            "entropy": {u.name: stats[u.name].entropy for u in self.units},
+            "neurons": {u.name: stats[u.name].neuron_counts() for u in self.units},
+            "zero_entropy_units": zero, "k": len(zero), "N": len(self.units),
+            **scores, "train_acc": fitted["train_acc"], "train_loss": fitted["train_loss"], "epochs": fitted["epochs"],
+            "wall_time_s": wall, "elapsed_s": elapsed,
+        }
+
+    def verify_batch(self) -> torch.Tensor:
+        """The first test images: real data to verify the collapse on and to fix its input size."""
+        images = self.data.test.images[: self.cfg.collapse.verify_batch].float().to(self.device)
+        return images.contiguous(memory_format=torch.channels_last) if self.cfg.hardware.channels_last else images
+
+    def collapse_and_measure(self, stats, out_dir: str | Path | None = None) -> tuple[torch.nn.Module, dict]:
+        """Collapse ``self.model`` with the probe's ``stats``, verify, measure accuracy and latency side by side
+        with the uncollapsed model, and save the collapsed model into ``out_dir`` (when given)."""
+        c = self.cfg.collapse
+        batch = self.verify_batch()
+        small, report = collapse(self.model, stats, batch, c.merge, layouts=unit_layouts(self.units),
+                                 tolerance=c.tolerance)
+        scores = self.assess(small)
+        # the uncollapsed model timed as deployed: masks folded once, not re-applied on every call
+        uncollapsed = make_permanent(detached_copy(self.model)).eval()
+        latency = latency_ms({"uncollapsed": uncollapsed, "collapsed": small}, batch[:1], c.latency_batches,
+                             min_run_time=c.latency_min_run_time, rounds=c.latency_rounds)
+        section = {**report.to_dict(), "test_acc": scores["test_acc"], "val_acc": scores["val_acc"],
+                   "latency_ms": latency, "latency_threads": torch.get_num_threads(), "latency_device": str(self.device)}
+        if out_dir is not None:
+            save_collapsed(small, batch, Path(out_dir) / COLLAPSED_FILE)
+            section["file"] = COLLAPSED_FILE
+        return small, section
