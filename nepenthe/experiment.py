@@ -5,20 +5,24 @@ nepenthe.collapse`` rebuilds it from a run directory. Plain values only, no Hydr
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .collapse import collapse, save_collapsed
 from .collapse.pipeline import detached_copy
-from .config import RunConfig
+from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, load_compact_state
+from .config import RunConfig, load_run_config, validate
 from .data import create_data
 from .engine import autocast_dtype, evaluate, fit, resolve_device, seed_everything
 from .entropy import measure_entropy
+from .errors import NepentheError
 from .metrics import latency_ms
 from .models import create_model
 from .pruning.masks import make_permanent, overall_sparsity
 from .pruning.methods import PruningPlan, create_method
+from .tracking import CONFIG_FILE, read_summary
 from .units import activation_modules, model_units, unit_layouts, weight_layer_names
 
 COLLAPSED_FILE = "collapsed.pt2"
@@ -118,3 +122,42 @@ class Experiment:
             save_collapsed(small, batch, Path(out_dir) / COLLAPSED_FILE)
             section["file"] = COLLAPSED_FILE
         return small, section
+
+
+def chosen_round(run_dir: Path, requested: int | None) -> int:
+    """``requested``, else the summary's kept round, else the latest checkpoint's round."""
+    if requested is not None:
+        return requested
+    summary = read_summary(run_dir)
+    if summary is not None:
+        return summary["final_round"]
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise NepentheError(f"{run_dir} holds no checkpoint to collapse")
+    return load_checkpoint(latest)["round"]
+
+
+def restore_run(run_dir: str | Path, round_index: int | None = None, *, merge=None, tolerance=None,
+                verify_batch=None, device=None, data_root=None) -> tuple[Experiment, dict]:
+    """Rebuild a run from its directory with one round's checkpoint loaded: ``(experiment, that round's record)``.
+    Keyword arguments left at None keep the run's own settings."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise NepentheError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass the folder train.py wrote")
+    cfg = load_run_config(run_dir / CONFIG_FILE)
+    c = cfg.collapse
+    cfg.collapse = replace(c, merge=merge or c.merge, tolerance=tolerance or c.tolerance,
+                           verify_batch=verify_batch or c.verify_batch)
+    cfg.hardware = replace(cfg.hardware, device=device or cfg.hardware.device)
+    cfg.dataset = replace(cfg.dataset, root=data_root or cfg.dataset.root)
+    cfg.progress = False
+    validate(cfg)
+    round_index = chosen_round(run_dir, round_index)
+    path = checkpoint_path(run_dir, round_index)
+    if not path.is_file():
+        have = sorted(p.name for p in path.parent.glob("round_*.pt"))
+        raise NepentheError(f"no checkpoint for round {round_index} in {path.parent}; found: {', '.join(have) or 'none'}")
+    ckpt = load_checkpoint(path)
+    exp = Experiment(cfg)
+    exp.model = load_compact_state(exp.new_model(), ckpt["state"], ckpt["masks"])
+    return exp, ckpt["records"][round_index]

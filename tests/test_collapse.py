@@ -144,6 +144,7 @@ def test_fully_pruned_conv1_in_resnet_block_leaves_a_per_position_bias_map():
     folded = ops(report, "fold_constant")
     assert len(folded) == 1 and folded[0]["removed_layers"] == ["conv1", "conv2"]
     assert folded[0]["shape"] == [1, 16, 6, 6]  # zero padding makes conv2's constant position-dependent
+    assert report.removed_layers == ["conv1", "conv2"]
     depth = "weight_layers_on_longest_path"
     assert report.before[depth] == 2 and report.after[depth] == 1  # only the shortcut is left
     assert report.after["macs"] < report.before["macs"] / 3

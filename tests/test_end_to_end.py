@@ -23,7 +23,7 @@ SUMMARY_FIELDS = {
     "zero_entropy_units", "config_hash", "device", "wall_time_s", "versions", "cost", "collapse",
 }
 COLLAPSE_FIELDS = {
-    "merge", "input_shape", "tolerance", "units", "operations", "before", "after", "max_abs_diff", "border_diff",
+    "merge", "input_shape", "tolerance", "units", "removed_layers", "operations", "before", "after", "max_abs_diff", "border_diff",
     "linearization_diff", "diff_vs_original", "output_scale", "test_acc", "val_acc", "latency_ms", "latency_threads",
     "latency_device", "file",
 }
@@ -176,3 +176,26 @@ def test_wandb_offline_mirrors_the_round_records(run_fast):
     history = list(offline[0].glob("*.wandb"))
     assert history and history[0].stat().st_size > 0
     assert read_summary(run_dir)["status"] == "complete"
+
+
+def test_collapse_command_recollapses_a_saved_run(run_fast, tmp_path):
+    from nepenthe.collapse.__main__ import main
+
+    summary, run_dir = run_fast("stop.max_rounds=2")
+    out = tmp_path / "recollapsed"
+    assert main([str(run_dir), "--merge", "never", "--out", str(out), "--verify-batch", "32"]) == 0
+    report = json.loads((out / "collapse.json").read_text())
+    assert report["round"] == summary["final_round"] == 2 and report["merge"] == "never"
+    assert report["input_shape"][0] == 32
+    assert report["after"] == summary["collapse"]["after"]  # same checkpoint, same probe: same collapsed model
+    assert report["test_acc"] == summary["collapse"]["test_acc"]
+    model = torch.export.load(str(out / "collapsed.pt2")).module()
+    assert model(torch.zeros(2, *report["input_shape"][1:])).shape == (2, 10)
+    assert main([str(run_dir), "--round", "7"]) == 2
+
+
+def test_collapse_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    from nepenthe.collapse.__main__ import main
+
+    assert main([str(tmp_path)]) == 2
+    assert f"{tmp_path} is not a run directory (no config.yaml)" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from .activations import linearize_activations
 from .channels import remove_dead_channels
 from .constants import fold_constants
 from .fold import fold_batchnorms
-from .graph import CollapseError, bypass, module, record_shapes, tidy, trace
+from .graph import CollapseError, bypass, module, record_shapes, tidy, trace, weight_nodes
 from .merge import MERGES, merge_chains
 
 PASS_THROUGH = (nn.Identity, nn.Dropout)  # identities in eval mode
@@ -31,6 +31,7 @@ class CollapseReport:
     input_shape: list[int]
     tolerance: float
     units: list[dict] = field(default_factory=list)
+    removed_layers: list[str] = field(default_factory=list)  # conv/linear layers no longer in the graph
     operations: list[dict] = field(default_factory=list)
     before: dict = field(default_factory=dict)
     after: dict = field(default_factory=dict)
@@ -110,6 +111,7 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
                 f"merge='never' or a larger tolerance only if you accept that difference")
         return diff
 
+    layers_before = {n.target for n in weight_nodes(gm)}
     record_shapes(gm, example_input)
     report.operations += fold_batchnorms(gm)
     tidy(gm)
@@ -136,6 +138,7 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
     report.border_diff = max_diff(collapsed, linearized)
     report.diff_vs_original = max_diff(collapsed, original)
     report.after = cost_report(gm, example_input[:1])
+    report.removed_layers = sorted(layers_before - {n.target for n in weight_nodes(gm)})
     return gm, report
 
 

@@ -1,0 +1,71 @@
+"""Collapse a saved run's checkpoint into a shallower model, verify it and measure it.
+
+    python -m nepenthe.collapse runs/quickstart/experiment=quickstart            # the run's kept round
+    python -m nepenthe.collapse RUN_DIR --round 2 --merge always --out /tmp/c    # another round, other options
+
+Rebuilds the run from its ``config.yaml`` (data are read from the config's ``dataset.root`` unless ``--data-root``
+says otherwise), loads the checkpoint, probes the entropy again, collapses, verifies on the first test images,
+times the uncollapsed and collapsed models side by side, and writes ``collapsed.pt2`` and ``collapse.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import NepentheError
+from ..report import format_collapse
+from ..tracking import atomic_write_text
+from .merge import MERGES
+
+REPORT_FILE = "collapse.json"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m nepenthe.collapse", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a run directory written by train.py")
+    parser.add_argument("--round", type=int, default=None, help="checkpoint round (default: the summary's kept "
+                        "round, else the latest checkpoint)")
+    parser.add_argument("--merge", choices=MERGES, default=None, help="default: the run's collapse.merge")
+    parser.add_argument("--tolerance", type=float, default=None)
+    parser.add_argument("--verify-batch", type=int, default=None, help="test images to verify on")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's hardware.device)")
+    parser.add_argument("--data-root", default=None, help="where the dataset lives (default: the run's dataset.root)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the run directory)")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ..experiment import restore_run  # imports the data and model registries; only needed here
+
+    exp, record = restore_run(args.run_dir, args.round, merge=args.merge, tolerance=args.tolerance,
+                              verify_batch=args.verify_batch, device=args.device, data_root=args.data_root)
+    stats = exp.probe()
+    out = args.out or args.run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    _, section = exp.collapse_and_measure(stats, out)
+    section = {"run_dir": str(args.run_dir), "round": record["round"], "uncollapsed_test_acc": record["test_acc"],
+               "k": record["k"], "N": record["N"], **section}
+    atomic_write_text(out / REPORT_FILE, json.dumps(section, indent=2) + "\n")
+    print(f"round {record['round']} of {args.run_dir}: zero-entropy units {record['k']}/{record['N']}, "
+          f"sparsity {100 * record['sparsity']:.1f}%")
+    for line in format_collapse(section, record["test_acc"]):
+        print(line)
+    print(f"report: {out / REPORT_FILE}")
+    return section
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except NepentheError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
