@@ -4,7 +4,8 @@ A run directory holds
   ``config.yaml``   the resolved config (written first, atomically);
   ``rounds.jsonl``  one JSON object per completed round, appended with a single write each;
   ``summary.json``  written last and atomically, so its presence means the run finished;
-  ``checkpoints/round_NNN.pt``  model weights and masks after each round.
+  ``checkpoints/round_NNN.pt``  model weights and masks after each round;
+  ``collapsed.pt2``  the kept model collapsed (torch.export; loads without nepenthe).
 
 Fields of a round record (stable; analysis reads these names):
   round              0 is the dense model, then one per pruning round
@@ -21,9 +22,27 @@ Fields of a round record (stable; analysis reads these names):
   wall_time_s        seconds spent in this round; elapsed_s since the run started (resumes included)
 
 Fields of the summary: status, stop_reason, rounds_completed, final_round, dense (round-0 record subset),
-final (the kept round's record subset), k, N, depth (``"k/N"``), linearized_units, linearized_test_acc,
-cost ({dense, final}: macs, macs_nonzero, params, params_nonzero, weight_layers_on_longest_path — per input, see
-nepenthe/metrics.py), config_hash, versions, device, wall_time_s.
+final (the kept round's record subset), k, N, depth (``"k/N"``: the paper's depth metric), zero_entropy_units,
+cost ({dense, final, collapsed}: macs, macs_nonzero, params, params_nonzero, weight_layers_on_longest_path — per
+input, see nepenthe/metrics.py), collapse (below; absent with collapse.enabled=false), config_hash, versions, device,
+wall_time_s.
+
+Fields of ``collapse`` (also ``collapse.json`` from ``python -m nepenthe.collapse``):
+  merge, tolerance, input_shape   the settings and the verification batch's shape (constants are sized for it)
+  units              per unit: action (identity | scale_folded | scale | zero | dead_channels_zeroed | kept),
+                     always_on, always_off, switching, exact_on_probe (false for ReLU6/GELU identities)
+  operations         every rewrite: fold_batchnorm, drop_identity, fold_constant (removed_layers, shape),
+                     fold_constant_into_bias, remove_channels, merge (layers, exact, macs_before/after, kernel,
+                     max_abs_diff, interior_max_abs_diff for convs)
+  removed_layers     conv/linear layers no longer in the collapsed graph
+  before, after      cost of the uncollapsed (kept) and the collapsed model, as in ``cost``
+  max_abs_diff       collapsed (exact steps) vs the linearized model on the batch; within tolerance·max|output|
+  border_diff        what inexact (k×k∘k×k) merges add; linearization_diff: linearized vs uncollapsed (the probe's
+                     decision); diff_vs_original: collapsed vs uncollapsed; output_scale: max |output|
+  test_acc, val_acc  of the collapsed model (compare final.test_acc)
+  latency_ms         {uncollapsed, collapsed}: {batch_<n>: median ms}, measured side by side; latency_threads,
+                     latency_device
+  file               the collapsed model, a torch.export program: ``torch.export.load(path).module()``
 """
 
 from __future__ import annotations

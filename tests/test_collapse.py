@@ -316,3 +316,14 @@ def test_cost_merge_counts_macs_from_the_merged_kernel():
     assert merge["macs_before"] == (4 * 32 + 9 * 32 * 4) * 36 and merge["macs_after"] == 9 * 4 * 4 * 36
     assert report.after["macs"] == 9 * 4 * 4 * 36
     assert math.isclose(report.before["macs"], merge["macs_before"])
+
+
+def test_channels_last_tokens_fold_into_the_linear_before_and_merge():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8)).eval()
+    x = torch.randn(2, 5, 5, 8)  # [B, H, W, C] as in Swin: the neurons are the last dimension
+    on = torch.arange(16) % 2 == 0
+    small, report = collapse(model, {"1": stats_of(on.double())}, x, layouts={"1": "channels_last"})
+    assert report.units[0]["action"] == "scale_folded"
+    layers = [m for m in small.modules() if isinstance(m, nn.Linear)]
+    assert len(layers) == 1 and layers[0].weight.shape == (8, 8)
+    assert_same(small(x), model[2](model[0](x) * on))

@@ -199,3 +199,22 @@ def test_collapse_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
 
     assert main([str(tmp_path)]) == 2
     assert f"{tmp_path} is not a run directory (no config.yaml)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (make data)")
+def test_quickstart_final_model_collapses_with_accuracy_unchanged(tmp_path):
+    """The README's main job (about 4 minutes on 2 cores): its kept model loses layers, not accuracy."""
+    from conftest import compose_config
+    from omegaconf import OmegaConf
+
+    prepare_fashion_mnist(tmp_path / "data")
+    cfg = compose_config(["experiment=quickstart", "progress=false", "hardware=cpu", "hardware.threads=2",
+                          f"dataset.root={tmp_path / 'data'}"])
+    summary = train.execute(train.to_run_config(cfg), tmp_path / "run", OmegaConf.to_yaml(cfg))
+    section = summary["collapse"]
+    assert summary["k"] >= 1
+    assert abs(section["test_acc"] - summary["final"]["test_acc"]) <= 0.1
+    depth = "weight_layers_on_longest_path"
+    assert section["after"][depth] < section["before"][depth] and section["after"]["macs"] < section["before"]["macs"]
+    assert section["removed_layers"]

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from nepenthe.errors import ConfigError
-from nepenthe.linearize import linearize_identity
+from nepenthe.collapse import collapse
 from nepenthe.entropy import measure_entropy
 from nepenthe.models import create_model, list_models
 from nepenthe.pruning.masks import prune_smallest
@@ -62,7 +62,7 @@ def test_shared_or_inplace_rectifiers_are_refused():
         model_units(Shared())
 
 
-def test_fully_pruned_conv_makes_relu1_zero_entropy_and_identity_swap_is_exact_when_all_on():
+def test_fully_pruned_conv_makes_relu1_zero_entropy_and_collapse_removes_the_block_main_path():
     model = create_model("compact_cnn", 10, 1).eval()
     block = model.layers[0][0]
     prune_smallest(block.conv1, block.conv1.weight.numel())  # conv1 outputs 0 -> bn1 emits its shift
@@ -74,11 +74,12 @@ def test_fully_pruned_conv_makes_relu1_zero_entropy_and_identity_swap_is_exact_w
     stats = measure_entropy(model, activation_modules(model, units), [x])
     s = stats["layers.0.0.relu1"]
     assert s.entropy == 0.0 and s.always_on == 16
-    linear, replaced = linearize_identity(model, units, stats)
-    assert replaced == {"layers.0.0.relu1": True}
-    assert isinstance(linear.layers[0][0].relu1, nn.Identity)
+    small, report = collapse(model, stats, x)
+    (unit,) = [u for u in report.units if u["unit"] == "layers.0.0.relu1"]
+    assert unit["action"] == "identity" and unit["exact_on_probe"]
+    assert report.removed_layers == ["layers.0.0.conv1", "layers.0.0.conv2"]  # a constant: the main path is gone
     assert isinstance(model.layers[0][0].relu1, nn.ReLU)  # the input model is untouched
-    assert torch.equal(linear(x), model(x))
+    torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5 * float(model(x).abs().max()))
 
 
 def test_unknown_builder_option_is_named():

@@ -44,7 +44,8 @@ def _broadcast_shape(ndim: int, dim: int, size: int) -> list[int]:
     return view
 
 
-def linearize_activations(gm: fx.GraphModule, stats: Mapping[str, LayerStats], layouts: Mapping[str, str]) -> list[dict]:
+def linearize_activations(gm: fx.GraphModule, stats: Mapping[str, LayerStats], layouts: Mapping[str, str],
+                          device: torch.device | None = None) -> list[dict]:
     done = []
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or node.target not in stats:
@@ -52,7 +53,6 @@ def linearize_activations(gm: fx.GraphModule, stats: Mapping[str, LayerStats], l
         act, s = module(gm, node), stats[node.target]
         out_shape = shape(node)
         neuron_dim = channel_dim(len(out_shape), layouts.get(node.target, "auto"))
-        channel_first = neuron_dim == (1 if len(out_shape) == 4 else len(out_shape) - 1)
         record = {"op": "linearize", "unit": node.target, "always_on": s.always_on, "always_off": s.always_off,
                   "switching": s.switching}
         scale = reduced_scale(act, s)
@@ -60,12 +60,12 @@ def linearize_activations(gm: fx.GraphModule, stats: Mapping[str, LayerStats], l
             # ON neurons of ReLU/LeakyReLU are exactly z; ReLU6 clips above 6 and GELU differs from z near 0
             exact_on = isinstance(act, (nn.ReLU, nn.LeakyReLU)) or not bool((scale == 1).any())
             record["exact_on_probe"] = exact_on
-            producer = can_scale_channels(gm, node, channel_first)
+            producer = can_scale_channels(gm, node, neuron_dim)
             if bool((scale == 1).all()):
                 bypass(gm, node)
                 record["action"] = "identity"
             elif not bool(scale.any()):
-                zeros = torch.zeros(1, *out_shape[1:], dtype=torch.float32)
+                zeros = torch.zeros(1, *out_shape[1:], device=device)
                 const = insert_after(gm, node, "get_attr", add_buffer(gm, f"{node.target}_zero", zeros), ())
                 node.replace_all_uses_with(const)
                 gm.graph.erase_node(node)
@@ -76,13 +76,13 @@ def linearize_activations(gm: fx.GraphModule, stats: Mapping[str, LayerStats], l
                 record["action"] = "scale_folded"
             else:
                 view = _broadcast_shape(len(out_shape), neuron_dim, scale.numel())
-                buf = insert_after(gm, node, "get_attr", add_buffer(gm, f"{node.target}_scale", scale.view(view)), ())
+                buf = insert_after(gm, node, "get_attr", add_buffer(gm, f"{node.target}_scale", scale.view(view).to(device)), ())
                 mul = insert_after(gm, buf, "call_function", torch.mul, (node.args[0], buf))
                 node.replace_all_uses_with(mul)
                 gm.graph.erase_node(node)
                 record["action"] = "scale"
         elif isinstance(act, ZERO_WHEN_OFF) and s.always_off + s.never_counted > 0:
-            producer = can_scale_channels(gm, node, channel_first)
+            producer = can_scale_channels(gm, node, neuron_dim)
             if producer is not None:
                 alive = ~((s.p_on == 0) | s.p_on.isnan())
                 scale_output_channels(module(gm, producer), alive.float())

@@ -21,15 +21,6 @@ def foldable_producer(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
     return source
 
 
-def _neurons_match(layer: nn.Module, out_shape) -> bool:
-    """True when the layer's output channels are where a per-channel fold expects them (dim 1 for convs, last for linear)."""
-    if out_shape is None:
-        return False
-    if isinstance(layer, nn.Conv2d):
-        return len(out_shape) == 4
-    return True
-
-
 def fold_batchnorms(gm: fx.GraphModule) -> list[dict]:
     """Fold every eval-mode BatchNorm that directly follows a conv (or a linear on 2-D input) into that layer."""
     done = []
@@ -62,8 +53,14 @@ def scale_output_channels(layer: nn.Module, scale: Tensor) -> None:
         layer.bias.mul_(scale)
 
 
-def can_scale_channels(gm: fx.GraphModule, node: fx.Node, neurons_dim_is_channel: bool) -> fx.Node | None:
+def can_scale_channels(gm: fx.GraphModule, node: fx.Node, neuron_dim: int) -> fx.Node | None:
+    """The producer whose output channels are ``node``'s neurons (a conv writes dim 1, a linear the last dim)."""
     source = foldable_producer(gm, node)
-    if source is None or not neurons_dim_is_channel or not _neurons_match(module(gm, source), shape(source)):
+    out_shape = shape(source) if source is not None else None
+    if out_shape is None:
         return None
-    return source
+    layer = module(gm, source)
+    expected = 1 if isinstance(layer, nn.Conv2d) and len(out_shape) == 4 else len(out_shape) - 1
+    if isinstance(layer, nn.Conv2d) and len(out_shape) != 4:
+        return None
+    return source if neuron_dim == expected else None

@@ -118,7 +118,7 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
     verify("fold_batchnorm", original)
 
     record_shapes(gm, example_input)
-    report.units = linearize_activations(gm, stats, layouts or {})
+    report.units = linearize_activations(gm, stats, layouts or {}, example_input.device)
     tidy(gm)
     linearized = outputs(gm, example_input)  # the probe's decision; every later step must reproduce this model
     report.linearization_diff = max_diff(linearized, original)
