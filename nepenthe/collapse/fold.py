@@ -32,6 +32,8 @@ def fold_batchnorms(gm: fx.GraphModule) -> list[dict]:
         if source is None:
             continue
         layer = module(gm, source)
+        if isinstance(layer, nn.Conv2d) != isinstance(bn, nn.BatchNorm2d):
+            continue
         if isinstance(layer, nn.Linear):
             if len(shape(source) or ()) != 2:  # BatchNorm1d on (N, C, L) normalises dim 1, a linear writes the last
                 continue

@@ -11,8 +11,6 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import NepentheError
 
 # The ops collapse rewrites. Conv1d/Conv3d and transposed convs are left as they are.
-CONV = nn.Conv2d
-LINEAR = nn.Linear
 WEIGHT_OPS = (nn.Conv2d, nn.Linear)
 # Element-wise functions through which a constant broadcasts against a full tensor.
 BROADCASTING = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul}
