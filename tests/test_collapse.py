@@ -327,3 +327,29 @@ def test_channels_last_tokens_fold_into_the_linear_before_and_merge():
     layers = [m for m in small.modules() if isinstance(m, nn.Linear)]
     assert len(layers) == 1 and layers[0].weight.shape == (8, 8)
     assert_same(small(x), model[2](model[0](x) * on))
+
+
+@pytest.mark.parametrize("first,second,exact", [
+    (dict(stride=1), dict(stride=1), False),  # two 3×3 → one 5×5: the ring differs
+    # strided first conv → 7×7, stride 2, padding 3. Exact: outside its output range the first conv would read only
+    # zero padding (k1 − 1 − p1 < s1 and s1·H_z − p1 ≥ H_x for 13×13), so the merged conv sees zeros there too
+    (dict(stride=2), dict(stride=1), True),
+    (dict(stride=1), dict(stride=2), False),  # strided second conv: 5×5, stride 2
+])
+def test_kxk_compositions_are_exact_inside_and_report_their_border_ring(first, second, exact):
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, **first), nn.ReLU(),
+                          nn.Conv2d(6, 5, 3, padding=1, **second)).eval()
+    x = torch.randn(2, 3, 13, 13)
+    small, report = collapse(model, {"1": all_on(6)}, x, merge="always")
+    (merge,) = ops(report, "merge")
+    s1, s2 = first["stride"], second["stride"]
+    assert merge["kernel"] == [3 + s1 * 2] * 2 and merge["stride"] == [s1 * s2] * 2
+    assert merge["padding"] == [1 + s1] * 2 and merge["exact"] is exact
+    diff = (small(x) - with_identity(model, "1")(x)).detach().abs()
+    ring = merge["border_width"][0]
+    assert float(diff[..., ring:-ring, ring:-ring].max()) < 1e-5  # composition is right away from the border
+    assert merge["interior_max_abs_diff"] < 1e-5
+    if exact:
+        assert float(diff.max()) < 1e-5 and merge["max_abs_diff"] < 1e-5
+    else:
+        assert merge["max_abs_diff"] > 1e-3  # the ring really differs, and the report says so
