@@ -106,7 +106,7 @@ def summarize(exp: Experiment, records, reason, elapsed, run_dir: Path, last_sta
         ckpt = load_checkpoint(checkpoint_path(run_dir, kept))
         exp.model = load_compact_state(exp.new_model(), ckpt["state"], ckpt["masks"])
         stats = exp.probe()
-    example = exp.data.test.images[:1].float().to(exp.device)  # one real image: costs are per input
+    example = exp.verify_batch()[:1]  # one real image: costs are per input
     cost = {"dense": cost_report(exp.new_model(), example), "final": cost_report(exp.model, example)}
     keep = ("round", "sparsity", "val_acc", "test_acc", "k", "N", "entropy", "zero_entropy_units")
     final = records[kept]

@@ -100,8 +100,9 @@ class Experiment:
         }
 
     def verify_batch(self) -> torch.Tensor:
-        """The first test images: real data to verify the collapse on and to fix its input size."""
-        images = self.data.test.images[: self.cfg.collapse.verify_batch].float().to(self.device)
+        """The first test images, preprocessed as the model sees them: the real data collapse is verified on."""
+        images, _ = next(iter(self.data.loader("test", self.cfg.collapse.verify_batch)))
+        images = images.to(self.device)
         return images.contiguous(memory_format=torch.channels_last) if self.cfg.hardware.channels_last else images
 
     def collapse_and_measure(self, stats, out_dir: str | Path | None = None) -> tuple[torch.nn.Module, dict]:
