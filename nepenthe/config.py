@@ -141,7 +141,7 @@ def _positive(option: str, value, allow_zero: bool = False) -> None:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    if cfg.model.name not in list_models():
+    if cfg.model.name not in list_models() and not cfg.model.name.startswith("timm/"):
         raise unknown_name("model", cfg.model.name, list_models())
     if cfg.dataset.name not in list_data():
         raise unknown_name("dataset", cfg.dataset.name, list_data())

@@ -21,7 +21,10 @@ def check_builder_kwargs(kind: str, name: str, builder, kwargs: dict, reserved=(
     """A builder option that does not exist is named, with the valid ones, instead of a TypeError."""
     import inspect
 
-    valid = [p for p in inspect.signature(builder).parameters if p not in reserved]
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # the builder forwards extra options (timm's create_model checks them itself)
+    valid = [p for p in params if p not in reserved]
     for key in kwargs:
         if key not in valid:
             raise ConfigError(f"{kind} {name!r} has no option {key!r}; valid: {', '.join(valid)}")

@@ -27,13 +27,14 @@ class Unit:
 
 
 def model_units(model: nn.Module) -> list[Unit]:
-    """The model's declared units, checked against its modules."""
+    """The model's declared units (a ``units()`` method), else those found on its fx graph; checked either way."""
     declare = getattr(model, "units", None)
-    if not callable(declare):
-        raise ConfigError(
-            f"{type(model).__name__} declares no units; add a units() method returning nepenthe.units.Unit objects"
-        )
-    units = list(declare())
+    if callable(declare):
+        units = list(declare())
+    else:
+        from .discovery import discover_units  # fx walk, only for models that declare nothing
+
+        units = discover_units(model)
     modules = dict(model.named_modules())
     seen: set[str] = set()
     for unit in units:

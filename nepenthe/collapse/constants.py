@@ -14,7 +14,7 @@ import operator
 import torch
 from torch import Tensor, fx, nn
 
-from .graph import (BROADCASTING, WEIGHT_OPS, add_buffer, call_counts, insert_after, is_module, module, only_user,
+from .graph import (BROADCASTING, COLLAPSE_PREFIX, WEIGHT_OPS, add_buffer, call_counts, insert_after, is_module, module, only_user,
                     shape)
 
 ADDS = (operator.add, torch.add)
@@ -45,22 +45,33 @@ def shrink_uniform(value: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def constant_values(gm: fx.GraphModule) -> dict[fx.Node, Tensor]:
-    """Value of every node that does not depend on the input (get_attr values included)."""
+def constant_values(gm: fx.GraphModule) -> tuple[dict[fx.Node, Tensor], set[fx.Node]]:
+    """Value of every node that does not depend on the input, and which of them stand for a batch of activations.
+
+    Seeds of the second kind are layers with all-zero weights and collapse's own constants (``collapsed_*``
+    buffers with a batch dimension of 1); what depends on them is a per-sample constant. Constants computed from
+    parameters alone (a relative position bias, a mask) have no batch dimension and are left in the graph as they are.
+    """
     interpreter = fx.Interpreter(gm)
     values: dict[fx.Node, Tensor] = {}
+    batched: set[fx.Node] = set()
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output"):
             continue
         inputs = node.all_input_nodes
         if node.op == "get_attr":
             values[node] = interpreter.fetch_attr(node.target)
+            if node.target.startswith(COLLAPSE_PREFIX) and values[node].dim() > 0 and values[node].shape[0] == 1:
+                batched.add(node)
         elif is_module(gm, node, WEIGHT_OPS) and emits_constant(module(gm, node)) and shape(node) is not None:
             values[node] = bias_output(module(gm, node), shape(node))
+            batched.add(node)
         elif inputs and all(n in values for n in inputs):
             interpreter.env = values
             values[node] = interpreter.run_node(node)
-    return values
+            if any(n in batched for n in inputs):
+                batched.add(node)
+    return values, batched
 
 
 def _batch_size_node(gm: fx.GraphModule) -> fx.Node:
@@ -69,10 +80,10 @@ def _batch_size_node(gm: fx.GraphModule) -> fx.Node:
 
 
 def fold_constants(gm: fx.GraphModule) -> list[dict]:
-    values = constant_values(gm)
+    values, batched = constant_values(gm)
     done, batch = [], None
     for node, value in values.items():
-        if node.op == "get_attr" or not isinstance(value, Tensor):
+        if node.op == "get_attr" or node not in batched or not isinstance(value, Tensor):
             continue
         live_users = [u for u in node.users if u not in values]
         if not live_users:

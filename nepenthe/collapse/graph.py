@@ -16,6 +16,9 @@ WEIGHT_OPS = (nn.Conv2d, nn.Linear)
 BROADCASTING = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul}
 
 
+COLLAPSE_PREFIX = "collapsed_"  # buffers collapse adds to a graph
+
+
 class CollapseError(NepentheError):
     """Collapse could not build a model it can vouch for."""
 
@@ -71,7 +74,7 @@ def bypass(gm: fx.GraphModule, node: fx.Node) -> None:
 
 def add_buffer(gm: fx.GraphModule, stem: str, value: Tensor) -> str:
     """Register ``value`` as a new buffer of ``gm`` under a fresh name and return the name."""
-    base = "collapsed_" + stem.replace(".", "_")
+    base = COLLAPSE_PREFIX + stem.replace(".", "_")
     name, i = base, 1
     while hasattr(gm, name):
         name, i = f"{base}_{i}", i + 1

@@ -26,6 +26,8 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
+    if name.startswith("timm/"):  # model.name=timm/resnet34 is short for model=timm model.kwargs.arch=resnet34
+        name, kwargs = "timm", {**kwargs, "arch": name.removeprefix("timm/")}
     if name not in _BUILDERS:
         raise unknown_name("model", name, _BUILDERS)
     check_builder_kwargs("model", name, _BUILDERS[name], kwargs, reserved=("num_classes", "in_chans"))

@@ -1,0 +1,101 @@
+"""The paper family's other networks, from torchvision, and any timm model by name.
+
+None of them declares units: they are found on the fx graph (``nepenthe.discovery``), after every rectifier has been
+made non-inplace and given one module per call site. Weights come only from a local file (``weights=PATH``).
+"""
+
+from __future__ import annotations
+
+import torchvision
+from torch import nn
+
+from ..discovery import distinct_activations
+from ..errors import ConfigError
+from .registry import register_model
+from .weights import load_local_weights
+
+
+def _with_in_chans(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
+    if conv.in_channels == in_chans:
+        return conv
+    return nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                     bias=conv.bias is not None)
+
+
+def _finish(model: nn.Module, weights: str | None) -> nn.Module:
+    if weights:
+        load_local_weights(model, weights)
+    return distinct_activations(model)
+
+
+@register_model("resnet18_imagenet")
+def resnet18_imagenet(num_classes: int = 1000, in_chans: int = 3, weights: str | None = None) -> nn.Module:
+    """torchvision ResNet-18: 7×7 stride-2 stem and max-pool (the family's Tiny-ImageNet and ImageNet network)."""
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    model.conv1 = _with_in_chans(model.conv1, in_chans)
+    return _finish(model, weights)
+
+
+def _mobilenet_v2(num_classes: int, in_chans: int, cifar: bool) -> nn.Module:
+    model = torchvision.models.mobilenet_v2(num_classes=num_classes)
+    model.features[0][0] = _with_in_chans(model.features[0][0], in_chans)
+    if cifar:  # the CIFAR variant keeps resolution: stride-1 stem and stride-1 first block of stage 2
+        model.features[0][0].stride = (1, 1)
+        model.features[2].conv[1][0].stride = (1, 1)
+    return model
+
+
+@register_model("mobilenetv2_cifar")
+def mobilenetv2_cifar(num_classes: int = 10, in_chans: int = 3, weights: str | None = None) -> nn.Module:
+    """MobileNetV2 for 32×32 inputs: stride-1 stem and stage 2 (35 ReLU6 units)."""
+    return _finish(_mobilenet_v2(num_classes, in_chans, cifar=True), weights)
+
+
+@register_model("mobilenetv2_imagenet")
+def mobilenetv2_imagenet(num_classes: int = 1000, in_chans: int = 3, weights: str | None = None) -> nn.Module:
+    """torchvision MobileNetV2 (35 ReLU6 units)."""
+    return _finish(_mobilenet_v2(num_classes, in_chans, cifar=False), weights)
+
+
+@register_model("swin_t")
+def swin_t(num_classes: int = 1000, in_chans: int = 3, weights: str | None = None) -> nn.Module:
+    """torchvision Swin-T: 12 GELU units (one per block's MLP) on channels-last ``[B, H, W, C]`` tokens."""
+    model = torchvision.models.swin_t(num_classes=num_classes)
+    model.features[0][0] = _with_in_chans(model.features[0][0], in_chans)
+    return _finish(model, weights)
+
+
+@register_model("vgg16_bn")
+def vgg16_bn(num_classes: int = 1000, in_chans: int = 3, weights: str | None = None) -> nn.Module:
+    """torchvision VGG-16 with batch norm: 13 conv ReLUs + 2 classifier ReLUs (15 units)."""
+    model = torchvision.models.vgg16_bn(num_classes=num_classes)
+    model.features[0] = _with_in_chans(model.features[0], in_chans)
+    return _finish(model, weights)
+
+
+@register_model("timm")
+def timm_model(num_classes: int = 1000, in_chans: int = 3, arch: str | None = None, weights: str | None = None,
+               **timm_kwargs) -> nn.Module:
+    """Any timm architecture (``model=timm model.kwargs.arch=resnet34``, or ``model.name=timm/resnet34``); extra
+    ``model.kwargs`` go to ``timm.create_model``; never downloads weights."""
+    import timm
+
+    if not arch:
+        raise ConfigError("model=timm needs model.kwargs.arch (a timm architecture, e.g. resnet34)")
+    if arch not in timm.list_models():
+        close = timm.list_models(f"*{arch}*")[:8]
+        raise ConfigError(f"timm has no model {arch!r}" + (f"; close: {', '.join(close)}" if close else ""))
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
+    return _finish(torch_gelus(model), weights)
+
+
+def torch_gelus(model: nn.Module) -> nn.Module:
+    """timm wraps GELU in its own classes; the same function as ``nn.GELU``, which the probe and collapse know."""
+    from timm.layers.activations import GELU, GELUTanh
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (GELU, GELUTanh)):
+            approximate = "tanh" if isinstance(module, GELUTanh) else getattr(module, "approximate", "none")
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, nn.GELU(approximate=approximate))
+    return model

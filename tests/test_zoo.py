@@ -1,0 +1,135 @@
+"""Every registered model: units cover each rectifier once, the probe gives one entropy per unit, a training step
+runs, and collapse keeps the outputs of a model with a fully pruned layer."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune
+
+from nepenthe.collapse import collapse
+from nepenthe.discovery import discover_units, distinct_activations
+from nepenthe.entropy import measure_entropy
+from nepenthe.errors import ConfigError
+from nepenthe.models import create_model, list_models
+from nepenthe.models.weights import load_local_weights
+from nepenthe.units import RECTIFIERS, Unit, activation_modules, model_units, unit_layouts
+
+# name, kwargs, input (C, H, W), rectifier units the paper family counts (EASIER appendix N) where it counts them
+ZOO = [
+    ("compact_cnn", {"width": 8}, (1, 28, 28), 7),
+    ("resnet18_cifar", {}, (3, 32, 32), 17),
+    ("resnet18_imagenet", {}, (3, 64, 64), 17),
+    ("mobilenetv2_cifar", {}, (3, 32, 32), 35),
+    ("mobilenetv2_imagenet", {}, (3, 64, 64), 35),
+    ("swin_t", {}, (3, 64, 64), 12),
+    ("vgg16_bn", {}, (3, 32, 32), 15),
+    ("timm", {"arch": "resnet18"}, (3, 32, 32), 17),
+    ("timm/convnext_atto", {}, (3, 32, 32), 12),
+]
+
+
+def test_zoo_lists_every_registered_model():
+    assert {name for name, *_ in ZOO if not name.startswith("timm/")} == set(list_models())
+
+
+@pytest.mark.parametrize("name,kwargs,shape,expected_units", ZOO, ids=[z[0] for z in ZOO])
+def test_registered_model_units_probe_train_step_and_collapse(name, kwargs, shape, expected_units):
+    torch.manual_seed(0)
+    model = create_model(name, 10, shape[0], **kwargs)
+    units = model_units(model)
+    rectifier_calls = [n for n, m in model.named_modules() if isinstance(m, RECTIFIERS)]
+    assert len(units) == expected_units
+    assert sorted(u.name for u in units) == sorted(rectifier_calls)  # each rectifier exactly once
+    assert not any(getattr(m, "inplace", False) for m in model.modules() if isinstance(m, RECTIFIERS))
+    weights = [w for u in units for w in u.weights]
+    assert len(weights) == len(set(weights)) and all(u.weights for u in units)
+
+    x, y = torch.randn(4, *shape), torch.arange(4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point())
+
+    model.eval()
+    stats = measure_entropy(model, activation_modules(model, units), [x], layouts=unit_layouts(units))
+    assert set(stats) == {u.name for u in units}
+    assert all(0.0 <= s.entropy <= 1.0 for s in stats.values())
+
+    # the last unit's layer pruned to 100 %: collapse must drop it and reproduce the model's outputs
+    last = units[-1].weights[0]
+    prune.l1_unstructured(model.get_submodule(last), "weight", amount=1.0)
+    small, report = collapse(model, {}, x)
+    assert last in report.removed_layers
+    expected = model(x)
+    torch.testing.assert_close(small(x), expected, rtol=1e-4, atol=1e-4 * float(expected.detach().abs().max()))
+    assert small(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def test_reused_relu_is_split_per_call_site_and_made_non_inplace():
+    import torchvision
+
+    model = distinct_activations(torchvision.models.resnet18(num_classes=10))
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    assert "layer1.0.relu" in names and "layer1.0.relu_1" in names and len(names) == 17
+    units = {u.name: u.weights for u in model_units(model)}
+    assert units["layer1.0.relu"] == ("layer1.0.conv1",) and units["layer1.0.relu_1"] == ("layer1.0.conv2",)
+    assert units["layer2.0.relu_1"] == ("layer2.0.conv2",)  # main path, not the downsample conv
+
+
+def test_discovery_walks_back_through_norms_and_adds_and_names_weightless_rectifiers():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.bn, self.act_a = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+            self.b, self.act_b = nn.Conv2d(4, 4, 1), nn.ReLU()
+            self.act_cat = nn.ReLU()
+            self.fc, self.drop, self.act_fc = nn.Linear(8, 5), nn.Dropout(), nn.GELU()
+
+        def forward(self, x):
+            h = self.act_a(self.bn(self.a(x)))
+            h = self.act_b(self.b(h) + h)  # after the add: the first operand's conv
+            c = self.act_cat(torch.cat([h, h], dim=1))  # no layer of its own
+            return self.act_fc(self.drop(self.fc(c.mean((2, 3)))))
+
+    units = discover_units(Net())
+    assert units == [Unit("act_a", ("a",), "channels_first"), Unit("act_b", ("b",), "channels_first"),
+                     Unit("act_cat", ()), Unit("act_fc", ("fc",), "channels_last")]
+
+
+def test_untraceable_model_without_units_gets_one_clear_error():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act = nn.Linear(4, 4), nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.fc(x)) if x.sum() > 0 else x
+
+    with pytest.raises(ConfigError, match="Branchy declares no units\\(\\) and torch.fx cannot trace it"):
+        model_units(Branchy())
+
+
+def test_local_weights_load_matching_tensors_and_report_the_rest(tmp_path):
+    source = create_model("resnet18_cifar", 100, 3)
+    path = tmp_path / "w.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    target = create_model("resnet18_cifar", 10, 3)
+    left = load_local_weights(target, path)
+    assert left == ["fc.bias", "fc.weight"]  # another number of classes: the classifier stays fresh
+    assert torch.equal(target.conv1.weight, source.conv1.weight)
+    with pytest.raises(ConfigError, match="is not a file"):
+        create_model("resnet18_imagenet", 10, 3, weights=str(tmp_path / "missing.pt"))
+    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="has no tensor matching"):
+        load_local_weights(target, tmp_path / "other.pt")
+
+
+def test_timm_needs_a_known_architecture():
+    with pytest.raises(ConfigError, match="model=timm needs model.kwargs.arch"):
+        create_model("timm", 10, 3)
+    with pytest.raises(ConfigError, match="timm has no model 'resnet_nonexistent'"):
+        create_model("timm/resnet_nonexistent", 10, 3)
