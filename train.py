@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import nepenthe
-from nepenthe.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, load_compact_state, save_checkpoint
+from nepenthe.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from nepenthe.config import RunConfig, config_diff, config_hash, load_run_config, semantic_dict
 from nepenthe.errors import ConfigError, NepentheError
 from nepenthe.experiment import Experiment
@@ -64,7 +64,7 @@ def stop_reason(cfg: RunConfig, records: list[dict], plan: PruningPlan | None) -
         return "target_zero_units"
     if last["round"] >= cfg.stop.max_rounds:
         return "max_rounds"
-    if plan is not None and plan.total == 0:
+    if plan is not None and plan.is_empty:
         return "nothing_to_prune"
     return None
 
@@ -103,8 +103,7 @@ def summarize(exp: Experiment, records, reason, elapsed, run_dir: Path, last_sta
     kept = kept_round(records, cfg.stop.max_drop)
     stats = last_stats
     if kept != records[-1]["round"]:
-        ckpt = load_checkpoint(checkpoint_path(run_dir, kept))
-        exp.model = load_compact_state(exp.new_model(), ckpt["state"], ckpt["masks"])
+        exp.model = exp.load_round(load_checkpoint(checkpoint_path(run_dir, kept)), kept)
         stats = exp.probe()
     example = exp.verify_batch()[:1]  # one real image: costs are per input
     cost = {"dense": cost_report(exp.new_model(), example), "final": cost_report(exp.model, example)}
@@ -176,7 +175,7 @@ def execute(cfg: RunConfig, run_dir: str | Path, config_yaml: str) -> dict:
         recorder.round(records[-1])
         print(format_round_row(records[-1], names))
     else:
-        load_compact_state(exp.model, ckpt["state"], ckpt["masks"])
+        exp.model = exp.load_round(ckpt, ckpt["records"][-1]["round"])
         records, offset = ckpt["records"], ckpt["records"][-1]["elapsed_s"]
         recorder.restore_rounds(records)
         for r in records:

@@ -79,6 +79,8 @@ class FinetuneConfig:
     epochs: Optional[int] = None  # None: rewind the full training schedule every round (reference protocol)
     lr: Optional[float] = None  # None: train.lr
     milestones: Optional[list[int]] = None  # None: train.milestones
+    # Same total fine-tuning for every method: spread over stop.max_rounds rounds (the first ones get the remainder)
+    total_epochs: Optional[int] = None
 
 
 @dataclass
@@ -167,6 +169,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("stop.max_rounds", cfg.stop.max_rounds, allow_zero=True)
     if cfg.finetune.epochs is not None:
         _positive("finetune.epochs", cfg.finetune.epochs, allow_zero=True)
+    if cfg.finetune.total_epochs is not None:
+        _positive("finetune.total_epochs", cfg.finetune.total_epochs, allow_zero=True)
+        if cfg.finetune.epochs is not None:
+            raise ConfigError(f"finetune.total_epochs={cfg.finetune.total_epochs} and finetune.epochs="
+                              f"{cfg.finetune.epochs} both set the fine-tuning length; keep one (the other null)")
     if cfg.finetune.lr is not None:
         _positive("finetune.lr", cfg.finetune.lr)
     if cfg.hardware.threads is not None:

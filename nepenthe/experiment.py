@@ -16,12 +16,12 @@ from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, loa
 from .config import RunConfig, load_run_config, validate
 from .data import create_data
 from .engine import autocast_dtype, evaluate, fit, resolve_device, seed_everything
-from .entropy import measure_entropy
+from .entropy import LayerStats, measure_entropy
 from .errors import NepentheError
 from .metrics import latency_ms
 from .models import create_model
 from .pruning.masks import make_permanent, overall_sparsity
-from .pruning.methods import PruningPlan, create_method
+from .pruning.methods import PruningPlan, create_method, linearize, linearized_units
 from .tracking import CONFIG_FILE, read_summary
 from .units import activation_modules, model_units, unit_layouts, weight_layer_names
 
@@ -56,8 +56,7 @@ class Experiment:
         dense = round_index == 0
         seed_everything(cfg.seed * 1000 + round_index)  # each round's draws do not depend on how we got here
         return fit(
-            self.model, self.train_loader,
-            cfg.train.epochs if dense or ft.epochs is None else ft.epochs,
+            self.model, self.train_loader, self.epochs_for(round_index),
             lr=cfg.train.lr if dense or ft.lr is None else ft.lr,
             milestones=cfg.train.milestones if dense or ft.milestones is None else ft.milestones,
             momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov,
@@ -66,15 +65,39 @@ class Experiment:
             desc="dense" if dense else f"round {round_index}", first_epoch=round_index * 10_000,
         )
 
+    def epochs_for(self, round_index: int) -> int:
+        """Dense: train.epochs. Rounds: finetune.epochs, or an even share of finetune.total_epochs over
+        stop.max_rounds, or (both null) train.epochs again: the schedule rewound, as in the reference codes."""
+        cfg, ft = self.cfg, self.cfg.finetune
+        if round_index == 0:
+            return cfg.train.epochs
+        if ft.total_epochs is not None:
+            share, extra = divmod(ft.total_epochs, max(cfg.stop.max_rounds, 1))
+            return share + (1 if round_index <= extra else 0)
+        return cfg.train.epochs if ft.epochs is None else ft.epochs
+
     def probe(self, model=None):
+        """Entropy of every unit; a unit already replaced by an identity (EASIER) is not hooked and counts as a
+        zero-entropy unit with all neurons ON."""
         e = self.cfg.entropy
         model = model if model is not None else self.model
-        return measure_entropy(
-            model, activation_modules(model, self.units),
+        gone = set(linearized_units(model, self.units))
+        live = [u for u in self.units if u.name not in gone]
+        stats = measure_entropy(
+            model, activation_modules(model, live),
             self.data.probe_loader(e.split, e.batch_size, seed=self.cfg.seed), device=self.device,
-            zero_state=e.zero_state, layer_mean=e.layer_mean, pooling=e.pooling, layouts=unit_layouts(self.units),
+            zero_state=e.zero_state, layer_mean=e.layer_mean, pooling=e.pooling, layouts=unit_layouts(live),
             autocast_dtype=self.amp, max_batches=e.max_batches, progress=self.cfg.progress,
         )
+        for name in gone:
+            stats[name] = LayerStats(name, torch.ones(0, dtype=torch.float64), 0.0, 0)
+        return {u.name: stats[u.name] for u in self.units}
+
+    def load_round(self, ckpt: dict, round_index: int) -> torch.nn.Module:
+        """A fresh model with round ``round_index``'s weights, masks and identity swaps (from its checkpoint)."""
+        model = load_compact_state(self.new_model(), ckpt["state"], ckpt["masks"])
+        linearize(model, ckpt["records"][round_index].get("linearized", []))
+        return model
 
     def assess(self, model=None) -> dict:
         model = model if model is not None else self.model
@@ -95,6 +118,7 @@ class Experiment:
             "entropy": {u.name: stats[u.name].entropy for u in self.units},
             "neurons": {u.name: stats[u.name].neuron_counts() for u in self.units},
             "zero_entropy_units": zero, "k": len(zero), "N": len(self.units),
+            "linearized": linearized_units(self.model, self.units),
             **scores, "train_acc": fitted["train_acc"], "train_loss": fitted["train_loss"], "epochs": fitted["epochs"],
             "wall_time_s": wall, "elapsed_s": elapsed,
         }
@@ -160,5 +184,5 @@ def restore_run(run_dir: str | Path, round_index: int | None = None, *, merge=No
         raise NepentheError(f"no checkpoint for round {round_index} in {path.parent}; found: {', '.join(have) or 'none'}")
     ckpt = load_checkpoint(path)
     exp = Experiment(cfg)
-    exp.model = load_compact_state(exp.new_model(), ckpt["state"], ckpt["masks"])
+    exp.model = exp.load_round(ckpt, round_index)
     return exp, ckpt["records"][round_index]

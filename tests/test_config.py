@@ -4,7 +4,7 @@ import sys
 import pytest
 
 import train
-from conftest import ROOT, compose_config
+from conftest import ROOT, SYNTHETIC, compose_config
 from nepenthe.errors import ConfigError
 
 GROUPS = {group: sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
@@ -12,7 +12,11 @@ GROUPS = {group: sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 
 
 def test_every_group_has_its_options():
-    assert GROUPS["pruning"] == ["imp", "nepenthe", "none", "uniform"]
+    from nepenthe.models import list_models
+    from nepenthe.pruning.methods import METHODS
+
+    assert GROUPS["pruning"] == sorted(METHODS) == ["easier", "egp", "imp", "layerwise", "nepenthe", "none", "uniform"]
+    assert GROUPS["model"] == list_models()  # every registered model has its group file
     assert GROUPS["hardware"] == ["auto", "cpu", "cuda"]
     assert GROUPS["logger"] == ["none", "wandb"]
     assert "quickstart" in GROUPS["experiment"]
@@ -41,7 +45,7 @@ def test_quickstart_preset_values():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("model.name=resnet1000", "unknown model 'resnet1000'; known: compact_cnn, resnet18_cifar"),
+    ("model.name=resnet1000", "unknown model 'resnet1000'; known: compact_cnn, mobilenetv2_cifar, mobilenetv2_imagenet, resnet18_cifar, resnet18_imagenet, swin_t, timm, vgg16_bn"),
     ("pruning.ratio=1.5", "pruning.ratio=1.5 must lie strictly between 0 and 1"),
     ("pruning.ratio=0", "pruning.ratio=0.0 must lie strictly between 0 and 1"),
     ("pruning.method=magic", "unknown pruning method 'magic'"),
@@ -74,3 +78,24 @@ def test_cli_missing_data_root_fails_cleanly_and_leaves_no_run_directory(tmp_pat
     assert "error: Fashion-MNIST not found in" in result.stderr
     assert "apt-get install -y dataset-fashion-mnist" in result.stderr
     assert not any((tmp_path / "run").glob("*")), "a failed run must not leave a directory behind"
+
+
+def test_baseline_groups_bring_their_reference_entropy_settings():
+    egp = train.to_run_config(compose_config(["pruning=egp"]))
+    assert (egp.pruning.method, egp.entropy.zero_state, egp.entropy.layer_mean, egp.entropy.pooling,
+            egp.entropy.split) == ("egp", "off", "nonconstant", "batch", "train_aug")
+    easier = train.to_run_config(compose_config(["pruning=easier"]))
+    assert (easier.pruning.method, easier.entropy.zero_state, easier.entropy.layer_mean) == ("easier", "on", "all")
+    explicit = train.to_run_config(compose_config(["pruning=egp", "entropy.pooling=dataset"]))
+    assert explicit.entropy.pooling == "dataset"  # a command-line override still wins
+
+
+def test_total_finetune_epochs_are_shared_evenly_over_the_rounds():
+    from nepenthe.experiment import Experiment
+
+    cfg = train.to_run_config(compose_config(SYNTHETIC + ["finetune.total_epochs=10", "stop.max_rounds=4",
+                                                          "train.epochs=7", "hardware=cpu"]))
+    exp = Experiment(cfg)
+    assert [exp.epochs_for(r) for r in range(5)] == [7, 3, 3, 2, 2]
+    with pytest.raises(ConfigError, match="finetune.total_epochs=10 and finetune.epochs=2 both set"):
+        train.to_run_config(compose_config(["finetune.total_epochs=10", "finetune.epochs=2"]))

@@ -8,14 +8,14 @@ import torch
 import yaml
 
 import train
-from conftest import ROOT
+from conftest import FAST, ROOT, SYNTHETIC, compose_config
 from nepenthe.data.fashion_mnist import DEBIAN_DIR, prepare_fashion_mnist, raw_dir
 from nepenthe.errors import ConfigError
 from nepenthe.tracking import read_rounds, read_summary
 
 ROUND_FIELDS = {
     "round", "method", "ratio", "pruned", "plan", "frozen_units", "sparsity", "unit_sparsity", "entropy", "neurons",
-    "zero_entropy_units", "k", "N", "val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss",
+    "zero_entropy_units", "k", "N", "linearized", "val_acc", "val_loss", "test_acc", "test_loss", "train_acc", "train_loss",
     "epochs", "wall_time_s", "elapsed_s",
 }
 SUMMARY_FIELDS = {
@@ -218,3 +218,26 @@ def test_quickstart_final_model_collapses_with_accuracy_unchanged(tmp_path):
     depth = "weight_layers_on_longest_path"
     assert section["after"][depth] < section["before"][depth] and section["after"]["macs"] < section["before"]["macs"]
     assert section["removed_layers"]
+
+
+def test_easier_run_swaps_one_activation_per_round_and_collapse_removes_them(run_fast, tmp_path):
+    from nepenthe.experiment import Experiment
+    from nepenthe.checkpoint import load_checkpoint, checkpoint_path
+
+    summary, run_dir = run_fast("pruning=easier", "stop.max_rounds=2", "finetune.epochs=null", "finetune.total_epochs=2")
+    records = read_rounds(run_dir)
+    assert [len(r["linearized"]) for r in records] == [0, 1, 2]
+    assert all(r["pruned"] == 0 and r["sparsity"] == 0.0 for r in records)
+    assert all(set(r["linearized"]) <= set(r["zero_entropy_units"]) for r in records)
+    assert [r["epochs"] for r in records[1:]] == [1, 1]
+    # the first swap is the unit with the lowest dense entropy (EASIER: mean over all neurons, ON iff z >= 0)
+    dense = records[0]["entropy"]
+    assert records[1]["linearized"] == [min(dense, key=dense.get)]
+    identities = [u for u in summary["collapse"]["units"] if u["unit"] in records[2]["linearized"]]
+    assert identities == []  # already identities: collapse's identity pass drops them, nothing to decide
+    dropped = {op["node"] for op in summary["collapse"]["operations"] if op["op"] == "drop_identity"}
+    assert set(records[2]["linearized"]) <= dropped
+    # a checkpoint reloads with its swaps: the restored model equals the run's model
+    exp = Experiment(train.to_run_config(compose_config(list(SYNTHETIC) + FAST + ["pruning=easier"])))
+    model = exp.load_round(load_checkpoint(checkpoint_path(run_dir, 2)), 2)
+    assert [n for n in records[2]["linearized"] if not isinstance(model.get_submodule(n), torch.nn.Identity)] == []

@@ -86,7 +86,7 @@ def test_uniform_prunes_the_same_fraction_of_each_unit_layer():
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown pruning method 'magic'; known: imp, nepenthe, none, uniform"):
+    with pytest.raises(ConfigError, match="unknown pruning method 'magic'; known: easier, egp, imp, layerwise, nepenthe, none, uniform"):
         create_method("magic", 0.5)
 
 
@@ -121,3 +121,37 @@ def test_make_permanent_keeps_the_zeros_and_drops_the_reparametrisation():
     make_permanent(model)
     assert pruned_layer_names(model) == [] and not hasattr(model.fc1, "weight_orig")
     assert (model.fc1.weight == 0).sum().item() == 16 and torch.equal(model(x), before)
+
+
+def test_egp_spends_the_same_budget_as_nepenthe():
+    model = TwoUnitNet()
+    set_weights(model, 0.5, 1.0)
+    s = stats(act1=0.3, act2=0.9)
+    assert create_method("egp", 0.5).plan(model, model.units(), s) == Nepenthe(0.5).plan(model, model.units(), s)
+
+
+def test_easier_replaces_the_lowest_entropy_activation_each_round_and_prunes_nothing():
+    from nepenthe.pruning.methods import linearized_units
+
+    model = TwoUnitNet()
+    easier = create_method("easier", 0.5)
+    first = easier.plan(model, model.units(), stats(act1=0.7, act2=0.2))
+    assert first.linearize == ["act2"] and first.total == 0 and not first.is_empty
+    apply_plan(model, first)
+    assert isinstance(model.act2, nn.Identity) and linearized_units(model, model.units()) == ["act2"]
+    # act2 is gone: even with the lower value it cannot be picked again
+    second = easier.plan(model, model.units(), stats(act1=0.7, act2=0.0))
+    assert second.linearize == ["act1"]
+    apply_plan(model, second)
+    assert easier.plan(model, model.units(), stats(act1=0.0, act2=0.0)).is_empty
+    x = torch.randn(3, 4)
+    assert torch.equal(model(x), model.head(model.fc2(model.fc1(x))))
+
+
+def test_layerwise_magnitude_prunes_the_same_ratio_of_every_layer_head_included():
+    model = TwoUnitNet()
+    plan = create_method("layerwise", 0.25).plan(model, model.units(), stats(act1=0.5, act2=0.5))
+    assert plan.counts == {"fc1": 8, "fc2": 16, "head": 4}  # 0.25 of 32, 64 and 16 weights
+    apply_plan(model, plan)
+    second = create_method("layerwise", 0.25).plan(model, model.units(), stats(act1=0.5, act2=0.5))
+    assert second.counts == {"fc1": 6, "fc2": 12, "head": 3}  # 0.25 of what is left

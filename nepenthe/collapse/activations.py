@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..entropy import LayerStats, channel_dim
+from ..units import RECTIFIERS
 from .fold import can_scale_channels, scale_output_channels
 from .graph import add_buffer, bypass, insert_after, module, shape
 
@@ -51,6 +52,8 @@ def linearize_activations(gm: fx.GraphModule, stats: Mapping[str, LayerStats], l
         if node.op != "call_module" or node.target not in stats:
             continue
         act, s = module(gm, node), stats[node.target]
+        if not isinstance(act, RECTIFIERS):  # already an identity (EASIER's swap): the identity pass removes it
+            continue
         out_shape = shape(node)
         neuron_dim = channel_dim(len(out_shape), layouts.get(node.target, "auto"))
         record = {"op": "linearize", "unit": node.target, "always_on": s.always_on, "always_off": s.always_off,

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..entropy import LayerStats
 from ..errors import unknown_name
-from ..units import Unit, weight_layer_names
+from ..units import RECTIFIERS, Unit, weight_layer_names
 from .budget import check_ratio, global_magnitude_allocation, nepenthe_allocation, smallest_counts, uniform_allocation
 from .masks import mean_abs_remaining, prune_smallest, remaining, remaining_magnitudes
 
@@ -22,10 +22,15 @@ from .masks import mean_abs_remaining, prune_smallest, remaining, remaining_magn
 class PruningPlan:
     counts: dict[str, int] = field(default_factory=dict)  # layer path -> weights to remove this round
     frozen_units: list[str] = field(default_factory=list)  # zero-entropy units left alone
+    linearize: list[str] = field(default_factory=list)  # activations replaced by nn.Identity this round (EASIER)
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def is_empty(self) -> bool:
+        return self.total == 0 and not self.linearize
 
 
 class Method:
@@ -76,6 +81,26 @@ class Nepenthe(Method):
         return plan
 
 
+class Egp(Nepenthe):
+    """EGP: the same entropy-weighted budget; its entropy options (ON iff z > 0, mean over non-constant neurons,
+    per-batch values averaged, augmented training loader) come with ``pruning=egp`` in the config."""
+
+    name = "egp"
+
+
+class Easier(Method):
+    """EASIER: no weight pruning; each round the lowest-entropy activation still in place becomes the identity."""
+
+    name = "easier"
+
+    def plan(self, model, units, stats) -> PruningPlan:
+        candidates = [u for u in units if isinstance(model.get_submodule(u.name), RECTIFIERS)]
+        if not candidates:
+            return PruningPlan()
+        lowest = min(candidates, key=lambda u: stats[u.name].entropy)  # ties: the first in model order
+        return PruningPlan(linearize=[lowest.name])
+
+
 class GlobalMagnitude(Method):
     """IMP: the ``ratio`` smallest surviving weights over every conv/linear layer (shortcuts, classifier too)."""
 
@@ -98,6 +123,17 @@ class Uniform(Method):
         return PruningPlan(counts=dict(zip(layers, counts)))
 
 
+class LayerwiseMagnitude(Method):
+    """Layer-wise magnitude pruning over every conv/linear layer (shortcuts and classifier included)."""
+
+    name = "layerwise"
+
+    def plan(self, model, units, stats) -> PruningPlan:
+        layers = weight_layer_names(model)
+        counts = uniform_allocation([remaining(model.get_submodule(n)) for n in layers], self.ratio)
+        return PruningPlan(counts=dict(zip(layers, counts)))
+
+
 class NoPruning(Method):
     """Dense control: trains once and measures entropy, prunes nothing."""
 
@@ -110,7 +146,9 @@ class NoPruning(Method):
         return PruningPlan()
 
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Nepenthe, GlobalMagnitude, Uniform, NoPruning)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (Nepenthe, Egp, Easier, GlobalMagnitude, Uniform, LayerwiseMagnitude, NoPruning)
+}
 
 
 def create_method(name: str, ratio: float) -> Method:
@@ -122,3 +160,16 @@ def create_method(name: str, ratio: float) -> Method:
 def apply_plan(model: nn.Module, plan: PruningPlan) -> None:
     for layer, n in plan.counts.items():
         prune_smallest(model.get_submodule(layer), n)
+    linearize(model, plan.linearize)
+
+
+def linearize(model: nn.Module, activations: list[str]) -> None:
+    """Replace the named activations by ``nn.Identity`` (EASIER's step; re-applied after loading a checkpoint)."""
+    for path in activations:
+        parent, _, leaf = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+
+
+def linearized_units(model: nn.Module, units: list[Unit]) -> list[str]:
+    """Units whose activation has already been replaced by an identity."""
+    return [u.name for u in units if not isinstance(model.get_submodule(u.name), RECTIFIERS)]
