@@ -37,7 +37,7 @@ class Experiment:
         self.amp = autocast_dtype(cfg.hardware.precision)
         if cfg.hardware.threads:
             torch.set_num_threads(cfg.hardware.threads)
-        self.data = create_data(cfg.dataset.name, cfg.dataset.root, **cfg.dataset.kwargs)
+        self.data = create_data(cfg.dataset.name, cfg.dataset.root, progress=cfg.progress, **cfg.dataset.kwargs)
         self.model = self.new_model()
         self.units = model_units(self.model)
         self.method = create_method(cfg.pruning.method, cfg.pruning.ratio)

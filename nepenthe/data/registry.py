@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -70,10 +71,13 @@ def list_data() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def create_data(name: str, root: str = "data", **kwargs) -> DataBundle:
+def create_data(name: str, root: str = "data", progress: bool | None = None, **kwargs) -> DataBundle:
+    """Build a dataset; ``progress`` (decoding bars of folder datasets) is passed to builders that take it."""
     if name not in _BUILDERS:
         raise unknown_name("dataset", name, _BUILDERS)
     check_builder_kwargs("dataset", name, _BUILDERS[name], kwargs)
+    if progress is not None and "progress" in inspect.signature(_BUILDERS[name]).parameters:
+        kwargs.setdefault("progress", progress)
     return _BUILDERS[name](root=root, **kwargs)
 
 
