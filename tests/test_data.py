@@ -52,7 +52,7 @@ def test_truncated_file_is_reported_as_corrupt(tmp_path):
 
 
 def test_unknown_dataset_and_bad_options_are_named():
-    with pytest.raises(ConfigError, match="unknown dataset 'cifar1000'; known: fashion_mnist, synthetic"):
+    with pytest.raises(ConfigError, match="unknown dataset 'cifar1000'; known: cifar10, cifar100, dtd, fashion_mnist, fgvc_aircraft, flowers102, imagenet, pacs, synthetic, tiny_imagenet, vlcs"):
         create_data("cifar1000")
     with pytest.raises(ConfigError, match=r"dataset 'synthetic' has no option 'colour'; valid: .*image_size"):
         create_data("synthetic", colour=True)
