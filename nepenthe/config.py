@@ -16,7 +16,7 @@ from typing import Any, Optional
 from .collapse.merge import MERGES
 from .data import list_data
 from .data.registry import PROBE_SPLITS
-from .engine import DEVICES, PRECISIONS, SCHEDULES
+from .engine import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
 from .entropy import LAYER_MEANS, POOLINGS, ZERO_STATES, check_choice
 from .errors import ConfigError, unknown_name
 from .models import list_models
@@ -69,6 +69,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
+    optimizer: str = "sgd"  # sgd | adam
     schedule: str = "cosine"
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
@@ -156,6 +157,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     check_choice("logger.name", cfg.logger.name, ("none", "wandb"))
     check_choice("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
     check_choice("train.schedule", cfg.train.schedule, SCHEDULES)
+    check_choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
     check_choice("entropy.zero_state", cfg.entropy.zero_state, ZERO_STATES)
     check_choice("entropy.layer_mean", cfg.entropy.layer_mean, LAYER_MEANS)
     check_choice("entropy.pooling", cfg.entropy.pooling, POOLINGS)

@@ -40,7 +40,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = False):
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = False,
+                   optimizer: str = "sgd"):
+    """SGD (the CIFAR/Tiny-ImageNet/PACS protocols) or Adam (the EASIER code's Flowers-102/DTD/Aircraft protocol)."""
+    if optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer != "sgd":
+        raise ConfigError(f"train.optimizer={optimizer!r} is unknown; choose from {', '.join(OPTIMIZERS)}")
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                            nesterov=nesterov and momentum > 0)
 
@@ -114,7 +123,8 @@ def evaluate(model, loader, *, device, amp_dtype=None, channels_last=False) -> d
 
 
 def fit(model, loader, epochs: int, *, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
-        nesterov: bool = False, schedule: str = "cosine", milestones=(), gamma: float = 0.1, device,
+        nesterov: bool = False, optimizer_name: str = "sgd", schedule: str = "cosine", milestones=(), gamma: float = 0.1,
+        device,
         amp_dtype=None, channels_last=False, progress=False, desc="fit", first_epoch: int = 0) -> dict:
     """Train ``epochs`` epochs with a fresh optimizer and schedule (the reference protocol rewinds both each round).
 
@@ -122,7 +132,7 @@ def fit(model, loader, epochs: int, *, lr: float, momentum: float = 0.9, weight_
     """
     if epochs < 0:
         raise ConfigError(f"epochs={epochs} must be >= 0")
-    optimizer = make_optimizer(model, lr, momentum, weight_decay, nesterov)
+    optimizer = make_optimizer(model, lr, momentum, weight_decay, nesterov, optimizer_name)
     scheduler = make_scheduler(optimizer, schedule, epochs, milestones, gamma)
     last = {"loss": float("nan"), "acc": float("nan")}
     for epoch in range(epochs):

@@ -60,6 +60,7 @@ class Experiment:
             lr=cfg.train.lr if dense or ft.lr is None else ft.lr,
             milestones=cfg.train.milestones if dense or ft.milestones is None else ft.milestones,
             momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov,
+            optimizer_name=cfg.train.optimizer,
             schedule=cfg.train.schedule, gamma=cfg.train.gamma, device=self.device, amp_dtype=self.amp,
             channels_last=cfg.hardware.channels_last, progress=cfg.progress,
             desc="dense" if dense else f"round {round_index}", first_epoch=round_index * 10_000,

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 import train
 from conftest import FAST, ROOT, SYNTHETIC, compose_config
@@ -241,3 +242,21 @@ def test_easier_run_swaps_one_activation_per_round_and_collapse_removes_them(run
     exp = Experiment(train.to_run_config(compose_config(list(SYNTHETIC) + FAST + ["pruning=easier"])))
     model = exp.load_round(load_checkpoint(checkpoint_path(run_dir, 2)), 2)
     assert [n for n in records[2]["linearized"] if not isinstance(model.get_submodule(n), torch.nn.Identity)] == []
+
+
+def test_paper_preset_smoke_variant_runs_on_its_real_data_layout(tmp_path):
+    from test_datasets import write_cifar
+
+    write_cifar(tmp_path / "data", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                b"labels", 10)
+    cfg = compose_config(["experiment=resnet18_cifar10_smoke", f"dataset.root={tmp_path / 'data'}",
+                          "dataset.kwargs.train_subset=null", "dataset.kwargs.val_size=5", "progress=false"])
+    run = train.to_run_config(cfg)
+    assert (run.seed, run.model.name, run.train.optimizer, run.train.lr, run.train.epochs) == (
+        43, "resnet18_cifar", "sgd", 0.1, 1)  # the published protocol, shrunk only where the smoke variant says
+    summary = train.execute(run, tmp_path / "run", OmegaConf.to_yaml(cfg))
+    records = read_rounds(tmp_path / "run")
+    assert [r["round"] for r in records] == [0, 1, 2]
+    # two rounds of ratio 0.5 over the unit layers leave 25 % of them; shortcuts and the classifier stay dense
+    assert 0.70 < records[2]["sparsity"] < 0.75 and records[1]["sparsity"] == pytest.approx(0.492, abs=0.01)
+    assert summary["N"] == 17 and summary["collapse"]["input_shape"][1:] == [3, 32, 32]

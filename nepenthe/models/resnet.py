@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from ..units import Unit
 from .blocks import BasicBlock, conv3x3
 from .registry import register_model
+from .weights import load_local_weights
 
 
 class ResidualCNN(nn.Module):
@@ -47,9 +48,13 @@ class ResidualCNN(nn.Module):
 
 
 @register_model("resnet18_cifar")
-def resnet18_cifar(num_classes: int = 10, in_chans: int = 3, maxpool: bool = True) -> ResidualCNN:
+def resnet18_cifar(num_classes: int = 10, in_chans: int = 3, maxpool: bool = True,
+                   weights: str | None = None) -> ResidualCNN:
     """The paper family's CIFAR ResNet-18: 3×3 stride-1 stem, max-pool kept by default (≈140 M MACs at 32×32)."""
-    return ResidualCNN((64, 128, 256, 512), (2, 2, 2, 2), (1, 2, 2, 2), num_classes, in_chans, maxpool)
+    model = ResidualCNN((64, 128, 256, 512), (2, 2, 2, 2), (1, 2, 2, 2), num_classes, in_chans, maxpool)
+    if weights:
+        load_local_weights(model, weights)
+    return model
 
 
 @register_model("compact_cnn")
