@@ -19,7 +19,7 @@ from .data.registry import PROBE_SPLITS
 from .engine import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
 from .entropy import LAYER_MEANS, POOLINGS, ZERO_STATES, check_choice
 from .errors import ConfigError, unknown_name
-from .models import list_models
+from .models import is_known_model, list_models
 from .pruning.budget import check_ratio
 from .pruning.methods import METHODS
 
@@ -144,7 +144,7 @@ def _positive(option: str, value, allow_zero: bool = False) -> None:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    if cfg.model.name not in list_models() and not cfg.model.name.startswith("timm/"):
+    if not is_known_model(cfg.model.name):
         raise unknown_name("model", cfg.model.name, list_models())
     if cfg.dataset.name not in list_data():
         raise unknown_name("dataset", cfg.dataset.name, list_data())

@@ -151,9 +151,20 @@ def test_imagenet_reads_image_folders(tmp_path):
         for c, cls in enumerate(["n0001", "n0002"]):
             for k in range(count):
                 write_image(tmp_path / "imagenet" / split / cls / f"{k}.JPEG", c * 50 + k, size=(20, 14))
-    data = create_data("imagenet", str(tmp_path), image_size=8, val_size=2, progress=False)
+    data = create_data("imagenet", str(tmp_path), image_size=8, val_size=2, stream=False, progress=False)
     assert data.num_classes == 2 and data.sizes() == {"train": 6, "val": 2, "test": 2}
     assert data.image_size == (8, 8) and data.test.labels.tolist() == [0, 1]
+    # streamed (the default): same splits, decoded batch by batch, identical evaluation pixels
+    streamed = create_data("imagenet", str(tmp_path), image_size=8, val_size=2, workers=0)
+    assert streamed.sizes() == data.sizes() and streamed.in_chans == 3 and streamed.image_size == (8, 8)
+    (x, y), = list(streamed.loader("test", 4))
+    (x_mem, y_mem), = list(data.loader("test", 4))
+    assert torch.equal(y, y_mem) and torch.allclose(x, x_mem)
+    first = [b[1].tolist() for b in streamed.loader("train", 3, seed=1)]
+    again = [b[1].tolist() for b in streamed.loader("train", 3, seed=1)]
+    assert first == again and sorted(sum(first, [])) == sorted(streamed.train.labels.tolist())
+    x_aug, _ = next(iter(streamed.loader("train", 6, seed=1)))
+    assert x_aug.shape == (6, 3, 8, 8) and torch.isfinite(x_aug).all()
     with pytest.raises(DataError, match="ImageNet not found: expected"):
         create_data("imagenet", str(tmp_path / "elsewhere"), progress=False)
 

@@ -133,3 +133,13 @@ def test_timm_needs_a_known_architecture():
         create_model("timm", 10, 3)
     with pytest.raises(ConfigError, match="timm has no model 'resnet_nonexistent'"):
         create_model("timm/resnet_nonexistent", 10, 3)
+
+
+def test_model_timm_with_a_timm_name_builds_that_architecture():
+    from conftest import compose_config
+    import train
+
+    cfg = train.to_run_config(compose_config(["model=timm", "model.name=resnet34"]))
+    model = create_model(cfg.model.name, 10, 3, **cfg.model.kwargs)  # the group's default arch is resnet18
+    assert sum(p.numel() for p in model.parameters()) == 21_289_802  # timm resnet34 with a 10-class head
+    assert len(model_units(model)) == 33  # stem + 2 per basic block (3 + 4 + 6 + 3 blocks)

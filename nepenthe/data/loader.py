@@ -28,6 +28,10 @@ class ImageSplit:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
     def subset(self, index: Tensor) -> "ImageSplit":
         return ImageSplit(self.images[index], self.labels[index])
 

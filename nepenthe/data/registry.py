@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ConfigError, check_builder_kwargs, unknown_name
 from .loader import ArrayLoader, ImageSplit
+from .stream import FileLoader, FileSplit
 
 PROBE_SPLITS = ("train", "train_aug", "val", "test")
 
@@ -17,9 +18,9 @@ PROBE_SPLITS = ("train", "train_aug", "val", "test")
 @dataclass
 class DataBundle:
     name: str
-    train: ImageSplit
-    val: ImageSplit
-    test: ImageSplit
+    train: ImageSplit | FileSplit
+    val: ImageSplit | FileSplit
+    test: ImageSplit | FileSplit
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -29,11 +30,11 @@ class DataBundle:
 
     @property
     def in_chans(self) -> int:
-        return self.train.images.shape[1]
+        return self.train.sample_shape[0]
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return tuple(self.train.images.shape[2:])
+        return tuple(self.train.sample_shape[1:])
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -46,6 +47,9 @@ class DataBundle:
         if split not in source:
             raise ConfigError(f"split {split!r} is unknown; choose from {', '.join(source)}")
         augment = self.augment if split in ("train", "train_aug") else ()
+        if isinstance(source[split], FileSplit):  # decoded on the fly (ImageNet)
+            return FileLoader(source[split], batch_size, self.mean, self.std, shuffle=split == "train",
+                              augment=augment, seed=seed, workers=self.extra.get("workers", 4))
         return ArrayLoader(source[split], batch_size, self.mean, self.std, shuffle=split == "train",
                            augment=augment, crop_padding=self.crop_padding, seed=seed)
 

@@ -25,9 +25,27 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def _timm_arch(name: str) -> str | None:
+    """``timm/<arch>`` or a bare name timm knows (and nepenthe does not register): the timm architecture."""
+    if name.startswith("timm/"):
+        return name.removeprefix("timm/")
+    if name in _BUILDERS:
+        return None
+    try:
+        import timm
+    except ImportError:
+        return None
+    return name if timm.is_model(name) else None
+
+
+def is_known_model(name: str) -> bool:
+    return name in _BUILDERS or _timm_arch(name) is not None
+
+
 def create_model(name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
-    if name.startswith("timm/"):  # model.name=timm/resnet34 is short for model=timm model.kwargs.arch=resnet34
-        name, kwargs = "timm", {**kwargs, "arch": name.removeprefix("timm/")}
+    arch = _timm_arch(name)
+    if arch is not None:  # model=timm model.name=resnet34, or model.name=timm/resnet34
+        name, kwargs = "timm", {**{k: v for k, v in kwargs.items() if k != "arch"}, "arch": arch}
     if name not in _BUILDERS:
         raise unknown_name("model", name, _BUILDERS)
     check_builder_kwargs("model", name, _BUILDERS[name], kwargs, reserved=("num_classes", "in_chans"))

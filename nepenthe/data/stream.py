@@ -1,0 +1,100 @@
+"""Image files decoded batch by batch in DataLoader workers, for sets too large to hold in memory (ImageNet).
+
+Evaluation images get the same resize-and-centre-crop as the in-memory folder sets; training images get the ImageNet
+recipe (``crop``: RandomResizedCrop, ``flip``: horizontal flip). Shuffling and every random draw are seeded by
+``(seed, epoch, index)``, so a resumed run sees the same batches whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from ..errors import ConfigError, DataError
+from .images import read_image
+from .loader import AUGMENTATIONS
+
+
+@dataclass
+class FileSplit:
+    files: list[Path]
+    labels: Tensor  # int64 [N]
+    image_size: int
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    def subset(self, index: Tensor) -> "FileSplit":
+        return FileSplit([self.files[i] for i in index.tolist()], self.labels[index], self.image_size)
+
+
+class _Decoded(Dataset):
+    def __init__(self, split: FileSplit, order: Tensor, augment: tuple[str, ...], seed: int, epoch: int):
+        self.split, self.order, self.augment, self.seed, self.epoch = split, order, augment, seed, epoch
+        size = split.image_size
+        self.crop = v2.RandomResizedCrop(size, antialias=True)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int):
+        index = int(self.order[i])
+        path = self.split.files[index]
+        if not self.augment:
+            return read_image(path, self.split.image_size), self.split.labels[index]
+        torch.manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF)  # this sample's draws, any worker
+        try:
+            with Image.open(path) as img:
+                x = v2.functional.pil_to_tensor(img.convert("RGB"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read image {path} ({exc}); delete or replace it") from exc
+        if "crop" in self.augment:
+            x = self.crop(x)
+        else:
+            x = v2.functional.center_crop(v2.functional.resize(x, self.split.image_size, antialias=True),
+                                          self.split.image_size)
+        if "flip" in self.augment and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x, self.split.labels[index]
+
+
+class FileLoader:
+    """Iterates normalised float batches like :class:`~nepenthe.data.loader.ArrayLoader`, decoding in workers."""
+
+    def __init__(self, split: FileSplit, batch_size: int, mean, std, *, shuffle: bool = False,
+                 augment: tuple[str, ...] = (), seed: int = 0, workers: int = 4):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be a positive integer")
+        for name in augment:
+            if name not in AUGMENTATIONS:
+                raise ConfigError(f"augmentation {name!r} is unknown; choose from {', '.join(AUGMENTATIONS)}")
+        self.split, self.batch_size, self.shuffle, self.augment = split, batch_size, shuffle, tuple(augment)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self.seed, self.epoch, self.workers = seed, 0, workers
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = len(self.split)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        dataset = _Decoded(self.split, order, self.augment, self.seed, self.epoch)
+        batches = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers,
+                             persistent_workers=False, pin_memory=torch.cuda.is_available())
+        for x, y in batches:
+            yield (x.float() - self.mean) / self.std, y
