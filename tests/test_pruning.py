@@ -127,7 +127,11 @@ def test_egp_spends_the_same_budget_as_nepenthe():
     model = TwoUnitNet()
     set_weights(model, 0.5, 1.0)
     s = stats(act1=0.3, act2=0.9)
-    assert create_method("egp", 0.5).plan(model, model.units(), s) == Nepenthe(0.5).plan(model, model.units(), s)
+    plan = create_method("egp", 0.5).plan(model, model.units(), s)
+    assert plan == Nepenthe(0.5).plan(model, model.units(), s)
+    # by hand: B = 0.5·(32 + 64) = 48; E = (0.3·0.5, 0.9·1.0) = (0.15, 0.9), T = 1.05, I = (7, 7/6);
+    # softmax(I) = (0.99705, 0.00295) → fc1 wants 47.86 > 32 weights: capped at 32, the other 16 go to fc2
+    assert plan.counts == {"fc1": 32, "fc2": 16}
 
 
 def test_easier_replaces_the_lowest_entropy_activation_each_round_and_prunes_nothing():

@@ -143,3 +143,11 @@ def test_model_timm_with_a_timm_name_builds_that_architecture():
     model = create_model(cfg.model.name, 10, 3, **cfg.model.kwargs)  # the group's default arch is resnet18
     assert sum(p.numel() for p in model.parameters()) == 21_289_802  # timm resnet34 with a 10-class head
     assert len(model_units(model)) == 33  # stem + 2 per basic block (3 + 4 + 6 + 3 blocks)
+
+
+def test_mobilenetv2_cifar_variant_keeps_resolution_where_the_imagenet_one_downsamples():
+    x = torch.randn(1, 3, 32, 32)
+    cifar = create_model("mobilenetv2_cifar", 10, 3).eval()
+    imagenet = create_model("mobilenetv2_imagenet", 10, 3).eval()
+    assert cifar.features(x).shape[-2:] == (4, 4)  # stride-1 stem and stage 2: 32 / 8
+    assert imagenet.features(x).shape[-2:] == (1, 1)  # 32 / 32
