@@ -5,7 +5,13 @@ DATA_ROOT ?= data
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := .install-stamp
 
-.PHONY: install data quickstart test test-slow bench clean
+SCALE ?= published
+RUNS ?= runs
+RESULTS ?= results
+ONLY ?=
+EXTRA ?=
+
+.PHONY: install data quickstart test test-slow bench reproduce-table1 clean
 
 # Installs into the current interpreter (use a venv of your own if you prefer: PYTHON=.venv/bin/python).
 $(STAMP): pyproject.toml
@@ -35,6 +41,12 @@ test-slow: install
 
 bench: install
 	$(PYTHON) bench/entropy_overhead.py
+
+# Table 1: the sweep of experiments/table1.yaml at SCALE (smoke: CPU, ~20 min; published: GPUs), then
+# collect -> tables -> figures into $(RESULTS)/$(SCALE)/. ONLY="seed=0" narrows a sweep, EXTRA adds overrides.
+reproduce-table1: install
+	$(PYTHON) -m analysis.reproduce --scale $(SCALE) --runs-root $(RUNS) --results $(RESULTS) \
+		$(if $(ONLY),--only $(ONLY)) $(if $(EXTRA),--extra $(EXTRA))
 
 clean:
 	rm -rf $(STAMP) runs multirun outputs .pytest_cache

@@ -1,0 +1,70 @@
+"""Run a Table 1 sweep, then collect, tabulate and plot it: what ``make reproduce-table1`` calls.
+
+    python -m analysis.reproduce --scale smoke                          # experiments/table1.yaml's smoke sweep
+    python -m analysis.reproduce --scale published                      # the published protocol (GPUs)
+    python -m analysis.reproduce --scale smoke --only pruning=nepenthe seed=0 --extra train.epochs=1
+
+``--only KEY=V1,V2`` replaces that key's swept values; ``--extra`` adds fixed overrides. Outputs go to
+``RESULTS/<scale>/``: runs.csv, table1.{md,tex,csv}, figures/*.png|pdf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from . import collect, plots, tables
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEPS = ROOT / "experiments" / "table1.yaml"
+
+
+def sweep_command(spec: dict, runs_root: str, only: list[str], extra: list[str]) -> list[str]:
+    sweep = {key: ",".join(str(v) for v in values) for key, values in spec["sweep"].items()}
+    for item in only:
+        key, _, values = item.partition("=")
+        if key not in sweep:
+            raise SystemExit(f"error: --only {item!r}: {key!r} is not swept; swept keys: {', '.join(sweep)}")
+        sweep[key] = values
+    return [sys.executable, str(ROOT / "train.py"), "-m", f"name={spec['name']}", f"output_root={runs_root}",
+            *spec["overrides"], *extra, *(f"{k}={v}" for k, v in sweep.items())]
+
+
+def reproduce(scale: str, runs_root: str = "runs", results: str = "results", only=(), extra=()) -> Path:
+    specs = yaml.safe_load(SWEEPS.read_text())
+    if scale not in specs:
+        raise SystemExit(f"error: SCALE={scale!r} is not in {SWEEPS.name}; choose one of {', '.join(specs)}")
+    spec = specs[scale]
+    command = sweep_command(spec, runs_root, list(only), list(extra))
+    print("+ " + " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+    out = Path(results) / scale
+    frame = collect.to_frame(collect.local_runs([Path(runs_root) / spec["name"]]))
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "runs.csv", index=False)
+    table = tables.table1(pd.read_csv(out / "runs.csv"))
+    tables.write_tables(table, out / "table1")
+    plots.all_figures(pd.read_csv(out / "runs.csv"), out / "figures")
+    print(table.to_markdown(index=False, disable_numparse=True))
+    print(f"results in {out}/ (runs.csv, table1.md/.tex/.csv, figures/)")
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", default="published")
+    parser.add_argument("--runs-root", default="runs")
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--only", nargs="*", default=[], help="KEY=V1,V2 replacing a swept key's values")
+    parser.add_argument("--extra", nargs="*", default=[], help="extra fixed overrides")
+    args = parser.parse_args(argv)
+    reproduce(args.scale, args.runs_root, args.results, args.only, args.extra)
+
+
+if __name__ == "__main__":
+    main()
