@@ -353,3 +353,22 @@ def test_kxk_compositions_are_exact_inside_and_report_their_border_ring(first, s
         assert float(diff.max()) < 1e-5 and merge["max_abs_diff"] < 1e-5
     else:
         assert merge["max_abs_diff"] > 1e-3  # the ring really differs, and the report says so
+
+
+def test_one_chain_can_merge_into_several_segments_each_measured():
+    # two linear expand -> depthwise -> project stacks back to back: one 5×5 for all six convs would cost more
+    # (25 vs 2·9 MACs per channel pair) and be inexact, so the cheapest split is two exact 3×3 convs
+    def stack():
+        return [nn.Conv2d(4, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),
+                nn.Conv2d(16, 4, 1)]
+
+    model = nn.Sequential(*stack(), nn.ReLU(), *stack()).eval()
+    x = torch.randn(2, 4, 7, 7)
+    stats = {str(i): all_on(16 if i in (1, 3, 7, 9) else 4) for i in (1, 3, 5, 7, 9)}
+    small, report = collapse(model, stats, x)
+    merges = ops(report, "merge")
+    assert [m["layers"] for m in merges] == [["0", "2", "4"], ["6", "8", "10"]]
+    assert all(m["exact"] and m["kernel"] == [3, 3] and m["max_abs_diff"] < 1e-5 for m in merges)
+    convs = [m for m in small.modules() if isinstance(m, nn.Conv2d)]
+    assert [tuple(c.weight.shape) for c in convs] == [(4, 4, 3, 3), (4, 4, 3, 3)]
+    assert_same(small(x), with_identity(model, "1", "3", "5", "7", "9")(x))

@@ -158,10 +158,9 @@ def _chain_at_zero(gm: fx.GraphModule, links: list[Link], in_shape) -> Tensor:
 
 
 @torch.no_grad()
-def merged_layer(gm: fx.GraphModule, seg: Segment) -> tuple[nn.Module, Tensor]:
-    """The merged conv/linear (without bias) and the constant its output needs added."""
+def merged_layer(gm: fx.GraphModule, seg: Segment, in_shape) -> tuple[nn.Module, Tensor]:
+    """The merged conv/linear (without bias) and the constant its output needs added (input of ``in_shape``)."""
     layers = [module(gm, link.node) for link in seg.links]
-    in_shape = shape(seg.links[0].node.args[0])
     constant = _chain_at_zero(gm, seg.links, in_shape)
     dtype, device = layers[0].weight.dtype, layers[0].weight.device
     if isinstance(layers[0], nn.Linear):
@@ -192,32 +191,54 @@ def _attach_constant(merged: nn.Module, constant: Tensor) -> Tensor | None:
     return small
 
 
-def merge_chains(gm: fx.GraphModule, merge: str, exact_only: bool, values: dict | None = None) -> list[dict]:
-    """Merge what ``merge`` allows; ``values`` (node → output on the verification batch) gives each merge's error."""
+class _Recorder(fx.Interpreter):
+    """Runs the graph and keeps the outputs of the nodes asked for (not every activation of the batch)."""
+
+    def __init__(self, gm: fx.GraphModule, wanted: set[fx.Node]):
+        super().__init__(gm)
+        self.wanted, self.values = wanted, {}
+
+    def run_node(self, node: fx.Node):
+        result = super().run_node(node)
+        if node in self.wanted:
+            self.values[node] = result
+        return result
+
+
+def merge_chains(gm: fx.GraphModule, merge: str, exact_only: bool, example: Tensor | None = None) -> list[dict]:
+    """Merge what ``merge`` allows; with ``example`` (the verification batch) each merge's error is measured."""
     done = []
     if merge == "never":
         return done
-    for chain in chains(gm):
-        for seg in plan_merges(gm, chain, merge, exact_only):
-            head, tail = seg.links[0], seg.links[-1]
-            merged, constant = merged_layer(gm, seg)
-            record = {"op": "merge", "layers": [link.node.target for link in seg.links], "exact": seg.exact,
-                      "macs_before": seg.macs_before, "macs_after": seg.macs_after}
-            if isinstance(merged, nn.Conv2d):
-                record.update(kernel=list(merged.kernel_size), stride=list(merged.stride),
-                              padding=list(merged.padding))
-            remaining_map = _attach_constant(merged, constant)
-            if values is not None and head.node.args[0] in values and tail.out in values:
-                record.update(_merge_error(merged, remaining_map, values[head.node.args[0]], values[tail.out]))
-            gm.add_submodule(head.node.target, merged)
-            new_out = head.node
-            if remaining_map is not None:
-                const = insert_after(gm, head.node, "get_attr", add_buffer(gm, f"{head.node.target}_map",
-                                                                            remaining_map), ())
-                new_out = insert_after(gm, const, "call_function", torch.add, (head.node, const))
-            tail.out.replace_all_uses_with(new_out)
-            gm.graph.eliminate_dead_code()
-            done.append(record)
+    planned = [seg for chain in chains(gm) for seg in plan_merges(gm, chain, merge, exact_only)]
+    values = {}
+    if planned and example is not None:
+        wanted = {n for seg in planned for n in (seg.links[0].node.args[0], seg.links[-1].out)}
+        recorder = _Recorder(gm, wanted)
+        with torch.no_grad():
+            recorder.run(example)
+        values = recorder.values
+    # fixed before any rewrite: merging one segment re-wires the input of the next one in the same chain
+    sources = [(seg.links[0].node.args[0], shape(seg.links[0].node.args[0])) for seg in planned]
+    for seg, (source, in_shape) in zip(planned, sources):
+        head, tail = seg.links[0], seg.links[-1]
+        merged, constant = merged_layer(gm, seg, in_shape)
+        record = {"op": "merge", "layers": [link.node.target for link in seg.links], "exact": seg.exact,
+                  "macs_before": seg.macs_before, "macs_after": seg.macs_after}
+        if isinstance(merged, nn.Conv2d):
+            record.update(kernel=list(merged.kernel_size), stride=list(merged.stride), padding=list(merged.padding))
+        remaining_map = _attach_constant(merged, constant)
+        if source in values and tail.out in values:
+            record.update(_merge_error(merged, remaining_map, values[source], values[tail.out]))
+        gm.add_submodule(head.node.target, merged)
+        new_out = head.node
+        if remaining_map is not None:
+            const = insert_after(gm, head.node, "get_attr", add_buffer(gm, f"{head.node.target}_map", remaining_map),
+                                 ())
+            new_out = insert_after(gm, const, "call_function", torch.add, (head.node, const))
+        tail.out.replace_all_uses_with(new_out)
+        gm.graph.eliminate_dead_code()
+        done.append(record)
     return done
 
 

@@ -125,14 +125,14 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
 
     for step, run in (("drop_identity", drop_pass_through), ("fold_constant", fold_constants),
                       ("remove_channels", remove_dead_channels),
-                      ("merge", lambda g: merge_chains(g, merge, exact_only=True, values=_values(g, example_input)))):
+                      ("merge", lambda g: merge_chains(g, merge, exact_only=True, example=example_input))):
         record_shapes(gm, example_input)
         report.operations += run(gm)
         tidy(gm)
         report.max_abs_diff = verify(step, linearized)
 
     record_shapes(gm, example_input)
-    report.operations += merge_chains(gm, merge, exact_only=False, values=_values(gm, example_input))
+    report.operations += merge_chains(gm, merge, exact_only=False, example=example_input)
     tidy(gm)
     collapsed = outputs(gm, example_input)
     report.border_diff = max_diff(collapsed, linearized)
@@ -140,23 +140,3 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
     report.after = cost_report(gm, example_input[:1])
     report.removed_layers = sorted(layers_before - {n.target for n in weight_nodes(gm)})
     return gm, report
-
-
-class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule):
-        super().__init__(gm)
-        self.values: dict[fx.Node, Tensor] = {}
-
-    def run_node(self, node: fx.Node):
-        result = super().run_node(node)
-        if isinstance(result, Tensor):
-            self.values[node] = result
-        return result
-
-
-@torch.no_grad()
-def _values(gm: fx.GraphModule, example: Tensor) -> dict[fx.Node, Tensor]:
-    """Every node's output on the verification batch (to measure each merge on its own)."""
-    recorder = _Recorder(gm)
-    recorder.run(example)
-    return recorder.values
