@@ -12,6 +12,7 @@ import yaml
 
 from analysis import collect, plots, tables
 from conftest import ROOT
+from nepenthe.data.fashion_mnist import DEBIAN_DIR, prepare_fashion_mnist
 from nepenthe.tracking import flatten
 
 
@@ -159,8 +160,10 @@ def test_collect_command_writes_the_csv(runs_folder, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (make data)")
 def test_make_reproduce_table1_smoke_on_a_tiny_subset(tmp_path):
-    extra = "dataset=synthetic dataset.kwargs.train_size=400 dataset.kwargs.val_size=100 dataset.kwargs.test_size=100 " \
+    prepare_fashion_mnist(tmp_path / "data")
+    extra = f"dataset.root={tmp_path / 'data'} dataset.kwargs.train_subset=500 dataset.kwargs.val_size=200 " \
             "model.kwargs.width=8 train.epochs=1 finetune.epochs=1 stop.max_rounds=1"
     result = subprocess.run(["make", "reproduce-table1", "SCALE=smoke", f"RUNS={tmp_path / 'runs'}",
                              f"RESULTS={tmp_path / 'results'}", "ONLY=pruning=nepenthe,easier seed=0",
