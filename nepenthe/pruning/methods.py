@@ -117,21 +117,22 @@ class Uniform(Method):
 
     name = "uniform"
 
+    def layers(self, model, units) -> list[str]:
+        return [w for u in units for w in u.weights]
+
     def plan(self, model, units, stats) -> PruningPlan:
-        layers = [w for u in units for w in u.weights]
+        layers = self.layers(model, units)
         counts = uniform_allocation([remaining(model.get_submodule(n)) for n in layers], self.ratio)
         return PruningPlan(counts=dict(zip(layers, counts)))
 
 
-class LayerwiseMagnitude(Method):
+class LayerwiseMagnitude(Uniform):
     """Layer-wise magnitude pruning over every conv/linear layer (shortcuts and classifier included)."""
 
     name = "layerwise"
 
-    def plan(self, model, units, stats) -> PruningPlan:
-        layers = weight_layer_names(model)
-        counts = uniform_allocation([remaining(model.get_submodule(n)) for n in layers], self.ratio)
-        return PruningPlan(counts=dict(zip(layers, counts)))
+    def layers(self, model, units) -> list[str]:
+        return weight_layer_names(model)
 
 
 class NoPruning(Method):
