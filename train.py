@@ -106,7 +106,13 @@ def summarize(exp: Experiment, records, reason, elapsed, run_dir: Path, last_sta
         exp.model = exp.load_round(load_checkpoint(checkpoint_path(run_dir, kept)), kept)
         stats = exp.probe()
     example = exp.verify_batch()[:1]  # one real image: costs are per input
-    cost = {"dense": cost_report(exp.new_model(), example), "final": cost_report(exp.model, example)}
+    cost = {"dense": cost_report(exp.new_model(), example)}
+    section = None
+    if cfg.collapse.enabled:  # collapse costs the kept model itself ("before") on the same image
+        _, section = exp.collapse_and_measure(stats, run_dir)
+        cost.update(final=section["before"], collapsed=section["after"])
+    else:
+        cost["final"] = cost_report(exp.model, example)
     keep = ("round", "sparsity", "val_acc", "test_acc", "k", "N", "entropy", "zero_entropy_units")
     final = records[kept]
     summary = {
@@ -118,9 +124,7 @@ def summarize(exp: Experiment, records, reason, elapsed, run_dir: Path, last_sta
         "versions": {"nepenthe": nepenthe.__version__, "torch": torch.__version__,
                      "torchvision": torchvision.__version__},
     }
-    if cfg.collapse.enabled:
-        _, section = exp.collapse_and_measure(stats, run_dir)
-        cost["collapsed"] = section["after"]
+    if section is not None:
         summary["collapse"] = section
     return summary
 

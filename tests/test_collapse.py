@@ -49,8 +49,7 @@ def with_identity(model, *paths):
     """The linearized model collapse must reproduce: the named activations replaced by identities."""
     reference = copy.deepcopy(model)
     for path in paths:
-        parent, _, leaf = path.rpartition(".")
-        setattr(reference.get_submodule(parent) if parent else reference, leaf, nn.Identity())
+        reference.set_submodule(path, nn.Identity())
     return reference.eval()
 
 

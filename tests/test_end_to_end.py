@@ -260,3 +260,11 @@ def test_paper_preset_smoke_variant_runs_on_its_real_data_layout(tmp_path):
     # two rounds of ratio 0.5 over the unit layers leave 25 % of them; shortcuts and the classifier stay dense
     assert 0.70 < records[2]["sparsity"] < 0.75 and records[1]["sparsity"] == pytest.approx(0.492, abs=0.01)
     assert summary["N"] == 17 and summary["collapse"]["input_shape"][1:] == [3, 32, 32]
+
+
+def test_collapse_can_be_switched_off_and_the_kept_model_is_still_costed(run_fast, tmp_path):
+    summary, run_dir = run_fast("collapse.enabled=false", "stop.max_rounds=1")
+    assert "collapse" not in summary and set(summary["cost"]) == {"dense", "final"}
+    assert summary["cost"]["final"]["macs"] == summary["cost"]["dense"]["macs"]
+    assert summary["cost"]["final"]["macs_nonzero"] < summary["cost"]["dense"]["macs_nonzero"]
+    assert not (run_dir / "collapsed.pt2").exists()

@@ -61,8 +61,6 @@ def can_scale_channels(gm: fx.GraphModule, node: fx.Node, neuron_dim: int) -> fx
     out_shape = shape(source) if source is not None else None
     if out_shape is None:
         return None
-    layer = module(gm, source)
-    expected = 1 if isinstance(layer, nn.Conv2d) and len(out_shape) == 4 else len(out_shape) - 1
-    if isinstance(layer, nn.Conv2d) and len(out_shape) != 4:
-        return None
-    return source if neuron_dim == expected else None
+    if isinstance(module(gm, source), nn.Conv2d):
+        return source if len(out_shape) == 4 and neuron_dim == 1 else None
+    return source if neuron_dim == len(out_shape) - 1 else None

@@ -96,6 +96,5 @@ def torch_gelus(model: nn.Module) -> nn.Module:
     for name, module in list(model.named_modules()):
         if isinstance(module, (GELU, GELUTanh)):
             approximate = "tanh" if isinstance(module, GELUTanh) else getattr(module, "approximate", "none")
-            parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, leaf, nn.GELU(approximate=approximate))
+            model.set_submodule(name, nn.GELU(approximate=approximate))
     return model

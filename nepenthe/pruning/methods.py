@@ -167,8 +167,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> None:
 def linearize(model: nn.Module, activations: list[str]) -> None:
     """Replace the named activations by ``nn.Identity`` (EASIER's step; re-applied after loading a checkpoint)."""
     for path in activations:
-        parent, _, leaf = path.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+        model.set_submodule(path, nn.Identity())
 
 
 def linearized_units(model: nn.Module, units: list[Unit]) -> list[str]:
