@@ -26,14 +26,16 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import nepenthe
-from nepenthe.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from nepenthe.checkpoint import (CHECKPOINT_DIR, checkpoint_path, latest_checkpoint, load_checkpoint,
+                                 remove_stale_temp_files, save_checkpoint)
 from nepenthe.config import RunConfig, config_diff, config_hash, load_run_config, semantic_dict
 from nepenthe.errors import ConfigError, NepentheError
 from nepenthe.experiment import Experiment
 from nepenthe.metrics import cost_report
 from nepenthe.pruning.methods import PruningPlan, apply_plan
 from nepenthe.report import format_collapse, format_round_row, format_table_header
-from nepenthe.tracking import CONFIG_FILE, SUMMARY_FILE, ROUNDS_FILE, RunRecorder, read_summary
+from nepenthe.rundir import Preexisting, remove_unused_run_dir
+from nepenthe.tracking import CONFIG_FILE, RUN_OUTPUT_DIRS, RUN_OUTPUT_FILES, RunRecorder, read_summary
 
 log = logging.getLogger("nepenthe")
 
@@ -76,13 +78,16 @@ def kept_round(records: list[dict], max_drop: float) -> int:
 
 
 def clear_records(run_dir: Path) -> None:
-    for name in (ROUNDS_FILE, SUMMARY_FILE):
+    """``resume=false``: every output of a previous run in this directory goes (config.yaml is rewritten next)."""
+    for name in RUN_OUTPUT_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    for name in RUN_OUTPUT_DIRS:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
 def resume_point(cfg: RunConfig, run_dir: Path):
     """``(checkpoint dict or None)``; refuses to resume a directory that holds a run of another config."""
+    remove_stale_temp_files(run_dir)
     if not cfg.resume:
         clear_records(run_dir)
         return None
@@ -160,9 +165,11 @@ def execute(cfg: RunConfig, run_dir: str | Path, config_yaml: str) -> dict:
             "mode": cfg.logger.mode, "project": cfg.logger.project, "entity": cfg.logger.entity,
             "group": cfg.logger.group, "tags": cfg.logger.tags,
             "id": hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16],
+            "init_timeout": cfg.logger.init_timeout,
         }
     recorder = RunRecorder(run_dir, wandb_settings=wandb_settings, config=semantic_dict(cfg))
     recorder.write_config(config_yaml)
+    recorder.start()  # W&B trouble shows now, before training, and never stops the run
     names = [u.name for u in exp.units]
     print(format_table_header(names))
 
@@ -210,21 +217,20 @@ def execute(cfg: RunConfig, run_dir: str | Path, config_yaml: str) -> dict:
     return summary
 
 
-def remove_if_unused(run_dir: Path) -> None:
-    """Drop a run directory that Hydra created for a job that failed before writing any record of its own."""
-    if run_dir.is_dir() and not (run_dir / CONFIG_FILE).exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         execute(to_run_config(cfg), run_dir, OmegaConf.to_yaml(cfg, resolve=True))
     except NepentheError as exc:
-        remove_if_unused(run_dir)
+        if not (run_dir / CONFIG_FILE).exists():  # refused before writing a record: only what we created goes
+            remove_unused_run_dir(run_dir, Preexisting.from_env())
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; run the same command again to resume from the last completed round in "
+              f"{run_dir / CHECKPOINT_DIR}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

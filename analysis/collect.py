@@ -31,6 +31,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from nepenthe.tracking import read_rounds, read_summary
+
 COLUMNS = [
     "run_id", "model", "dataset", "method", "ratio", "seed", "round", "is_final", "sparsity", "val_acc", "test_acc",
     "k", "N", "depth", "entropy", "weight_layers_dense", "weight_layers_collapsed", "macs_dense", "macs_nonzero",
@@ -108,9 +110,8 @@ def local_runs(folders: list[str | Path]) -> list[dict]:
             if not rounds_file.is_file():
                 continue
             config = yaml.safe_load(config_file.read_text())
-            records = [json.loads(line) for line in rounds_file.read_text().splitlines() if line.strip()]
-            summary_file = run_dir / "summary.json"
-            summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+            records = read_rounds(run_dir)  # a cut-off last line is skipped with a warning naming the file
+            summary = read_summary(run_dir)
             rows += run_rows(str(run_dir), config, records, summary)
     return rows
 

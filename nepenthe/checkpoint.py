@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import os
+import hashlib
+import io
+import json
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .errors import NepentheError
+from .errors import NepentheError, StorageError
 from .pruning.masks import pruned_layer_names
+from .tracking import atomic_write_bytes
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"round_(\d{3,})\.pt$")
+_TEMP = re.compile(r"^\.(round_\d{3,}\.pt|rounds\.jsonl|summary\.json|config\.yaml)\.\w+$")  # atomic writes' temps
 
 
 def checkpoint_path(run_dir: str | Path, round_index: int) -> Path:
@@ -41,21 +44,38 @@ def load_compact_state(model: nn.Module, state: dict, masks: dict) -> nn.Module:
     return model
 
 
+def content_hash(state: dict, masks: dict, meta: dict) -> str:
+    """SHA-256 over every tensor's bytes (sorted names) and the JSON of the rest (round, records, config): a checkpoint whose bytes were
+    damaged inside a weight still unpickles, and only this tells."""
+    h = hashlib.sha256()
+    for group in (state, masks):
+        for name in sorted(group):
+            tensor = group[name].detach().cpu().contiguous()
+            h.update(name.encode())
+            h.update(str(tensor.dtype).encode())
+            h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 def save_checkpoint(run_dir: str | Path, round_index: int, model: nn.Module, payload: dict) -> Path:
     state, masks = compact_state(model)
     path = checkpoint_path(run_dir, round_index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.fchmod(fd, 0o644)
-    os.close(fd)
-    try:
-        torch.save({"round": round_index, "state": state, "masks": masks, **payload}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    meta = {"round": round_index, **payload}
+    buffer = io.BytesIO()
+    torch.save({**meta, "state": state, "masks": masks, "sha256": content_hash(state, masks, meta)}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())  # temp + fsync + rename: the previous checkpoint stays intact
     return path
+
+
+def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
+    """Half-written temporary files (``.round_002.pt.XXXX``, ``.rounds.jsonl.XXXX``) that a killed process left."""
+    run_dir = Path(run_dir)
+    stale = [p for folder in (run_dir, run_dir / CHECKPOINT_DIR) if folder.is_dir()
+             for p in folder.iterdir() if _TEMP.match(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -67,7 +87,26 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """Load and check a checkpoint's content hash; a damaged one is one error naming it and the fallback."""
+    path = Path(path)
+    fallback = _fallback_hint(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except OSError as exc:
+        raise StorageError(f"checkpoint {path} is unreadable ([Errno {exc.errno}] {exc.strerror}); {fallback}") from exc
     except Exception as exc:
-        raise NepentheError(f"checkpoint {path} is unreadable ({exc!r}); delete it to resume from the one before") from exc
+        raise NepentheError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); {fallback}") from exc
+    stored = ckpt.pop("sha256", None) if isinstance(ckpt, dict) else None
+    if stored is not None:
+        meta = {k: v for k, v in ckpt.items() if k not in ("state", "masks")}
+        if content_hash(ckpt["state"], ckpt["masks"], meta) != stored:
+            raise NepentheError(f"checkpoint {path} is corrupt (its content does not match its SHA-256); {fallback}")
+    return ckpt
+
+
+def _fallback_hint(path: Path) -> str:
+    match = _NAME.search(path.name)
+    if match is None or int(match.group(1)) == 0:
+        return "delete it and re-run the command to redo that round"
+    previous = checkpoint_path(path.parent.parent, int(match.group(1)) - 1)
+    return f"delete it and re-run the command to resume from {previous.name} (the round before)"

@@ -59,6 +59,7 @@ class LoggerConfig:
     entity: Optional[str] = None
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
+    init_timeout: float = 10.0  # seconds W&B may take to start; after that the run goes on offline
 
 
 @dataclass
@@ -167,6 +168,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("train.lr", cfg.train.lr)
     _positive("eval_batch_size", cfg.eval_batch_size)
     _positive("entropy.batch_size", cfg.entropy.batch_size)
+    if cfg.entropy.max_batches is not None:
+        _positive("entropy.max_batches", cfg.entropy.max_batches)
     _positive("stop.max_drop", cfg.stop.max_drop, allow_zero=True)
     _positive("stop.max_rounds", cfg.stop.max_rounds, allow_zero=True)
     if cfg.finetune.epochs is not None:
@@ -199,7 +202,9 @@ def load_run_config(data) -> RunConfig:
         loaded = OmegaConf.load(data) if isinstance(data, (str, Path)) else data
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), loaded)
     except OmegaConfBaseException as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from exc
+        key = getattr(exc, "full_key", None)  # OmegaConf knows which key failed; its first line does not say
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"{key}: {first}" if key else first) from exc
     return validate(OmegaConf.to_object(merged))
 
 

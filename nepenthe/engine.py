@@ -95,11 +95,11 @@ def train_one_epoch(model, loader, optimizer, *, device, amp_dtype=None, channel
             value = loss.item()
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"{desc}: loss became {value} at step {step + 1}; lower train.lr "
-                                         f"(now {optimizer.param_groups[0]['lr']:.3g}) or use hardware.precision=fp32")
+                                         f"(now {optimizer.param_groups[0]['lr']:.3g}){_precision_hint(amp_dtype)}")
             bar.set_postfix(loss=f"{value:.3f}")
     mean_loss = float(loss_sum) / max(seen, 1)
     if not math.isfinite(mean_loss):
-        raise NonFiniteLossError(f"{desc}: mean loss is {mean_loss}; lower train.lr or use hardware.precision=fp32")
+        raise NonFiniteLossError(f"{desc}: mean loss is {mean_loss}; lower train.lr{_precision_hint(amp_dtype)}")
     return {"loss": mean_loss, "acc": 100.0 * float(correct) / max(seen, 1)}
 
 
@@ -142,3 +142,8 @@ def fit(model, loader, epochs: int, *, lr: float, momentum: float = 0.9, weight_
                                channels_last=channels_last, progress=progress, desc=f"{desc} {epoch + 1}/{epochs}")
         scheduler.step()
     return {"train_loss": last["loss"], "train_acc": last["acc"], "epochs": epochs}
+
+
+def _precision_hint(amp_dtype) -> str:
+    """Suggest fp32 only to a run that is not already in fp32."""
+    return "" if amp_dtype is None else " or use hardware.precision=fp32"

@@ -13,6 +13,16 @@ class DataError(NepentheError, FileNotFoundError):
     """A data root is missing, incomplete or corrupt."""
 
 
+class StorageError(NepentheError, OSError):
+    """A record or checkpoint could not be written or read back (disk full, I/O error, corrupt file)."""
+
+
+def storage_error(action: str, path, exc: OSError) -> StorageError:
+    """``could not write runs/x/rounds.jsonl: [Errno 28] No space left on device`` — the path and the errno, one line."""
+    code = f"[Errno {exc.errno}] " if exc.errno is not None else ""
+    return StorageError(f"could not {action} {path}: {code}{exc.strerror or exc}")
+
+
 class NonFiniteLossError(NepentheError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
 

@@ -22,11 +22,8 @@ from .metrics import latency_ms
 from .models import create_model
 from .pruning.masks import make_permanent, overall_sparsity
 from .pruning.methods import PruningPlan, create_method, linearize, linearized_units
-from .tracking import CONFIG_FILE, read_summary
+from .tracking import COLLAPSED_FILE, CONFIG_FILE, read_summary
 from .units import activation_modules, model_units, unit_layouts, weight_layer_names
-
-COLLAPSED_FILE = "collapsed.pt2"
-
 
 class Experiment:
     """Everything one run needs, built from a validated :class:`RunConfig`."""

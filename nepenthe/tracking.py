@@ -50,39 +50,99 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
+from .errors import NepentheError, storage_error
+
 ROUNDS_FILE, SUMMARY_FILE, CONFIG_FILE = "rounds.jsonl", "summary.json", "config.yaml"
+COLLAPSED_FILE, COLLAPSE_REPORT_FILE = "collapsed.pt2", "collapse.json"
+# Everything a run writes besides config.yaml: ``resume=false`` clears these so nothing of an older run stays
+RUN_OUTPUT_FILES = (ROUNDS_FILE, SUMMARY_FILE, COLLAPSED_FILE, COLLAPSE_REPORT_FILE)
+RUN_OUTPUT_DIRS = ("checkpoints", "wandb")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary file in the same folder and rename over the target: readers see old or new, never half."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, and rename over the target: readers see the old or the
+    new file, never half of one. Any OSError (disk full, I/O error) becomes one line naming the path and errno and
+    leaves the old file and no temporary file behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide records from collaborators
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except OSError as exc:
+        raise storage_error("write", path, exc) from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one whole line or nothing: short writes are continued, and on an error the file is cut back to where
+    it ended before, so it never ends in half a JSON object."""
+    data = line.encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise storage_error("append to", path, exc) from exc
+    try:
+        start = os.fstat(fd).st_size
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        except OSError as exc:
+            if written:
+                os.ftruncate(fd, start)
+            raise storage_error("append to", path, exc) from exc
+    finally:
+        os.close(fd)
 
 
 def read_rounds(run_dir: str | Path) -> list[dict]:
+    """The round records of a run. A cut-off last line (a write interrupted by a full disk or a kill) is skipped
+    with a warning; a broken line before the end is an error naming the file and the line."""
     path = Path(run_dir) / ROUNDS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                warnings.warn(f"{path}: line {number} is cut off (an interrupted write); skipped it. Re-running "
+                              f"the run's command rewrites the file from its checkpoints", stacklevel=2)
+                continue
+            raise NepentheError(f"{path}: line {number} is not valid JSON ({exc.msg}); the file was edited or "
+                                f"damaged: re-run the run's command to rewrite it from its checkpoints") from exc
+    return records
 
 
 def read_summary(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NepentheError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); delete it and re-run the "
+                            f"run's command to write it again from the checkpoints") from exc
 
 
 def flatten(record: dict, prefix: str = "") -> dict:
@@ -101,6 +161,7 @@ class RunRecorder:
         self.run_dir = Path(run_dir)
         self.wandb_settings = wandb_settings
         self.config = config or {}
+        self.warning: str | None = None  # why the W&B mirror runs offline or not at all
         self._wandb_run = None
 
     def write_config(self, yaml_text: str) -> None:
@@ -111,35 +172,55 @@ class RunRecorder:
         atomic_write_text(self.run_dir / ROUNDS_FILE, "".join(json.dumps(r) + "\n" for r in records))
 
     def round(self, record: dict) -> None:
-        line = (json.dumps(record) + "\n").encode()
-        fd = os.open(self.run_dir / ROUNDS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)  # one write of a whole line: a crash leaves the file ending at a line boundary
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        run = self._wandb()
-        if run is not None:
-            run.log(flatten(record), step=record["round"])
+        append_line(self.run_dir / ROUNDS_FILE, json.dumps(record) + "\n")
+        self._mirror(lambda run: run.log(flatten(record), step=record["round"]))
 
     def summary(self, summary: dict) -> None:
         atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-        run = self._wandb()
-        if run is not None:
-            run.summary.update(flatten(summary))
-            run.finish()
-            self._wandb_run = None
+        self._mirror(lambda run: (run.summary.update(flatten(summary)), run.finish()))
+        self._wandb_run = None
 
-    def _wandb(self):
-        if self.wandb_settings is None:
-            return None
+    def start(self) -> None:
+        """Start the W&B mirror now, before any training, so that trouble shows at once. Online mode that cannot
+        start (no API key, no network, ``init_timeout`` seconds passed) warns once and goes on offline; if even
+        that fails, the mirror is off. The local records never depend on it."""
+        if self.wandb_settings is None or self._wandb_run is not None:
+            return
+        mode = self.wandb_settings.get("mode", "offline")
+        try:
+            self._wandb_run = self._init_wandb(mode)
+            return
+        except Exception as exc:  # wandb raises its own UsageError/CommError types, and more
+            first = f"W&B {mode} could not start ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        if mode == "online":
+            try:
+                self._wandb_run = self._init_wandb("offline")
+                self.warning = f"{first}; mirroring offline into {self.run_dir / 'wandb'} (sync later with `wandb sync`)"
+            except Exception as exc:
+                self.warning = f"{first}, nor offline ({type(exc).__name__}); W&B mirror off, local records kept"
+        else:
+            self.warning = f"{first}; W&B mirror off, local records kept"
+        self.wandb_settings = None
+        warnings.warn(self.warning, stacklevel=2)
+
+    def _init_wandb(self, mode: str):
+        import wandb  # optional dependency, only imported when the logger is on
+
+        s = self.wandb_settings
+        return wandb.init(
+            project=s.get("project"), entity=s.get("entity"), group=s.get("group"), tags=s.get("tags") or None,
+            mode=mode, dir=str(self.run_dir), config=self.config, name=self.run_dir.name, id=s.get("id"),
+            resume="allow", settings=wandb.Settings(init_timeout=s.get("init_timeout", 10)),
+        )
+
+    def _mirror(self, action) -> None:
+        """Send to W&B; a failure there warns once and turns the mirror off, never stops the run."""
+        self.start()
         if self._wandb_run is None:
-            import wandb  # optional dependency, only imported when the logger is on
-
-            s = self.wandb_settings
-            self._wandb_run = wandb.init(
-                project=s.get("project"), entity=s.get("entity"), group=s.get("group"), tags=s.get("tags") or None,
-                mode=s.get("mode", "offline"), dir=str(self.run_dir), config=self.config,
-                name=self.run_dir.name, id=s.get("id"), resume="allow",
-            )
-        return self._wandb_run
+            return
+        try:
+            action(self._wandb_run)
+        except Exception as exc:
+            self._wandb_run, self.wandb_settings = None, None
+            self.warning = f"W&B mirror failed ({type(exc).__name__}: {exc}); turned off, local records kept"
+            warnings.warn(self.warning, stacklevel=2)

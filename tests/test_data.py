@@ -11,13 +11,16 @@ from nepenthe.data.registry import carve_validation
 from nepenthe.errors import ConfigError, DataError
 
 
-def write_idx_gz(folder, n_train=30, n_test=12, seed=0):
+def write_idx_gz(folder, n_train=30, n_test=12, seed=0, test_labels=None):
     """Tiny Fashion-MNIST in its real on-disk format: big-endian IDX headers, gzip-compressed."""
+    n_test = n_test if test_labels is None else len(test_labels)
     g = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
         labels = torch.arange(n, dtype=torch.uint8) % 10
+        if prefix == "t10k" and test_labels is not None:
+            labels = torch.tensor(test_labels, dtype=torch.uint8)
         with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
             f.write(struct.pack(">IIII", 2051, n, 28, 28) + images.numpy().tobytes())
         with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:

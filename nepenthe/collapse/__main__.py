@@ -17,10 +17,9 @@ from pathlib import Path
 
 from ..errors import NepentheError
 from ..report import format_collapse
-from ..tracking import atomic_write_text
+from ..tracking import COLLAPSE_REPORT_FILE as REPORT_FILE, atomic_write_text
 from .merge import MERGES
 
-REPORT_FILE = "collapse.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:

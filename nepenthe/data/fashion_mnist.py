@@ -26,6 +26,7 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 RAW_FILES = [name[: -len(".gz")] for name, _ in torchvision.datasets.FashionMNIST.resources]
 IDX_MAGIC = {"images": 2051, "labels": 2049}
 MEAN, STD = (0.2860,), (0.3530,)
+NUM_CLASSES = 10
 FIX = (
     "install Debian's package (`apt-get install -y dataset-fashion-mnist`, or `make data`) and run "
     "`python -m nepenthe.data.prepare fashion_mnist --root {root}`, or pass dataset.kwargs.download=true where the network allows"
@@ -96,6 +97,11 @@ def read_split(root: str | Path, train: bool) -> ImageSplit:
     if ds.data.shape[0] != ds.targets.shape[0]:
         raise DataError(f"Fashion-MNIST in {raw_dir(root)} has {ds.data.shape[0]} images but "
                         f"{ds.targets.shape[0]} labels; delete the folder and prepare again")
+    bad = (ds.targets < 0) | (ds.targets >= NUM_CLASSES)
+    if bad.any():
+        labels = raw_dir(root) / f"{'train' if train else 't10k'}-labels-idx1-ubyte"
+        raise DataError(f"{labels} holds label {int(ds.targets[bad][0])} at index {int(bad.nonzero()[0])}; "
+                        f"Fashion-MNIST labels are 0..{NUM_CLASSES - 1}: delete the folder and prepare again")
     return ImageSplit(ds.data.unsqueeze(1).contiguous(), ds.targets.long())
 
 
@@ -112,5 +118,5 @@ def fashion_mnist(
 ) -> DataBundle:
     prepare_fashion_mnist(root, source_dir=source_dir, download=download)
     train, val = carve_validation(read_split(root, True), val_size, split_seed, train_subset)
-    return DataBundle("fashion_mnist", train, val, read_split(root, False), num_classes=10, mean=MEAN, std=STD,
+    return DataBundle("fashion_mnist", train, val, read_split(root, False), num_classes=NUM_CLASSES, mean=MEAN, std=STD,
                       augment=tuple(augment), crop_padding=crop_padding)

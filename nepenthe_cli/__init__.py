@@ -1,0 +1,1 @@
+"""Hydra glue for ``train.py`` (the library ``nepenthe`` itself never imports Hydra)."""
