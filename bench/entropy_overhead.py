@@ -17,7 +17,8 @@ from torch.utils import benchmark
 
 from nepenthe.entropy import measure_entropy
 from nepenthe.models import create_model
-from nepenthe.units import activation_modules, model_units
+from nepenthe.discovery import model_units
+from nepenthe.units import activation_modules
 
 SHAPES = {"compact_cnn": (1, 28, 28), "resnet18_cifar": (3, 32, 32)}
 

@@ -17,7 +17,7 @@ import torch
 from torch import fx, nn
 
 from .errors import ConfigError
-from .units import RECTIFIERS, WEIGHT_LAYERS, Unit
+from .units import RECTIFIERS, WEIGHT_LAYERS, Unit, shared_rectifiers
 
 PASS_BACK_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.Identity,
                      nn.Dropout)
@@ -99,3 +99,30 @@ def distinct_activations(model: nn.Module) -> nn.Module:
         return model
     gm.recompile()
     return gm
+
+
+def model_units(model: nn.Module) -> list[Unit]:
+    """The model's declared units (a ``units()`` method), else those found on its fx graph; checked either way."""
+    declare = getattr(model, "units", None)
+    if callable(declare):
+        units = list(declare())
+    else:
+        units = discover_units(model)
+    modules = dict(model.named_modules())
+    seen: set[str] = set()
+    for unit in units:
+        act = modules.get(unit.name)
+        if not isinstance(act, RECTIFIERS):
+            raise ConfigError(f"unit {unit.name!r} is not a rectifier module of {type(model).__name__}")
+        if getattr(act, "inplace", False):
+            raise ConfigError(f"activation {unit.name!r} is inplace; hooks would see its output, not its input")
+        if unit.name in seen:
+            raise ConfigError(f"activation {unit.name!r} is declared by two units")
+        seen.add(unit.name)
+        for w in unit.weights:
+            if not isinstance(modules.get(w), WEIGHT_LAYERS):
+                raise ConfigError(f"unit {unit.name!r} names {w!r}, which is not a conv/linear layer")
+    shared = shared_rectifiers(model)
+    if shared:
+        raise ConfigError(f"rectifier module(s) reused at several places: {', '.join(shared)}; give each its own")
+    return units

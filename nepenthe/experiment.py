@@ -1,6 +1,7 @@
 """One run's parts built from a validated :class:`~nepenthe.config.RunConfig`: data, model, units, method, and the
-train / probe / assess / collapse steps. ``train.py`` drives the pruning loop with it; ``python -m
-nepenthe.collapse`` rebuilds it from a run directory. Plain values only, no Hydra.
+train / probe / assess / collapse steps (the :class:`~nepenthe.loop.Steps` that :func:`~nepenthe.loop.run_rounds`
+drives, through :func:`~nepenthe.runner.run_experiment`); ``python -m nepenthe.collapse`` rebuilds it from a run
+directory. Plain values only, no Hydra.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, loa
 from .config import RunConfig, load_run_config, validate
 from .data import create_data
 from .engine import autocast_dtype, evaluate, fit, resolve_device, seed_everything
-from .entropy import LayerStats, measure_entropy
 from .errors import NepentheError
 from .metrics import latency_ms
 from .models import create_model
-from .pruning.masks import make_permanent, overall_sparsity
-from .pruning.methods import PruningPlan, create_method, linearize, linearized_units
+from .loop import probe_units
+from .pruning.masks import make_permanent
+from .pruning.methods import create_method, linearize
 from .tracking import COLLAPSED_FILE, CONFIG_FILE, read_summary
-from .units import activation_modules, model_units, unit_layouts, weight_layer_names
+from .discovery import model_units
+from .units import unit_layouts
 
 class Experiment:
     """Everything one run needs, built from a validated :class:`RunConfig`."""
@@ -75,21 +77,13 @@ class Experiment:
         return cfg.train.epochs if ft.epochs is None else ft.epochs
 
     def probe(self, model=None):
-        """Entropy of every unit; a unit already replaced by an identity (EASIER) is not hooked and counts as a
-        zero-entropy unit with all neurons ON."""
         e = self.cfg.entropy
-        model = model if model is not None else self.model
-        gone = set(linearized_units(model, self.units))
-        live = [u for u in self.units if u.name not in gone]
-        stats = measure_entropy(
-            model, activation_modules(model, live),
+        return probe_units(
+            model if model is not None else self.model, self.units,
             self.data.probe_loader(e.split, e.batch_size, seed=self.cfg.seed), device=self.device,
-            zero_state=e.zero_state, layer_mean=e.layer_mean, pooling=e.pooling, layouts=unit_layouts(live),
-            autocast_dtype=self.amp, max_batches=e.max_batches, progress=self.cfg.progress,
+            zero_state=e.zero_state, layer_mean=e.layer_mean, pooling=e.pooling, autocast_dtype=self.amp,
+            max_batches=e.max_batches, progress=self.cfg.progress,
         )
-        for name in gone:
-            stats[name] = LayerStats(name, torch.ones(0, dtype=torch.float64), 0.0, 0)
-        return {u.name: stats[u.name] for u in self.units}
 
     def load_round(self, ckpt: dict, round_index: int) -> torch.nn.Module:
         """A fresh model with round ``round_index``'s weights, masks and identity swaps (from its checkpoint)."""
@@ -105,21 +99,6 @@ class Experiment:
                               amp_dtype=self.amp, channels_last=self.cfg.hardware.channels_last)
             scores[f"{split}_acc"], scores[f"{split}_loss"] = result["acc"], result["loss"]
         return scores
-
-    def record(self, round_index, stats, plan: PruningPlan, fitted: dict, scores: dict, wall: float, elapsed: float):
-        zero = [u.name for u in self.units if stats[u.name].is_zero_entropy]
-        return {
-            "round": round_index, "method": self.method.name, "ratio": self.cfg.pruning.ratio,
-            "pruned": plan.total, "plan": {k: v for k, v in plan.counts.items() if v}, "frozen_units": plan.frozen_units,
-            "sparsity": overall_sparsity(self.model, weight_layer_names(self.model)),
-            "unit_sparsity": {u.name: overall_sparsity(self.model, list(u.weights)) for u in self.units},
-            "entropy": {u.name: stats[u.name].entropy for u in self.units},
-            "neurons": {u.name: stats[u.name].neuron_counts() for u in self.units},
-            "zero_entropy_units": zero, "k": len(zero), "N": len(self.units),
-            "linearized": linearized_units(self.model, self.units),
-            **scores, "train_acc": fitted["train_acc"], "train_loss": fitted["train_loss"], "epochs": fitted["epochs"],
-            "wall_time_s": wall, "elapsed_s": elapsed,
-        }
 
     def verify_batch(self) -> torch.Tensor:
         """The first test images, preprocessed as the model sees them: the real data collapse is verified on."""

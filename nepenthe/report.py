@@ -1,6 +1,8 @@
-"""Plain-text per-round table printed while a run progresses (and in the README)."""
+"""Plain-text per-round table printed while a run progresses (and in the README), and the reporter that prints it."""
 
 from __future__ import annotations
+
+import sys
 
 
 def format_entropy(bits: float) -> str:
@@ -21,7 +23,9 @@ def format_table_header(unit_names: list[str]) -> str:
 def format_round_row(record: dict, unit_names: list[str]) -> str:
     entropies = " ".join(format_entropy(record["entropy"][name]) for name in unit_names)
     depth = f"{record['k']}/{record['N']}"
-    return (f"{record['round']:5d} {100 * record['sparsity']:7.2f}% {record['val_acc']:6.2f} {record['test_acc']:6.2f} "
+    test = record.get("test_acc")  # a run of your own (nepenthe.prune) may measure validation only
+    test = f"{test:6.2f}" if test is not None else "     -"
+    return (f"{record['round']:5d} {100 * record['sparsity']:7.2f}% {record['val_acc']:6.2f} {test} "
             f"{depth:>5} |                 {entropies}")
 
 
@@ -48,3 +52,49 @@ def format_collapse(section: dict, uncollapsed_test_acc: float) -> list[str]:
     if section.get("file"):
         lines.append(f"  saved {section['file']} (load with torch.export.load(path).module())")
     return lines
+
+
+def format_summary(summary: dict) -> list[str]:
+    d, f = summary["dense"], summary["final"]
+    lines = [f"stopped: {summary['stop_reason']}; kept round {summary['final_round']} of {summary['rounds_completed']}: "
+             f"sparsity {100 * f['sparsity']:.1f}%, test top-1 {f['test_acc']:.2f}% (dense {d['test_acc']:.2f}%), "
+             f"zero-entropy units {summary['depth']}"]
+    if "cost" in summary:  # summaries written before cost accounting existed lack it
+        dense, final = summary["cost"]["dense"], summary["cost"]["final"]
+        lines.append(f"MACs per input: {dense['macs'] / 1e6:.2f} M dense, {final['macs_nonzero'] / 1e6:.2f} M at "
+                     f"non-zero weights; weight layers on the longest path: {final['weight_layers_on_longest_path']}")
+    if "collapse" in summary:
+        lines += format_collapse(summary["collapse"], f["test_acc"])
+    return lines
+
+
+class ConsoleReporter:
+    """Prints what :func:`nepenthe.loop.run_rounds` reports: the round table as it grows, then the summary."""
+
+    def __init__(self, out=None):
+        self.out = out or sys.stdout
+        self.names: list[str] = []
+
+    def _print(self, *lines: str) -> None:
+        for line in lines:
+            print(line, file=self.out, flush=True)
+
+    def started(self, unit_names: list[str]) -> None:
+        self.names = list(unit_names)
+        self._print(format_table_header(self.names))
+
+    def resumed(self, records: list[dict], where: str) -> None:
+        self._print(*(format_round_row(r, self.names) for r in records))
+        self._print(f"resumed after round {records[-1]['round']} from {where}")
+
+    def round(self, record: dict) -> None:
+        self._print(format_round_row(record, self.names))
+
+    def warning(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def finished(self, summary: dict) -> None:
+        self._print(*format_summary(summary))
+
+    def already_complete(self, run_dir, summary: dict) -> None:
+        self._print(f"{run_dir} is complete; delete it or pass resume=false to run again", *format_summary(summary))

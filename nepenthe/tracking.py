@@ -62,6 +62,17 @@ RUN_OUTPUT_FILES = (ROUNDS_FILE, SUMMARY_FILE, COLLAPSED_FILE, COLLAPSE_REPORT_F
 RUN_OUTPUT_DIRS = ("checkpoints", "wandb")
 
 
+def clear_run_outputs(run_dir: str | Path) -> None:
+    """``resume=false``: every output of a previous run in ``run_dir`` goes (config.yaml is rewritten next)."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    for name in RUN_OUTPUT_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in RUN_OUTPUT_DIRS:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, and rename over the target: readers see the old or the
     new file, never half of one. Any OSError (disk full, I/O error) becomes one line naming the path and errno and

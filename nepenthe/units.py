@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import ConfigError
-
 RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU)
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -24,35 +22,6 @@ class Unit:
     name: str
     weights: tuple[str, ...]
     layout: str = "auto"  # where the neurons sit in the activation input; see entropy.LAYOUTS
-
-
-def model_units(model: nn.Module) -> list[Unit]:
-    """The model's declared units (a ``units()`` method), else those found on its fx graph; checked either way."""
-    declare = getattr(model, "units", None)
-    if callable(declare):
-        units = list(declare())
-    else:
-        from .discovery import discover_units  # fx walk, only for models that declare nothing
-
-        units = discover_units(model)
-    modules = dict(model.named_modules())
-    seen: set[str] = set()
-    for unit in units:
-        act = modules.get(unit.name)
-        if not isinstance(act, RECTIFIERS):
-            raise ConfigError(f"unit {unit.name!r} is not a rectifier module of {type(model).__name__}")
-        if getattr(act, "inplace", False):
-            raise ConfigError(f"activation {unit.name!r} is inplace; hooks would see its output, not its input")
-        if unit.name in seen:
-            raise ConfigError(f"activation {unit.name!r} is declared by two units")
-        seen.add(unit.name)
-        for w in unit.weights:
-            if not isinstance(modules.get(w), WEIGHT_LAYERS):
-                raise ConfigError(f"unit {unit.name!r} names {w!r}, which is not a conv/linear layer")
-    shared = shared_rectifiers(model)
-    if shared:
-        raise ConfigError(f"rectifier module(s) reused at several places: {', '.join(shared)}; give each its own")
-    return units
 
 
 def shared_rectifiers(model: nn.Module) -> list[str]:

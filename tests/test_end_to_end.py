@@ -9,6 +9,7 @@ import yaml
 from omegaconf import OmegaConf
 
 import train
+from nepenthe.experiment import Experiment
 from conftest import FAST, ROOT, SYNTHETIC, compose_config
 from nepenthe.data.fashion_mnist import DEBIAN_DIR, prepare_fashion_mnist, raw_dir
 from nepenthe.errors import ConfigError
@@ -96,7 +97,7 @@ def test_interrupted_run_resumes_from_its_last_round_and_matches_an_uninterrupte
     _, reference_dir = run_fast(run_dir=tmp_path / "reference")
     reference = read_rounds(reference_dir)
 
-    original_fit = train.Experiment.fit
+    original_fit = Experiment.fit
     calls = []
 
     def killed_in_round_2(self, round_index):
@@ -105,14 +106,14 @@ def test_interrupted_run_resumes_from_its_last_round_and_matches_an_uninterrupte
             raise KeyboardInterrupt("cluster killed the job")
         return original_fit(self, round_index)
 
-    monkeypatch.setattr(train.Experiment, "fit", killed_in_round_2)
+    monkeypatch.setattr(Experiment, "fit", killed_in_round_2)
     with pytest.raises(KeyboardInterrupt):
         run_fast(run_dir=tmp_path / "victim")
     assert [r["round"] for r in read_rounds(tmp_path / "victim")] == [0, 1]
     assert read_summary(tmp_path / "victim") is None
 
     calls.clear()
-    monkeypatch.setattr(train.Experiment, "fit", lambda self, r: calls.append(r) or original_fit(self, r))
+    monkeypatch.setattr(Experiment, "fit", lambda self, r: calls.append(r) or original_fit(self, r))
     summary, _ = run_fast(run_dir=tmp_path / "victim")
     assert calls == [2, 3]  # neither dense training nor round 1 was redone
     resumed = read_rounds(tmp_path / "victim")

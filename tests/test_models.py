@@ -7,7 +7,8 @@ from nepenthe.collapse import collapse
 from nepenthe.entropy import measure_entropy
 from nepenthe.models import create_model
 from nepenthe.pruning.masks import prune_smallest
-from nepenthe.units import activation_modules, model_units
+from nepenthe.discovery import model_units
+from nepenthe.units import activation_modules
 
 # Every registered model is exercised (units, probe, training step, collapse) in tests/test_zoo.py.
 

@@ -13,7 +13,8 @@ from nepenthe.entropy import measure_entropy
 from nepenthe.errors import ConfigError
 from nepenthe.models import create_model, list_models
 from nepenthe.models.weights import load_local_weights
-from nepenthe.units import RECTIFIERS, Unit, activation_modules, model_units, unit_layouts
+from nepenthe.discovery import model_units
+from nepenthe.units import RECTIFIERS, Unit, activation_modules, unit_layouts
 
 # name, kwargs, input (C, H, W), rectifier units the paper family counts (EASIER appendix N) where it counts them
 ZOO = [
