@@ -20,8 +20,8 @@ from .engine import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
 from .entropy import LAYER_MEANS, POOLINGS, ZERO_STATES, check_choice
 from .errors import ConfigError, unknown_name
 from .models import is_known_model, list_models
-from .pruning.budget import check_ratio
-from .pruning.methods import METHODS
+from .pruning.budget import ROUNDINGS, check_ratio
+from .pruning.methods import ENTROPY_BUDGET_METHODS, METHODS
 
 
 @dataclass
@@ -41,6 +41,7 @@ class DatasetConfig:
 class PruningConfig:
     method: str = "nepenthe"
     ratio: float = 0.5  # fraction of the remaining prunable weights removed per round
+    rounding: str = "nearest"  # nepenthe/egp shares -> counts: nearest (total kept) | floor (EGP code's int())
 
 
 @dataclass
@@ -153,6 +154,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise unknown_name("pruning method", cfg.pruning.method, METHODS)
     if cfg.pruning.method != "none":
         check_ratio(cfg.pruning.ratio)
+    check_choice("pruning.rounding", cfg.pruning.rounding, ROUNDINGS)
+    if cfg.pruning.rounding != "nearest" and cfg.pruning.method not in ENTROPY_BUDGET_METHODS:
+        raise ConfigError(f"pruning.rounding={cfg.pruning.rounding!r} applies to the entropy budget only "
+                          f"({', '.join(ENTROPY_BUDGET_METHODS)}); pruning.method={cfg.pruning.method!r} has none")
     check_choice("hardware.device", cfg.hardware.device, DEVICES)
     check_choice("hardware.precision", cfg.hardware.precision, tuple(PRECISIONS))
     check_choice("logger.name", cfg.logger.name, ("none", "wandb"))

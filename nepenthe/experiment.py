@@ -22,7 +22,7 @@ from .metrics import latency_ms
 from .models import create_model
 from .loop import probe_units
 from .pruning.masks import make_permanent
-from .pruning.methods import create_method, linearize
+from .pruning.methods import ENTROPY_BUDGET_METHODS, create_method, linearize
 from .tracking import COLLAPSED_FILE, CONFIG_FILE, read_summary
 from .discovery import model_units
 from .units import unit_layouts
@@ -39,7 +39,8 @@ class Experiment:
         self.data = create_data(cfg.dataset.name, cfg.dataset.root, progress=cfg.progress, **cfg.dataset.kwargs)
         self.model = self.new_model()
         self.units = model_units(self.model)
-        self.method = create_method(cfg.pruning.method, cfg.pruning.ratio)
+        options = {"rounding": cfg.pruning.rounding} if cfg.pruning.method in ENTROPY_BUDGET_METHODS else {}
+        self.method = create_method(cfg.pruning.method, cfg.pruning.ratio, **options)
         self.train_loader = self.data.loader("train", cfg.train.batch_size, seed=cfg.seed)
 
     def new_model(self):

@@ -4,6 +4,12 @@
 ``I_l = T / E_l`` with ``T = Σ E``, shares ``softmax(I)`` of the budget ``B = ratio · Σ nnz``; a unit whose share
 exceeds what it has left is pruned to 100 %, leaves the pool with its energy and its weights are taken off ``B``;
 repeat until nobody is capped.
+
+``rounding`` says how the real-valued shares become weight counts: ``nearest`` (ours) rounds the budget to
+``round(ratio · Σ nnz)`` and hands the shares' remainders to the largest fractions, so the counts add up to the
+budget exactly; ``floor`` keeps the budget real-valued and truncates each share with ``int()``, as the EGP code does
+(its counts add up to a few weights less, and a share within a fraction of a weight of a unit's size can be capped
+under one rule and not the other).
 """
 
 from __future__ import annotations
@@ -33,18 +39,23 @@ def round_preserving_total(shares: Sequence[float], total: int) -> list[int]:
     return floors
 
 
+ROUNDINGS = ("nearest", "floor")
+
+
 def nepenthe_allocation(
-    entropy: Sequence[float], mean_abs: Sequence[float], nnz: Sequence[int], ratio: float
+    entropy: Sequence[float], mean_abs: Sequence[float], nnz: Sequence[int], ratio: float, rounding: str = "nearest"
 ) -> list[int]:
     """Weights to prune per unit; every unit given must be prunable (entropy > 0, nnz > 0)."""
     ratio = check_ratio(ratio)
+    if rounding not in ROUNDINGS:
+        raise ConfigError(f"pruning.rounding={rounding!r} is not valid; choose one of {', '.join(ROUNDINGS)}")
     if not (len(entropy) == len(mean_abs) == len(nnz)):
         raise ValueError("entropy, mean_abs and nnz must have one entry per unit")
     for h, m, n in zip(entropy, mean_abs, nnz):
         if not (h > 0 and m > 0 and n > 0):
             raise ValueError(f"a prunable unit needs entropy, mean |w| and nnz > 0; got {h}, {m}, {n}")
     energy = [h * m for h, m in zip(entropy, mean_abs)]
-    budget = round(ratio * sum(nnz))
+    budget = round(ratio * sum(nnz)) if rounding == "nearest" else ratio * sum(nnz)
     counts = [0] * len(nnz)
     pool = list(range(len(nnz)))
     remaining_budget = budget
@@ -57,7 +68,8 @@ def nepenthe_allocation(
         shares = [remaining_budget * w / norm for w in weights]
         capped = [i for i, s in zip(pool, shares) if s > nnz[i]]
         if not capped:
-            for i, n in zip(pool, round_preserving_total(shares, remaining_budget)):
+            final = round_preserving_total(shares, remaining_budget) if rounding == "nearest" else [int(s) for s in shares]
+            for i, n in zip(pool, final):
                 counts[i] = n
             break
         for i in capped:

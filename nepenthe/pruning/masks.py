@@ -27,8 +27,15 @@ def remaining_magnitudes(module: nn.Module) -> Tensor:
     return module.weight.detach().abs()[remaining_mask(module)]
 
 
-def mean_abs_remaining(modules: list[nn.Module]) -> float:
-    values = torch.cat([remaining_magnitudes(m).flatten() for m in modules])
+def nonzero_remaining(module: nn.Module) -> int:
+    """Alive weights that are not exactly zero (what the EGP code counts as remaining: ``w != 0``)."""
+    return int((remaining_mask(module) & (module.weight.detach() != 0)).sum())
+
+
+def mean_abs_nonzero(modules: list[nn.Module]) -> float:
+    """mean |w| over the alive, non-zero weights (DESIGN step 5's E_l factor)."""
+    values = torch.cat([remaining_magnitudes(m) for m in modules])
+    values = values[values != 0]
     return float(values.mean()) if values.numel() else 0.0
 
 

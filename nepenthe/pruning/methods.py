@@ -12,10 +12,11 @@ from typing import Mapping
 from torch import nn
 
 from ..entropy import LayerStats
-from ..errors import unknown_name
+from ..errors import ConfigError, unknown_name
 from ..units import RECTIFIERS, Unit, weight_layer_names
-from .budget import check_ratio, global_magnitude_allocation, nepenthe_allocation, smallest_counts, uniform_allocation
-from .masks import mean_abs_remaining, prune_smallest, remaining, remaining_magnitudes
+from .budget import (ROUNDINGS, check_ratio, global_magnitude_allocation, nepenthe_allocation, smallest_counts,
+                     uniform_allocation)
+from .masks import mean_abs_nonzero, nonzero_remaining, prune_smallest, remaining, remaining_magnitudes
 
 
 @dataclass
@@ -36,8 +37,10 @@ class PruningPlan:
 class Method:
     name = "base"
 
-    def __init__(self, ratio: float):
+    def __init__(self, ratio: float, **options):
         self.ratio = check_ratio(ratio)
+        if options:
+            raise ConfigError(f"pruning method {self.name!r} takes no option(s) {', '.join(sorted(options))}")
 
     def plan(self, model: nn.Module, units: list[Unit], stats: Mapping[str, LayerStats]) -> PruningPlan:
         raise NotImplementedError
@@ -45,6 +48,10 @@ class Method:
 
 def unit_remaining(model: nn.Module, unit: Unit) -> int:
     return sum(remaining(model.get_submodule(w)) for w in unit.weights)
+
+
+def unit_nonzero(model: nn.Module, unit: Unit) -> int:
+    return sum(nonzero_remaining(model.get_submodule(w)) for w in unit.weights)
 
 
 def split_over_layers(model: nn.Module, layers: tuple[str, ...], n: int) -> dict[str, int]:
@@ -56,12 +63,19 @@ def split_over_layers(model: nn.Module, layers: tuple[str, ...], n: int) -> dict
 
 
 class Nepenthe(Method):
-    """Entropy-guided budget (DESIGN.md step 5); zero-entropy units are frozen."""
+    """Entropy-guided budget (DESIGN.md step 5); zero-entropy units are frozen. Remaining weights are counted as the
+    EGP code does (alive and ``w != 0``), so a unit whose alive weights are all exactly zero is skipped."""
 
     name = "nepenthe"
 
+    def __init__(self, ratio: float, rounding: str = "nearest"):
+        super().__init__(ratio)
+        if rounding not in ROUNDINGS:
+            raise ConfigError(f"pruning.rounding={rounding!r} is not valid; choose one of {', '.join(ROUNDINGS)}")
+        self.rounding = rounding
+
     def prunable(self, model, units, stats) -> tuple[list[Unit], list[str]]:
-        alive = [u for u in units if unit_remaining(model, u) > 0]
+        alive = [u for u in units if unit_nonzero(model, u) > 0]
         frozen = [u.name for u in alive if stats[u.name].entropy <= 0.0]
         return [u for u in alive if stats[u.name].entropy > 0.0], frozen
 
@@ -70,13 +84,15 @@ class Nepenthe(Method):
         plan = PruningPlan(frozen_units=frozen)
         if not prunable:
             return plan
+        nnz = [unit_nonzero(model, u) for u in prunable]
         per_unit = nepenthe_allocation(
             entropy=[stats[u.name].entropy for u in prunable],
-            mean_abs=[mean_abs_remaining([model.get_submodule(w) for w in u.weights]) for u in prunable],
-            nnz=[unit_remaining(model, u) for u in prunable],
-            ratio=self.ratio,
+            mean_abs=[mean_abs_nonzero([model.get_submodule(w) for w in u.weights]) for u in prunable],
+            nnz=nnz, ratio=self.ratio, rounding=self.rounding,
         )
-        for unit, n in zip(prunable, per_unit):
+        for unit, n, have in zip(prunable, per_unit, nnz):
+            if n == have:  # capped: the whole unit goes, alive exact zeros included, so it really is at 100 %
+                n = unit_remaining(model, unit)
             plan.counts.update(split_over_layers(model, unit.weights, n))
         return plan
 
@@ -89,7 +105,8 @@ class Egp(Nepenthe):
 
 
 class Easier(Method):
-    """EASIER: no weight pruning; each round the lowest-entropy activation still in place becomes the identity."""
+    """EASIER: no weight pruning; each round the lowest-entropy activation still in place becomes the identity —
+    or, as in the EASIER code, every activation at exactly zero entropy at once when there are several."""
 
     name = "easier"
 
@@ -97,6 +114,9 @@ class Easier(Method):
         candidates = [u for u in units if isinstance(model.get_submodule(u.name), RECTIFIERS)]
         if not candidates:
             return PruningPlan()
+        zero = [u.name for u in candidates if stats[u.name].is_zero_entropy]
+        if zero:
+            return PruningPlan(linearize=zero)
         lowest = min(candidates, key=lambda u: stats[u.name].entropy)  # ties: the first in model order
         return PruningPlan(linearize=[lowest.name])
 
@@ -140,7 +160,7 @@ class NoPruning(Method):
 
     name = "none"
 
-    def __init__(self, ratio: float = 0.5):
+    def __init__(self, ratio: float = 0.5, **options):
         self.ratio = ratio
 
     def plan(self, model, units, stats) -> PruningPlan:
@@ -152,10 +172,14 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def create_method(name: str, ratio: float) -> Method:
+ENTROPY_BUDGET_METHODS = tuple(name for name, m in METHODS.items() if issubclass(m, Nepenthe))
+
+
+def create_method(name: str, ratio: float, **options) -> Method:
+    """``options`` are the method's own (``rounding`` for nepenthe/egp); an option a method lacks is an error."""
     if name not in METHODS:
         raise unknown_name("pruning method", name, METHODS)
-    return METHODS[name](ratio)
+    return METHODS[name](ratio, **options)
 
 
 def apply_plan(model: nn.Module, plan: PruningPlan) -> None:
