@@ -46,6 +46,7 @@ def weight_layer_names(model: nn.Module) -> list[str]:
 
 
 def activation_modules(model: nn.Module, units: list[Unit]) -> dict[str, nn.Module]:
+    """``{unit name: activation module}``: what :func:`~nepenthe.entropy.measure_entropy` hooks."""
     return {u.name: model.get_submodule(u.name) for u in units}
 
 

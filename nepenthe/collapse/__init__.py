@@ -1,4 +1,4 @@
-"""Exact collapse of a pruned network into a truly shallower one (DESIGN.md step 9).
+"""Exact collapse of a pruned network into a truly shallower one (docs/DESIGN.md step 9).
 
     from nepenthe.collapse import collapse
     small, report = collapse(model, stats, batch, merge="cost")

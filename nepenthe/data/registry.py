@@ -72,6 +72,7 @@ def register_data(name: str):
 
 
 def list_data() -> list[str]:
+    """Names of the registered datasets."""
     return sorted(_BUILDERS)
 
 

@@ -12,6 +12,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(name: str):
+    """Decorator: register a builder ``(num_classes, in_chans, **kwargs) -> nn.Module`` under ``name`` (``model.name`` in configs)."""
     def decorate(builder: Callable[..., nn.Module]):
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} is registered twice")
@@ -22,6 +23,7 @@ def register_model(name: str):
 
 
 def list_models() -> list[str]:
+    """Names of the registered model builders."""
     return sorted(_BUILDERS)
 
 
@@ -43,6 +45,7 @@ def is_known_model(name: str) -> bool:
 
 
 def create_model(name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
+    """Build a registered model (or any timm architecture as ``timm/<arch>``); unknown names list the known ones."""
     arch = _timm_arch(name)
     if arch is not None:  # model=timm model.name=resnet34, or model.name=timm/resnet34
         name, kwargs = "timm", {**{k: v for k, v in kwargs.items() if k != "arch"}, "arch": arch}

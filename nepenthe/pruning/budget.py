@@ -1,6 +1,6 @@
 """How many weights to remove where: pure functions over numbers, no modules.
 
-``nepenthe_allocation`` is DESIGN.md step 5 (NEPENTHE/EGP): per unit ``E_l = H_l · mean|w_l|``, irrelevance
+``nepenthe_allocation`` is docs/DESIGN.md step 5 (NEPENTHE/EGP): per unit ``E_l = H_l · mean|w_l|``, irrelevance
 ``I_l = T / E_l`` with ``T = Σ E``, shares ``softmax(I)`` of the budget ``B = ratio · Σ nnz``; a unit whose share
 exceeds what it has left is pruned to 100 %, leaves the pool with its energy and its weights are taken off ``B``;
 repeat until nobody is capped.

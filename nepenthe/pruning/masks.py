@@ -33,7 +33,7 @@ def nonzero_remaining(module: nn.Module) -> int:
 
 
 def mean_abs_nonzero(modules: list[nn.Module]) -> float:
-    """mean |w| over the alive, non-zero weights (DESIGN step 5's E_l factor)."""
+    """mean |w| over the alive, non-zero weights (docs/DESIGN.md step 5's E_l factor)."""
     values = torch.cat([remaining_magnitudes(m) for m in modules])
     values = values[values != 0]
     return float(values.mean()) if values.numel() else 0.0

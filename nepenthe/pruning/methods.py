@@ -63,7 +63,7 @@ def split_over_layers(model: nn.Module, layers: tuple[str, ...], n: int) -> dict
 
 
 class Nepenthe(Method):
-    """Entropy-guided budget (DESIGN.md step 5); zero-entropy units are frozen. Remaining weights are counted as the
+    """Entropy-guided budget (docs/DESIGN.md step 5); zero-entropy units are frozen. Remaining weights are counted as the
     EGP code does (alive and ``w != 0``), so a unit whose alive weights are all exactly zero is skipped."""
 
     name = "nepenthe"
@@ -183,6 +183,7 @@ def create_method(name: str, ratio: float, **options) -> Method:
 
 
 def apply_plan(model: nn.Module, plan: PruningPlan) -> None:
+    """Prune each layer's planned number of smallest surviving weights (``torch.nn.utils.prune`` masks) and swap the planned activations for identities."""
     for layer, n in plan.counts.items():
         prune_smallest(model.get_submodule(layer), n)
     linearize(model, plan.linearize)
