@@ -20,7 +20,7 @@ from .engine import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
 from .entropy import LAYER_MEANS, POOLINGS, ZERO_STATES, check_choice
 from .errors import ConfigError, unknown_name
 from .models import is_known_model, list_models
-from .pruning.budget import ROUNDINGS, check_ratio
+from .pruning.budget import check_ratio, check_rounding
 from .pruning.methods import ENTROPY_BUDGET_METHODS, METHODS
 
 
@@ -154,7 +154,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise unknown_name("pruning method", cfg.pruning.method, METHODS)
     if cfg.pruning.method != "none":
         check_ratio(cfg.pruning.ratio)
-    check_choice("pruning.rounding", cfg.pruning.rounding, ROUNDINGS)
+    check_rounding(cfg.pruning.rounding)
     if cfg.pruning.rounding != "nearest" and cfg.pruning.method not in ENTROPY_BUDGET_METHODS:
         raise ConfigError(f"pruning.rounding={cfg.pruning.rounding!r} applies to the entropy budget only "
                           f"({', '.join(ENTROPY_BUDGET_METHODS)}); pruning.method={cfg.pruning.method!r} has none")

@@ -19,13 +19,14 @@ from .data import create_data
 from .engine import autocast_dtype, evaluate, fit, resolve_device, seed_everything
 from .errors import NepentheError
 from .metrics import latency_ms
-from .models import create_model
+from .discovery import model_units
 from .loop import probe_units
+from .models import create_model
 from .pruning.masks import make_permanent
 from .pruning.methods import ENTROPY_BUDGET_METHODS, create_method, linearize
 from .tracking import COLLAPSED_FILE, CONFIG_FILE, read_summary
-from .discovery import model_units
 from .units import unit_layouts
+
 
 class Experiment:
     """Everything one run needs, built from a validated :class:`RunConfig`."""

@@ -18,8 +18,8 @@ from typing import Callable, Iterable, Mapping, Protocol
 import torch
 from torch import nn
 
-from .checkpoint import (compact_state, latest_checkpoint, load_checkpoint, load_compact_state,
-                         remove_stale_temp_files, save_checkpoint, checkpoint_path)
+from .checkpoint import (checkpoint_path, compact_state, latest_checkpoint, load_checkpoint, load_compact_state,
+                         remove_stale_temp_files, save_checkpoint)
 from .config import StopConfig, config_diff
 from .entropy import LayerStats, measure_entropy
 from .errors import ConfigError

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -64,8 +65,6 @@ RUN_OUTPUT_DIRS = ("checkpoints", "wandb")
 
 def clear_run_outputs(run_dir: str | Path) -> None:
     """``resume=false``: every output of a previous run in ``run_dir`` goes (config.yaml is rewritten next)."""
-    import shutil
-
     run_dir = Path(run_dir)
     for name in RUN_OUTPUT_FILES:
         (run_dir / name).unlink(missing_ok=True)

@@ -21,7 +21,6 @@ from ..tracking import COLLAPSE_REPORT_FILE as REPORT_FILE, atomic_write_text
 from .merge import MERGES
 
 
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m nepenthe.collapse", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run directory written by train.py")

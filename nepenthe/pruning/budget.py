@@ -42,13 +42,17 @@ def round_preserving_total(shares: Sequence[float], total: int) -> list[int]:
 ROUNDINGS = ("nearest", "floor")
 
 
+def check_rounding(rounding: str) -> str:
+    if rounding not in ROUNDINGS:
+        raise ConfigError(f"pruning.rounding={rounding!r} is not valid; choose one of {', '.join(ROUNDINGS)}")
+    return rounding
+
+
 def nepenthe_allocation(
     entropy: Sequence[float], mean_abs: Sequence[float], nnz: Sequence[int], ratio: float, rounding: str = "nearest"
 ) -> list[int]:
     """Weights to prune per unit; every unit given must be prunable (entropy > 0, nnz > 0)."""
-    ratio = check_ratio(ratio)
-    if rounding not in ROUNDINGS:
-        raise ConfigError(f"pruning.rounding={rounding!r} is not valid; choose one of {', '.join(ROUNDINGS)}")
+    ratio, rounding = check_ratio(ratio), check_rounding(rounding)
     if not (len(entropy) == len(mean_abs) == len(nnz)):
         raise ValueError("entropy, mean_abs and nnz must have one entry per unit")
     for h, m, n in zip(entropy, mean_abs, nnz):

@@ -14,7 +14,7 @@ from torch import nn
 from ..entropy import LayerStats
 from ..errors import ConfigError, unknown_name
 from ..units import RECTIFIERS, Unit, weight_layer_names
-from .budget import (ROUNDINGS, check_ratio, global_magnitude_allocation, nepenthe_allocation, smallest_counts,
+from .budget import (check_ratio, check_rounding, global_magnitude_allocation, nepenthe_allocation, smallest_counts,
                      uniform_allocation)
 from .masks import mean_abs_nonzero, nonzero_remaining, prune_smallest, remaining, remaining_magnitudes
 
@@ -70,9 +70,7 @@ class Nepenthe(Method):
 
     def __init__(self, ratio: float, rounding: str = "nearest"):
         super().__init__(ratio)
-        if rounding not in ROUNDINGS:
-            raise ConfigError(f"pruning.rounding={rounding!r} is not valid; choose one of {', '.join(ROUNDINGS)}")
-        self.rounding = rounding
+        self.rounding = check_rounding(rounding)
 
     def prunable(self, model, units, stats) -> tuple[list[Unit], list[str]]:
         alive = [u for u in units if unit_nonzero(model, u) > 0]
@@ -160,7 +158,7 @@ class NoPruning(Method):
 
     name = "none"
 
-    def __init__(self, ratio: float = 0.5, **options):
+    def __init__(self, ratio: float = 0.5):
         self.ratio = ratio
 
     def plan(self, model, units, stats) -> PruningPlan:
