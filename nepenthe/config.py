@@ -106,8 +106,9 @@ class StopConfig:
 @dataclass
 class CollapseConfig:
     enabled: bool = True  # collapse → verify → report at the end of the run
-    merge: str = "cost"  # cost (merge only when MACs go down) | always | never
-    tolerance: float = 1e-4  # allowed |collapsed − linearized| / max |output| for the exact steps
+    merge: str = "cost"  # cost (exact merges that lower MACs) | always (every exact merge) | never | approximate
+    tolerance: float = 1e-4  # allowed |collapsed − linearized| / max |output| for the exact steps (relative, no floor)
+    approximate_activations: bool = False  # replace always-ON ReLU6/GELU by the identity (measured error reported)
     verify_batch: int = 256  # test images the collapse is verified on (and the per-position constants sized for)
     latency_batches: list[int] = field(default_factory=lambda: [1, 64])
     latency_min_run_time: float = 0.5  # seconds per torch.utils.benchmark measurement
@@ -190,6 +191,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         _positive("hardware.threads", cfg.hardware.threads)
     check_choice("collapse.merge", cfg.collapse.merge, MERGES)
     _positive("collapse.tolerance", cfg.collapse.tolerance)
+    if cfg.collapse.tolerance >= 1:
+        raise ConfigError(f"collapse.tolerance={cfg.collapse.tolerance!r} must be < 1: it is a bound relative to the "
+                          f"output's size (1e-4 = 0.01 % of max |output|)")
     _positive("collapse.verify_batch", cfg.collapse.verify_batch)
     _positive("collapse.latency_min_run_time", cfg.collapse.latency_min_run_time)
     _positive("collapse.latency_rounds", cfg.collapse.latency_rounds)

@@ -79,6 +79,8 @@ class LayerStats:
     p_on: Tensor  # float64 per neuron, on the CPU; NaN where nothing was counted (zero_state=drop, all z == 0)
     entropy: float  # bits
     positions: int  # scalars seen per neuron, zeros included
+    neuron_dim: int | None = None  # where the probe found the neurons (None: not recorded, e.g. built by hand)
+    input_ndim: int | None = None  # dimensions of the activation input the probe saw
 
     @property
     def num_neurons(self) -> int:
@@ -123,6 +125,8 @@ class _Counter:
 
     def __init__(self, layout: str):
         self.layout = layout
+        self.neuron_dim: int | None = None
+        self.input_ndim: int | None = None
         self.on: Tensor | None = None
         self.off: Tensor | None = None
         self.positions = 0
@@ -141,6 +145,7 @@ class _Counter:
         on = positions - off if on is None else on
         off = positions - on if off is None else off
         if self.on is None:
+            self.neuron_dim, self.input_ndim = cdim, z.dim()
             self.on = torch.zeros_like(on, dtype=torch.int64)
             self.off = torch.zeros_like(off, dtype=torch.int64)
             self.batch_entropy_sum = torch.zeros((), dtype=torch.float64, device=z.device)
@@ -213,7 +218,8 @@ class EntropyProbe:
                 value = c.batch_entropy_sum / c.batches
             else:
                 value = layer_entropy(p_on, self.layer_mean)
-            result[name] = LayerStats(name=name, p_on=p_on.cpu(), entropy=float(value), positions=c.positions)
+            result[name] = LayerStats(name=name, p_on=p_on.cpu(), entropy=float(value), positions=c.positions,
+                                      neuron_dim=c.neuron_dim, input_ndim=c.input_ndim)
         return result
 
 

@@ -114,7 +114,7 @@ class Experiment:
         c = self.cfg.collapse
         batch = self.verify_batch()
         small, report = collapse(self.model, stats, batch, c.merge, layouts=unit_layouts(self.units),
-                                 tolerance=c.tolerance)
+                                 tolerance=c.tolerance, approximate_activations=c.approximate_activations)
         scores = self.assess(small)
         # the uncollapsed model timed as deployed: masks folded once, not re-applied on every call
         uncollapsed = make_permanent(detached_copy(self.model)).eval()
@@ -142,7 +142,8 @@ def chosen_round(run_dir: Path, requested: int | None) -> int:
 
 
 def restore_run(run_dir: str | Path, round_index: int | None = None, *, merge=None, tolerance=None,
-                verify_batch=None, device=None, data_root=None) -> tuple[Experiment, dict]:
+                verify_batch=None, device=None, data_root=None, approximate_activations=None
+                ) -> tuple[Experiment, dict]:
     """Rebuild a run from its directory with one round's checkpoint loaded: ``(experiment, that round's record)``.
     Keyword arguments left at None keep the run's own settings."""
     run_dir = Path(run_dir)
@@ -151,7 +152,9 @@ def restore_run(run_dir: str | Path, round_index: int | None = None, *, merge=No
     cfg = load_run_config(run_dir / CONFIG_FILE)
     c = cfg.collapse
     cfg.collapse = replace(c, merge=merge or c.merge, tolerance=tolerance or c.tolerance,
-                           verify_batch=verify_batch or c.verify_batch)
+                           verify_batch=verify_batch or c.verify_batch,
+                           approximate_activations=c.approximate_activations if approximate_activations is None
+                           else approximate_activations)
     cfg.hardware = replace(cfg.hardware, device=device or cfg.hardware.device)
     cfg.dataset = replace(cfg.dataset, root=data_root or cfg.dataset.root)
     cfg.progress = False

@@ -41,6 +41,23 @@ def format_collapse(section: dict, uncollapsed_test_acc: float) -> list[str]:
         f"diff| {section['max_abs_diff']:.2g} vs linearized (exact steps), {section['diff_vs_original']:.2g} vs "
         f"uncollapsed (output scale {section['output_scale']:.3g})",
     ]
+    if "relative_diff" in section:  # summaries written before relative verification lack these
+        lines.append(f"  verified: {section['relative_diff']:.2g} of max |output| vs linearized (allowed "
+                     f"{section['tolerance']:g}); the probe's linearization moves it by "
+                     f"{section['linearization_relative_diff']:.2g}")
+    if section.get("border_relative_diff"):
+        lines.append(f"  merge=approximate: border-ring merges add {section['border_relative_diff']:.2g} of max |output| "
+                     f"(see each merge's interior_relative_diff)")
+    approximated = {u["unit"]: u["approximation_error"] for u in section["units"] if "approximation_error" in u}
+    if approximated:
+        lines.append("  approximate activations (relative error at the unit): "
+                     + ", ".join(f"{name} {err:.2g}" for name, err in approximated.items()))
+    left = [u["unit"] for u in section["units"] if u.get("approximation_declined")]
+    if left:
+        lines.append(f"  left in place (not the identity where ON; collapse.approximate_activations=true replaces them): "
+                     f"{', '.join(left)}")
+    if section.get("shared_layers"):
+        lines.append(f"  tied or directly read layers left as they are: {', '.join(section['shared_layers'])}")
     latency = section.get("latency_ms", {})
     if latency:
         parts = []

@@ -28,17 +28,22 @@ input, see nepenthe/metrics.py), collapse (below; absent with collapse.enabled=f
 wall_time_s.
 
 Fields of ``collapse`` (also ``collapse.json`` from ``python -m nepenthe.collapse``):
-  merge, tolerance, input_shape   the settings and the verification batch's shape (constants are sized for it)
+  merge, tolerance, input_shape, approximate_activations   the settings and the verification batch's shape
   units              per unit: action (identity | scale_folded | scale | zero | dead_channels_zeroed | kept),
-                     always_on, always_off, switching, exact_on_probe (false for ReLU6/GELU identities)
+                     always_on, always_off, switching, neuron_dim, exact_on_probe (false for approximated
+                     ReLU6/GELU), approximation_error (approximated units: max |act(z) - reduced(z)| / max |act(z)|),
+                     approximation_declined + reason (ReLU6/GELU left in place by default)
   operations         every rewrite: fold_batchnorm, drop_identity, fold_constant (removed_layers, shape),
                      fold_constant_into_bias, remove_channels, merge (layers, exact, macs_before/after, kernel,
-                     max_abs_diff, interior_max_abs_diff for convs)
+                     max_abs_diff, relative_diff, interior_max_abs_diff and interior_relative_diff for convs)
   removed_layers     conv/linear layers no longer in the collapsed graph
+  shared_layers      tied or directly read weight layers, never rewritten
   before, after      cost of the uncollapsed (kept) and the collapsed model, as in ``cost``
-  max_abs_diff       collapsed (exact steps) vs the linearized model on the batch; within tolerance·max|output|
-  border_diff        what inexact (k×k∘k×k) merges add; linearization_diff: linearized vs uncollapsed (the probe's
-                     decision); diff_vs_original: collapsed vs uncollapsed; output_scale: max |output|
+  max_abs_diff       collapsed (exact steps) vs the linearized reference on the batch; relative_diff: the same divided
+                     by max |reference output|, always <= tolerance
+  border_diff        what merge=approximate's border-ring merges add (and border_relative_diff); linearization_diff
+                     (and _relative_diff): linearized vs uncollapsed, the probe's decision; diff_vs_original (and
+                     relative_diff_vs_original): collapsed vs uncollapsed; output_scale: max |output|
   test_acc, val_acc  of the collapsed model (compare final.test_acc)
   latency_ms         {uncollapsed, collapsed}: {batch_<n>: median ms}, measured side by side; latency_threads,
                      latency_device

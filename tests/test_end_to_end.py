@@ -25,9 +25,10 @@ SUMMARY_FIELDS = {
     "zero_entropy_units", "config_hash", "device", "wall_time_s", "versions", "cost", "collapse",
 }
 COLLAPSE_FIELDS = {
-    "merge", "input_shape", "tolerance", "units", "removed_layers", "operations", "before", "after", "max_abs_diff", "border_diff",
-    "linearization_diff", "diff_vs_original", "output_scale", "test_acc", "val_acc", "latency_ms", "latency_threads",
-    "latency_device", "file",
+    "merge", "input_shape", "tolerance", "approximate_activations", "units", "removed_layers", "shared_layers",
+    "operations", "before", "after", "max_abs_diff", "relative_diff", "border_diff", "border_relative_diff",
+    "linearization_diff", "linearization_relative_diff", "diff_vs_original", "relative_diff_vs_original",
+    "output_scale", "test_acc", "val_acc", "latency_ms", "latency_threads", "latency_device", "file",
 }
 UNITS_IN_ORDER = ["relu", "layers.0.0.relu1", "layers.0.0.relu2", "layers.1.0.relu1", "layers.1.0.relu2",
                   "layers.2.0.relu1", "layers.2.0.relu2"]
@@ -64,7 +65,9 @@ def check_collapse(run_dir: Path, summary: dict, kept: dict):
     assert section["before"] == summary["cost"]["final"] and section["after"] == summary["cost"]["collapsed"]
     depth = "weight_layers_on_longest_path"
     assert section["after"][depth] <= section["before"][depth] and section["after"]["macs"] <= section["before"]["macs"]
-    assert section["max_abs_diff"] <= section["tolerance"] * max(section["output_scale"], 1.0)
+    assert section["relative_diff"] <= section["tolerance"]  # relative to the output's own size, no floor
+    assert section["max_abs_diff"] <= section["tolerance"] * section["output_scale"]
+    assert section["merge"] == "cost" and section["border_diff"] == 0.0 and not section["approximate_activations"]
     assert abs(section["test_acc"] - kept["test_acc"]) <= 0.1
     assert [u["unit"] for u in section["units"]] == sorted(UNITS, key=list(UNITS_IN_ORDER).index)
     assert set(section["latency_ms"]) == {"uncollapsed", "collapsed"}

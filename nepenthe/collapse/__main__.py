@@ -27,7 +27,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--round", type=int, default=None, help="checkpoint round (default: the summary's kept "
                         "round, else the latest checkpoint)")
     parser.add_argument("--merge", choices=MERGES, default=None, help="default: the run's collapse.merge")
-    parser.add_argument("--tolerance", type=float, default=None)
+    parser.add_argument("--tolerance", type=float, default=None, help="relative bound for the exact steps "
+                        "(default: the run's collapse.tolerance)")
+    parser.add_argument("--approximate-activations", action="store_true", default=None,
+                        help="replace always-ON ReLU6/GELU units by the identity and report the measured error")
     parser.add_argument("--verify-batch", type=int, default=None, help="test images to verify on")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's hardware.device)")
     parser.add_argument("--data-root", default=None, help="where the dataset lives (default: the run's dataset.root)")
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> dict:
     from ..experiment import restore_run  # imports the data and model registries; only needed here
 
     exp, record = restore_run(args.run_dir, args.round, merge=args.merge, tolerance=args.tolerance,
-                              verify_batch=args.verify_batch, device=args.device, data_root=args.data_root)
+                              verify_batch=args.verify_batch, device=args.device, data_root=args.data_root,
+                              approximate_activations=args.approximate_activations)
     stats = exp.probe()
     out = args.out or args.run_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from .graph import WEIGHT_OPS, call_counts, module, shape
+from .graph import WEIGHT_OPS, exclusive_modules, module, shape
 
 ZERO_PRESERVING = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Identity, nn.Dropout)
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -43,7 +43,7 @@ def _is_flatten_to_channels(gm: fx.GraphModule, user: fx.Node, source: fx.Node) 
 
 def channel_readers(gm: fx.GraphModule, producer: fx.Node) -> list[fx.Node] | None:
     """The conv/linear nodes that read ``producer``'s channels, or None if a channel could reach anything else."""
-    counts = call_counts(gm)
+    exclusive = exclusive_modules(gm)
     readers, stack = [], [(producer, "map" if isinstance(module(gm, producer), nn.Conv2d) else "features")]
     while stack:
         node, kind = stack.pop()
@@ -51,9 +51,9 @@ def channel_readers(gm: fx.GraphModule, producer: fx.Node) -> list[fx.Node] | No
             layer = module(gm, user)
             if user.op == "output" or user.args[0] is not node:
                 return None
-            if isinstance(layer, nn.Conv2d) and kind == "map" and layer.groups == 1 and counts[user.target] == 1:
+            if isinstance(layer, nn.Conv2d) and kind == "map" and layer.groups == 1 and user.target in exclusive:
                 readers.append(user)
-            elif isinstance(layer, nn.Linear) and kind == "features" and counts[user.target] == 1:
+            elif isinstance(layer, nn.Linear) and kind == "features" and user.target in exclusive:
                 readers.append(user)
             elif isinstance(layer, ZERO_PRESERVING) or (isinstance(layer, POOLS) and kind == "map"):
                 stack.append((user, kind))
@@ -88,10 +88,10 @@ def _keep_inputs(layer: nn.Module, keep: Tensor) -> None:
 
 def remove_dead_channels(gm: fx.GraphModule) -> list[dict]:
     done = []
-    counts = call_counts(gm)
+    exclusive = exclusive_modules(gm)
     for node in list(gm.graph.nodes):
         layer = module(gm, node)
-        if not isinstance(layer, WEIGHT_OPS) or counts[node.target] != 1:
+        if not isinstance(layer, WEIGHT_OPS) or node.target not in exclusive:
             continue
         if isinstance(layer, nn.Conv2d) and layer.groups != 1:
             continue  # a depthwise row is tied to its input channel; removing it would reach backwards

@@ -3,8 +3,11 @@ depends on it. Those nodes are evaluated once and replaced by a buffer where the
 
 Constants are evaluated for one sample of the recorded input size. Zero padding makes a conv of a constant map
 position-dependent, so such constants stay per-position maps (exact for the recorded input size); a constant that is
-uniform along a dimension is stored with size 1 there and broadcasts, and a per-channel constant added to a conv or
-linear output becomes that layer's bias.
+uniform along a dimension is stored with size 1 there when every user still produces its recorded shape by
+broadcasting, and a per-channel constant added to a conv or linear output becomes that layer's bias.
+
+Only batch-first constants are folded (the batch in dim 0 of every tensor involved, as the input's): a constant
+whose shape carries the batch elsewhere (sequence-first, batch flattened into tokens) raises CollapseError.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import operator
 import torch
 from torch import Tensor, fx, nn
 
-from .graph import (BROADCASTING, COLLAPSE_PREFIX, WEIGHT_OPS, add_buffer, call_counts, insert_after, is_module, module, only_user,
-                    shape)
+from .graph import (BROADCASTING, COLLAPSE_PREFIX, WEIGHT_OPS, CollapseError, add_buffer, exclusive_modules,
+                    expand_to_batch, fetch_attr, insert_after, is_module, module, only_user, shape)
 
 ADDS = (operator.add, torch.add)
 
@@ -63,8 +66,13 @@ def constant_values(gm: fx.GraphModule) -> tuple[dict[fx.Node, Tensor], set[fx.N
             values[node] = interpreter.fetch_attr(node.target)
             if node.target.startswith(COLLAPSE_PREFIX) and values[node].dim() > 0 and values[node].shape[0] == 1:
                 batched.add(node)
-        elif is_module(gm, node, WEIGHT_OPS) and emits_constant(module(gm, node)) and shape(node) is not None:
+        elif (is_module(gm, node, WEIGHT_OPS) and emits_constant(module(gm, node)) and shape(node) is not None
+              and node.meta.get("batch") != "none"):
+            check_batch_first(node)
             values[node] = bias_output(module(gm, node), shape(node))
+            batched.add(node)
+        elif node.target is expand_to_batch and node.args[0] in batched:
+            values[node] = values[node.args[0]]  # the batch is spelled out again where the constant is folded
             batched.add(node)
         elif inputs and all(n in values for n in inputs):
             interpreter.env = values
@@ -72,6 +80,28 @@ def constant_values(gm: fx.GraphModule) -> tuple[dict[fx.Node, Tensor], set[fx.N
             if any(n in batched for n in inputs):
                 batched.add(node)
     return values, batched
+
+
+def check_batch_first(node: fx.Node) -> None:
+    """Constants are evaluated for one sample and re-expanded along dim 0: refuse any other batch placement."""
+    if node.meta.get("batch") not in ("first", None):
+        raise CollapseError(
+            f"collapse cannot fold the constant at node {node.name!r}: its shape {tuple(shape(node))} holds the batch "
+            f"in a dimension other than 0 (sequence-first or batch flattened into another dimension); collapse "
+            f"folds constants only for batch-first tensors, so keep that layer unpruned or make the model batch-first")
+
+
+def fits_users(stored: Tensor, node: fx.Node, users: list[fx.Node]) -> bool:
+    """Every user, given ``stored`` in place of ``node``, still broadcasts to its recorded shape."""
+    for user in users:
+        operands = [tuple(stored.shape) if a is node else tuple(shape(a)) if isinstance(a, fx.Node) else ()
+                    for a in user.args]
+        try:
+            if torch.broadcast_shapes(*operands) != tuple(shape(user)):
+                return False
+        except (RuntimeError, TypeError):  # an operand without a recorded shape
+            return False
+    return True
 
 
 def _batch_size_node(gm: fx.GraphModule) -> fx.Node:
@@ -90,8 +120,13 @@ def fold_constants(gm: fx.GraphModule) -> list[dict]:
             continue
         removed = [n.target for n in values if n.op == "call_module" and is_module(gm, n, WEIGHT_OPS)
                    and _feeds(n, node)]
-        broadcast_only = all(u.op == "call_function" and u.target in BROADCASTING for u in live_users)
-        stored = shrink_uniform(value) if broadcast_only else value
+        check_batch_first(node)
+        broadcast_only = all(u.op == "call_function" and u.target in BROADCASTING and shape(u) is not None
+                             for u in live_users)
+        # the smallest stored form that keeps every user's output shape; else the batch is spelled out
+        stored = next((v for v in (shrink_uniform(value), value) if broadcast_only and fits_users(v, node, live_users)),
+                      value)
+        broadcast_only = broadcast_only and fits_users(stored, node, live_users)
         const = insert_after(gm, node, "get_attr", add_buffer(gm, f"{node.name}_const", stored), ())
         replacement = const
         if not broadcast_only:  # a view/cat/output needs the batch dimension spelled out
@@ -124,7 +159,7 @@ def _feeds(source: fx.Node, target: fx.Node) -> bool:
 def fold_constant_bias(gm: fx.GraphModule) -> list[dict]:
     """``layer(x) + c`` with ``c`` one value per output channel becomes ``layer`` with ``c`` added to its bias."""
     done = []
-    counts = call_counts(gm)
+    exclusive = exclusive_modules(gm)
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in ADDS:
             continue
@@ -134,16 +169,14 @@ def fold_constant_bias(gm: fx.GraphModule) -> list[dict]:
             if not (isinstance(live, fx.Node) and isinstance(const, fx.Node) and const.op == "get_attr"):
                 continue
             layer = module(gm, live)
-            if not isinstance(layer, WEIGHT_OPS) or only_user(live) is not node or counts[live.target] != 1:
+            if not isinstance(layer, WEIGHT_OPS) or only_user(live) is not node or live.target not in exclusive:
                 continue
-            value = getattr(gm, const.target)
+            value = fetch_attr(gm, const.target)
             per_channel = _per_channel(value, layer, shape(live))
             if per_channel is None:
                 continue
-            if layer.bias is None:
-                layer.bias = nn.Parameter(torch.zeros(per_channel.numel(), device=layer.weight.device,
-                                                      dtype=layer.weight.dtype))
-            layer.bias.add_(per_channel.to(layer.bias.dtype))
+            bias = layer.bias.detach() if layer.bias is not None else 0.0
+            layer.bias = nn.Parameter(bias + per_channel.to(layer.weight.dtype))  # a new tensor: nothing shared moves
             node.replace_all_uses_with(live)
             gm.graph.erase_node(node)
             done.append({"op": "fold_constant_into_bias", "layer": live.target, "exact": True})

@@ -6,17 +6,18 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from .graph import WEIGHT_OPS, bypass, call_counts, is_module, module, only_user, shape
+from .graph import WEIGHT_OPS, bypass, exclusive_modules, is_module, module, only_user, shape
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def foldable_producer(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
-    """The conv/linear node feeding ``node`` if its output goes nowhere else and the module is called only there."""
+    """The conv/linear node feeding ``node`` if its output goes nowhere else and the module (and its tensors) are used
+    only there."""
     source = node.args[0] if node.args else None
     if not isinstance(source, fx.Node) or not is_module(gm, source, WEIGHT_OPS):
         return None
-    if only_user(source) is not node or call_counts(gm)[source.target] != 1:
+    if only_user(source) is not node or source.target not in exclusive_modules(gm):
         return None
     return source
 
@@ -48,11 +49,12 @@ def fold_batchnorms(gm: fx.GraphModule) -> list[dict]:
 
 @torch.no_grad()
 def scale_output_channels(layer: nn.Module, scale: Tensor) -> None:
-    """Multiply each output channel of a conv/linear (weights and bias) by ``scale``: exact, in place."""
+    """Multiply each output channel of a conv/linear (weights and bias) by ``scale``: exact. New tensors are written,
+    never the old ones in place, so nothing that still holds the old parameter changes."""
     scale = scale.to(layer.weight.dtype).to(layer.weight.device)
-    layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.dim() - 1))))
+    layer.weight = nn.Parameter(layer.weight.detach() * scale.view(-1, *([1] * (layer.weight.dim() - 1))))
     if layer.bias is not None:
-        layer.bias.mul_(scale)
+        layer.bias = nn.Parameter(layer.bias.detach() * scale)
 
 
 def can_scale_channels(gm: fx.GraphModule, node: fx.Node, neuron_dim: int) -> fx.Node | None:

@@ -33,10 +33,32 @@ def trace(model: nn.Module) -> fx.GraphModule:
         ) from exc
 
 
+def batch_of(example: Tensor, size: int) -> Tensor:
+    """``size`` samples of ``example`` (repeated when it has fewer): shapes do not need the whole batch."""
+    return example[torch.arange(size, device=example.device) % example.shape[0]]
+
+
 @torch.no_grad()
 def record_shapes(gm: fx.GraphModule, example: Tensor) -> None:
-    """Store every node's output shape in ``node.meta['tensor_meta']`` for ``example``'s input size."""
-    ShapeProp(gm).propagate(example)
+    """Store every node's output shape in ``node.meta['tensor_meta']`` for ``example``'s sample size (batch 2), and in
+    ``node.meta['batch']`` how the node's shape follows the batch (dim 0 of the input): ``"first"`` when only its
+    dim 0 changes and equals the batch size, ``"none"`` when it does not change, ``"other"`` otherwise (the batch
+    sits in another dimension or is flattened into one). Found by propagating batches of 3 and 2."""
+    ShapeProp(gm).propagate(batch_of(example, 3))
+    at_three = {node: shape(node) for node in gm.graph.nodes}
+    ShapeProp(gm).propagate(batch_of(example, 2))
+    for node in gm.graph.nodes:
+        node.meta["batch"] = batch_dependence(shape(node), at_three.get(node))
+
+
+def batch_dependence(at_two, at_three) -> str | None:
+    if at_two is None or at_three is None:
+        return None  # not a tensor (a size, a tuple)
+    if tuple(at_two) == tuple(at_three):
+        return "none"
+    if len(at_two) == len(at_three) and at_two[0] == 2 and at_three[0] == 3 and at_two[1:] == at_three[1:]:
+        return "first"
+    return "other"
 
 
 def shape(node: fx.Node) -> torch.Size | None:
@@ -59,6 +81,44 @@ def call_counts(gm: fx.GraphModule) -> dict[str, int]:
         if node.op == "call_module":
             counts[node.target] = counts.get(node.target, 0) + 1
     return counts
+
+
+def exclusive_modules(gm: fx.GraphModule) -> set[str]:
+    """Submodules a pass may rewrite: called by exactly one graph node, and none of whose parameters or buffers is
+    also reached another way (tied to another module, or read directly as ``F.conv2d(x, self.conv.weight)``).
+    Rewriting a shared tensor would silently change its other users."""
+    counts = call_counts(gm)
+    owners: dict[int, set[str]] = {}
+    for name, mod in gm.named_modules(remove_duplicate=False):
+        for tensor in own_tensors(mod):
+            owners.setdefault(storage(tensor), set()).add(name)
+    read_directly = {storage(value) for node in gm.graph.nodes if node.op == "get_attr"
+                     for value in [fetch_attr(gm, node.target)] if isinstance(value, Tensor) and value.numel()}
+    return {target for target, n in counts.items() if n == 1
+            and all(owners[storage(t)] <= {target} and storage(t) not in read_directly
+                    for t in own_tensors(gm.get_submodule(target)))}
+
+
+def own_tensors(mod: nn.Module) -> list[Tensor]:
+    return [t for t in (*mod.parameters(recurse=False), *mod.buffers(recurse=False)) if t is not None and t.numel()]
+
+
+def storage(tensor: Tensor) -> int:
+    """Identity of the memory behind a tensor (views of one parameter share it)."""
+    return tensor.untyped_storage().data_ptr()
+
+
+def fetch_attr(gm: fx.GraphModule, target: str):
+    value = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def shared_modules(gm: fx.GraphModule) -> list[str]:
+    """Weight layers called in the graph that a pass must leave alone (see :func:`exclusive_modules`)."""
+    exclusive = exclusive_modules(gm)
+    return sorted({n.target for n in weight_nodes(gm)} - exclusive)
 
 
 def only_user(node: fx.Node) -> fx.Node | None:
@@ -97,6 +157,30 @@ def tidy(gm: fx.GraphModule) -> fx.GraphModule:
         if not any(node.op == "get_attr" and node.target == name for node in gm.graph.nodes):
             delattr(gm, name)
     return gm
+
+
+def expand_to_batch(value: Tensor, like: Tensor) -> Tensor:
+    """A per-sample constant (batch dim 1) repeated for ``like``'s batch; the constant pass folds it."""
+    return value.expand(like.shape[0], *value.shape[1:])
+
+
+def check_input_size(x: Tensor, expected: tuple) -> Tensor:
+    """Guard at the top of a collapsed graph: per-position constants and merge decisions hold for one input size."""
+    if tuple(x.shape[1:]) != expected:
+        raise CollapseError(
+            f"this collapsed model was built and verified for inputs of shape (batch, {', '.join(map(str, expected))}) "
+            f"and got {tuple(x.shape)}; collapse again with an example batch of the new size")
+    return x
+
+
+def guard_input_size(gm: fx.GraphModule, example: Tensor) -> None:
+    """Route the input through :func:`check_input_size` (the batch size stays free)."""
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    with gm.graph.inserting_after(placeholder):
+        guard = gm.graph.call_function(check_input_size, (placeholder, tuple(example.shape[1:])))
+    placeholder.replace_all_uses_with(guard, delete_user_cb=lambda user: user is not guard)
+    gm.graph.lint()
+    gm.recompile()
 
 
 def weight_nodes(gm: fx.GraphModule) -> list[fx.Node]:

@@ -10,6 +10,10 @@ for a zero input, so biases, BatchNorm shifts and maps are carried exactly, per 
 The weight part is exact when the second conv never reads its zero padding (``p2 = 0``) or the first conv reads
 only padding outside its output range (a 1×1 stride-1 conv); otherwise (k×k∘k×k) the merged conv sees real values
 where the chain saw zero padding, and the difference sits on a border ring: each merge measures and reports it.
+
+``merge`` chooses: ``cost`` (default) takes exact merges that lower MACs; ``always`` takes every exact merge (fewest
+layers, even at more MACs); ``approximate`` also takes inexact border-ring merges that lower MACs and reports their
+measured error; ``never`` merges nothing.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .constants import ADDS, shrink_uniform
-from .graph import (add_buffer, call_counts, conv_geometry, dense_conv_weight, insert_after, layer_macs, module,
+from .graph import (add_buffer, conv_geometry, exclusive_modules, dense_conv_weight, fetch_attr, insert_after, layer_macs, module,
                     only_user, shape)
 
-MERGES = ("cost", "always", "never")
+MERGES = ("cost", "always", "never", "approximate")
 
 
 @dataclass
@@ -38,9 +42,9 @@ class Link:
         return self.map_add if self.map_add is not None else self.node
 
 
-def _kind(gm: fx.GraphModule, node: fx.Node, counts) -> str | None:
+def _kind(gm: fx.GraphModule, node: fx.Node, exclusive: set[str]) -> str | None:
     layer = module(gm, node)
-    if counts.get(node.target, 0) != 1 or shape(node) is None:
+    if node.op != "call_module" or node.target not in exclusive or shape(node) is None:
         return None
     if isinstance(layer, nn.Conv2d) and conv_geometry(layer) is not None and len(shape(node)) == 4:
         return "conv"
@@ -50,26 +54,34 @@ def _kind(gm: fx.GraphModule, node: fx.Node, counts) -> str | None:
 
 
 def _map_add(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """``node + c`` (or ``torch.add(node, c, alpha=a)``) with ``c`` a stored tensor, the sum no larger than ``node``."""
     user = only_user(node)
     if user is None or user.op != "call_function" or user.target not in ADDS or len(user.args) != 2:
         return None
+    if set(user.kwargs) - {"alpha"}:
+        return None  # out= and friends: not modelled, so the chain ends here and the add stays as it is
+    if "alpha" in user.kwargs and user.args[0] is not node:
+        return None  # torch.add(c, z, alpha=a) scales the layer's output: not a constant shift
     other = user.args[1] if user.args[0] is node else user.args[0]
-    return user if isinstance(other, fx.Node) and other.op == "get_attr" else None
+    if not (isinstance(other, fx.Node) and other.op == "get_attr") or shape(user) != shape(node):
+        return None
+    return user
 
 
 def _map_value(gm: fx.GraphModule, add: fx.Node) -> Tensor:
+    """What the add contributes: ``alpha · c``."""
     const = next(a for a in add.args if isinstance(a, fx.Node) and a.op == "get_attr")
-    return getattr(gm, const.target)
+    return fetch_attr(gm, const.target) * add.kwargs.get("alpha", 1)
 
 
 def chains(gm: fx.GraphModule) -> list[list[Link]]:
     """Maximal chains of two or more same-kind layers, in graph order."""
-    counts = call_counts(gm)
-    links = {n: Link(n, _map_add(gm, n)) for n in gm.graph.nodes if _kind(gm, n, counts)}
+    exclusive = exclusive_modules(gm)
+    links = {n: Link(n, _map_add(gm, n)) for n in gm.graph.nodes if _kind(gm, n, exclusive)}
     following = {}
     for node, link in links.items():
         user = only_user(link.out)
-        if user in links and user.args[0] is link.out and _kind(gm, user, counts) == _kind(gm, node, counts):
+        if user in links and user.args[0] is link.out and _kind(gm, user, exclusive) == _kind(gm, node, exclusive):
             following[node] = user
     starts = [n for n in links if n in following and n not in following.values()]
     result = []
@@ -248,11 +260,12 @@ def _merge_error(merged: nn.Module, remaining_map: Tensor | None, x: Tensor, exp
     got = merged(x.to(merged.weight.dtype))
     if remaining_map is not None:
         got = got + remaining_map
-    diff = (got - expected).abs()
-    scale = float(expected.abs().max()) or 1.0
+    diff = (got.double() - expected.double()).abs()
+    scale = float(expected.abs().max()) or 1.0  # an all-zero output: the absolute difference is the relative one
     report = {"max_abs_diff": float(diff.max()), "relative_diff": float(diff.max()) / scale}
     if isinstance(merged, nn.Conv2d) and diff.dim() == 4:
         ring = [math.ceil(p / s) for p, s in zip(merged.padding, merged.stride)]
         inner = diff[..., ring[0]:diff.shape[-2] - ring[0], ring[1]:diff.shape[-1] - ring[1]]
-        report.update(border_width=ring, interior_max_abs_diff=float(inner.max()) if inner.numel() else 0.0)
+        interior = float(inner.max()) if inner.numel() else 0.0
+        report.update(border_width=ring, interior_max_abs_diff=interior, interior_relative_diff=interior / scale)
     return report

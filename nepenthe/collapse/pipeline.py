@@ -8,37 +8,47 @@ from typing import Mapping
 
 import torch
 from torch import Tensor, fx, nn
-from torch.utils._pytree import tree_leaves
 
 from ..entropy import LayerStats
 from ..metrics import cost_report
 from ..pruning.masks import make_permanent
-from .activations import linearize_activations
+from .activations import ReducedActivation, approximation_errors, linearize_activations
 from .channels import remove_dead_channels
 from .constants import fold_constants
 from .fold import fold_batchnorms
-from .graph import CollapseError, bypass, module, record_shapes, tidy, trace, weight_nodes
+from .graph import (CollapseError, bypass, guard_input_size, module, record_shapes, shared_modules, tidy, trace,
+                    weight_nodes)
 from .merge import MERGES, merge_chains
+from .verify import abs_diff, check_step, mismatch, outputs, output_scale, relative_diff, touched
 
 PASS_THROUGH = (nn.Identity, nn.Dropout)  # identities in eval mode
 
 
 @dataclass
 class CollapseReport:
-    """What collapse did and what it measured on the verification batch (see ``nepenthe.tracking`` for fields)."""
+    """What collapse did and what it measured on the verification batch (see ``nepenthe.tracking`` for fields).
+
+    Differences are max |a − b| over the outputs; ``*_relative_diff`` divides by the reference output's max |value|.
+    """
 
     merge: str
     input_shape: list[int]
     tolerance: float
+    approximate_activations: bool = False
     units: list[dict] = field(default_factory=list)
     removed_layers: list[str] = field(default_factory=list)  # conv/linear layers no longer in the graph
+    shared_layers: list[str] = field(default_factory=list)  # tied / directly read layers, left as they are
     operations: list[dict] = field(default_factory=list)
     before: dict = field(default_factory=dict)
     after: dict = field(default_factory=dict)
-    max_abs_diff: float = 0.0  # collapsed (exact steps) vs the linearized model: must stay within tolerance
-    border_diff: float = 0.0  # what the inexact (k×k∘k×k) merges add on top, measured
+    max_abs_diff: float = 0.0  # collapsed (exact steps) vs the linearized reference
+    relative_diff: float = 0.0  # the same, relative: within tolerance, or collapse raised
+    border_diff: float = 0.0  # what merge='approximate' adds on top (inexact border-ring merges), measured
+    border_relative_diff: float = 0.0
     linearization_diff: float = 0.0  # linearized vs the given model: the probe's decision, on this batch
+    linearization_relative_diff: float = 0.0
     diff_vs_original: float = 0.0  # collapsed vs the given model
+    relative_diff_vs_original: float = 0.0
     output_scale: float = 0.0  # max |output| of the given model on the batch
 
     def to_dict(self) -> dict:
@@ -75,68 +85,76 @@ def drop_pass_through(gm: fx.GraphModule) -> list[dict]:
 
 
 @torch.no_grad()
-def outputs(model: nn.Module, x: Tensor) -> list[Tensor]:
-    return [t.float() for t in tree_leaves(model(x)) if isinstance(t, Tensor)]
-
-
-def max_diff(a: list[Tensor], b: list[Tensor]) -> float:
-    return max((float((x - y).abs().max()) for x, y in zip(a, b)), default=0.0)
-
-
-@torch.no_grad()
 def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: Tensor, merge: str = "cost", *,
-             layouts: Mapping[str, str] | None = None, tolerance: float = 1e-4):
+             layouts: Mapping[str, str] | None = None, tolerance: float = 1e-4, approximate_activations: bool = False):
     """A shallower copy of ``model`` and a :class:`CollapseReport`; ``model`` itself is left untouched.
 
     ``stats`` are the probe's statistics per activation module path (units absent from it are left alone).
-    ``example_input`` is a real batch: it fixes the input size the per-position constants are exact for, and every
-    step is verified on it. A step meant to be exact that moves the output by more than ``tolerance`` × max |output|
-    raises :class:`CollapseError` instead of returning a wrong model.
+    ``example_input`` is a real batch: it fixes the input size the collapsed model accepts (it checks it), and every
+    step is verified on it against a reference built from ``model`` by module swaps alone: the original for BatchNorm
+    folding, the original with each unit replaced by its decision (:class:`~.activations.ReducedActivation`) for
+    every later step. A step whose outputs differ in shape or dtype, or by more than ``tolerance`` × max |output|,
+    raises :class:`CollapseError`. Approximations happen only when asked: ``approximate_activations`` (ReLU6/GELU
+    replaced where the probe saw them ON) and ``merge='approximate'`` (border-ring merges); both report their error.
     """
     check_merge(merge)
-    work = make_permanent(detached_copy(model)).eval()
-    gm = trace(work)
-    report = CollapseReport(merge, list(example_input.shape), tolerance)
-    report.before = cost_report(gm, example_input[:1])
-    original = outputs(work, example_input)
-    report.output_scale = max((float(t.abs().max()) for t in original), default=0.0)
-    bound = tolerance * max(report.output_scale, 1.0)
-
-    def verify(step: str, reference: list[Tensor]) -> float:
-        diff = max_diff(outputs(gm, example_input), reference)
-        if not diff <= bound:  # also catches NaN
-            raise CollapseError(
-                f"collapse step {step!r} changed the output by {diff:.3g} (allowed {bound:.3g} = tolerance {tolerance} "
-                f"× max |output|) on the verification batch; the uncollapsed model is unaffected, collapse with "
-                f"merge='never' or a larger tolerance only if you accept that difference")
-        return diff
-
+    if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
+        raise CollapseError(f"collapse tolerance={tolerance!r} is not valid; use a relative bound in (0, 1), e.g. 1e-4")
+    x = example_input
+    reference = make_permanent(detached_copy(model)).eval()  # changed only by module swaps, never by graph edits
+    gm = trace(make_permanent(detached_copy(model)).eval())
+    report = CollapseReport(merge, list(x.shape), tolerance, approximate_activations)
+    report.before = cost_report(gm, x[:1])
+    report.shared_layers = shared_modules(gm)
+    original = outputs(reference, x)
+    report.output_scale = output_scale(original[0])
     layers_before = {n.target for n in weight_nodes(gm)}
-    record_shapes(gm, example_input)
-    report.operations += fold_batchnorms(gm)
-    tidy(gm)
-    verify("fold_batchnorm", original)
 
-    record_shapes(gm, example_input)
-    report.units = linearize_activations(gm, stats, layouts or {}, example_input.device)
-    tidy(gm)
-    linearized = outputs(gm, example_input)  # the probe's decision; every later step must reproduce this model
-    report.linearization_diff = max_diff(linearized, original)
-
-    for step, run in (("drop_identity", drop_pass_through), ("fold_constant", fold_constants),
-                      ("remove_channels", remove_dead_channels),
-                      ("merge", lambda g: merge_chains(g, merge, exact_only=True, example=example_input))):
-        record_shapes(gm, example_input)
-        report.operations += run(gm)
+    def step(name: str, run, expected) -> float:
+        record_shapes(gm, x)
+        records = run(gm)
         tidy(gm)
-        report.max_abs_diff = verify(step, linearized)
+        report.operations += records
+        return check_step(name, touched(records), outputs(gm, x), expected, tolerance)
 
-    record_shapes(gm, example_input)
-    report.operations += merge_chains(gm, merge, exact_only=False, example=example_input)
+    step("fold_batchnorm", fold_batchnorms, original)
+
+    record_shapes(gm, x)
+    report.units, decisions = linearize_activations(gm, stats, layouts or {}, x.device, approximate_activations)
     tidy(gm)
-    collapsed = outputs(gm, example_input)
-    report.border_diff = max_diff(collapsed, linearized)
-    report.diff_vs_original = max_diff(collapsed, original)
-    report.after = cost_report(gm, example_input[:1])
+    errors = approximation_errors(reference, decisions, lambda: reference(x))
+    for unit in report.units:
+        if unit["unit"] in errors:
+            unit["approximation_error"] = errors[unit["unit"]]
+    for name, decision in decisions.items():
+        reference.set_submodule(name, ReducedActivation(reference.get_submodule(name), decision))
+    linearized = outputs(reference, x)
+    report.linearization_diff = abs_diff(linearized[0], original[0])
+    report.linearization_relative_diff = relative_diff(linearized[0], original[0])
+    changed = [u["unit"] for u in report.units if u["action"] != "kept"]
+    report.relative_diff = check_step("linearize", changed, outputs(gm, x), linearized, tolerance)
+
+    exact_merge = "cost" if merge == "approximate" else merge
+    for name, run in (("drop_identity", drop_pass_through), ("fold_constant", fold_constants),
+                      ("remove_channels", remove_dead_channels),
+                      ("merge", lambda g: merge_chains(g, exact_merge, exact_only=True, example=x))):
+        report.relative_diff = step(name, run, linearized)
+    collapsed = outputs(gm, x)
+    report.max_abs_diff = abs_diff(collapsed[0], linearized[0])
+
+    if merge == "approximate":
+        record_shapes(gm, x)
+        report.operations += merge_chains(gm, merge, exact_only=False, example=x)
+        tidy(gm)
+        collapsed = outputs(gm, x)
+        problem = mismatch(collapsed, linearized)
+        if problem:
+            raise CollapseError(f"collapse step 'merge' (approximate) changed the output's form: {problem}")
+        report.border_diff = abs_diff(collapsed[0], linearized[0])
+        report.border_relative_diff = relative_diff(collapsed[0], linearized[0])
+    report.diff_vs_original = abs_diff(collapsed[0], original[0])
+    report.relative_diff_vs_original = relative_diff(collapsed[0], original[0])
+    report.after = cost_report(gm, x[:1])
     report.removed_layers = sorted(layers_before - {n.target for n in weight_nodes(gm)})
+    guard_input_size(gm, x)
     return gm, report
