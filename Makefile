@@ -10,6 +10,7 @@ RUNS ?= runs
 RESULTS ?= results
 ONLY ?=
 EXTRA ?=
+LAUNCHER ?= basic
 
 .PHONY: install data quickstart test test-slow bench reproduce-table1 clean
 
@@ -43,9 +44,10 @@ bench: install
 	$(PYTHON) bench/entropy_overhead.py
 
 # Table 1: the sweep of experiments/table1.yaml at SCALE (smoke: CPU, ~20 min; published: GPUs), then
-# collect -> tables -> figures into $(RESULTS)/$(SCALE)/. ONLY="seed=0" narrows a sweep, EXTRA adds overrides.
+# collect -> tables -> figures into $(RESULTS)/$(SCALE)/. ONLY="seed=0" narrows a sweep, EXTRA adds overrides,
+# LAUNCHER=slurm|local runs the jobs through hydra-submitit-launcher (conf/hydra/launcher/).
 reproduce-table1: install
-	$(PYTHON) -m analysis.reproduce --scale $(SCALE) --runs-root $(RUNS) --results $(RESULTS) \
+	$(PYTHON) -m analysis.reproduce --scale $(SCALE) --runs-root $(RUNS) --results $(RESULTS) --launcher $(LAUNCHER) \
 		$(if $(ONLY),--only $(ONLY)) $(if $(EXTRA),--extra $(EXTRA))
 
 clean:

@@ -38,7 +38,15 @@ def run_id(overrides: str) -> str:
     return safe[:180] + "-" + hashlib.sha256(overrides.encode()).hexdigest()[:12]
 
 
+def visible_gpus() -> int:
+    """CUDA devices this process sees: what a local-launcher job should be allowed to see (conf/hydra/launcher)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
 OmegaConf.register_new_resolver("nepenthe_run_id", run_id, replace=True)
+OmegaConf.register_new_resolver("nepenthe_visible_gpus", visible_gpus, replace=True)
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

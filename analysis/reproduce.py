@@ -3,8 +3,11 @@
     python -m analysis.reproduce --scale smoke                          # experiments/table1.yaml's smoke sweep
     python -m analysis.reproduce --scale published                      # the published protocol (GPUs)
     python -m analysis.reproduce --scale smoke --only pruning=nepenthe seed=0 --extra train.epochs=1
+    python -m analysis.reproduce --scale published --launcher slurm --extra hydra.launcher.partition=gpu
 
-``--only KEY=V1,V2`` replaces that key's swept values; ``--extra`` adds fixed overrides. Outputs go to
+``--only KEY=V1,V2`` replaces that key's swept values; ``--extra`` adds fixed overrides; ``--launcher`` picks a
+``conf/hydra/launcher`` option (``slurm``: one SLURM array task per run; ``local``: parallel processes here; default:
+one job after another in this process). Outputs go to
 ``RESULTS/<scale>/``: runs.csv, table1.{md,tex,csv}, figures/*.png|pdf.
 """
 
@@ -24,23 +27,30 @@ ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "experiments" / "table1.yaml"
 
 
-def sweep_command(spec: dict, runs_root: str, only: list[str], extra: list[str]) -> list[str]:
+LAUNCHERS = ("basic", "local", "slurm")
+
+
+def sweep_command(spec: dict, runs_root: str, only: list[str], extra: list[str], launcher: str = "basic") -> list[str]:
     sweep = {key: ",".join(str(v) for v in values) for key, values in spec["sweep"].items()}
     for item in only:
         key, _, values = item.partition("=")
         if key not in sweep:
             raise SystemExit(f"error: --only {item!r}: {key!r} is not swept; swept keys: {', '.join(sweep)}")
         sweep[key] = values
-    return [sys.executable, str(ROOT / "train.py"), "-m", f"name={spec['name']}", f"output_root={runs_root}",
+    if launcher not in LAUNCHERS:
+        raise SystemExit(f"error: LAUNCHER={launcher!r} is not valid; choose one of {', '.join(LAUNCHERS)}")
+    chosen = [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
+    return [sys.executable, str(ROOT / "train.py"), "-m", *chosen, f"name={spec['name']}", f"output_root={runs_root}",
             *spec["overrides"], *extra, *(f"{k}={v}" for k, v in sweep.items())]
 
 
-def reproduce(scale: str, runs_root: str = "runs", results: str = "results", only=(), extra=()) -> Path:
+def reproduce(scale: str, runs_root: str = "runs", results: str = "results", only=(), extra=(),
+              launcher: str = "basic") -> Path:
     specs = yaml.safe_load(SWEEPS.read_text())
     if scale not in specs:
         raise SystemExit(f"error: SCALE={scale!r} is not in {SWEEPS.name}; choose one of {', '.join(specs)}")
     spec = specs[scale]
-    command = sweep_command(spec, runs_root, list(only), list(extra))
+    command = sweep_command(spec, runs_root, list(only), list(extra), launcher)
     print("+ " + " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
     out = Path(results) / scale
@@ -62,8 +72,9 @@ def main(argv=None) -> None:
     parser.add_argument("--results", default="results")
     parser.add_argument("--only", nargs="*", default=[], help="KEY=V1,V2 replacing a swept key's values")
     parser.add_argument("--extra", nargs="*", default=[], help="extra fixed overrides")
+    parser.add_argument("--launcher", default="basic", help=f"one of {', '.join(LAUNCHERS)} (conf/hydra/launcher)")
     args = parser.parse_args(argv)
-    reproduce(args.scale, args.runs_root, args.results, args.only, args.extra)
+    reproduce(args.scale, args.runs_root, args.results, args.only, args.extra, args.launcher)
 
 
 if __name__ == "__main__":
