@@ -18,7 +18,8 @@ from .tracking import atomic_write_bytes
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"round_(\d{3,})\.pt$")
-_TEMP = re.compile(r"^\.(round_\d{3,}\.pt|rounds\.jsonl|summary\.json|config\.yaml)\.\w+$")  # atomic writes' temps
+IN_ROUND_FILE = "in_round.pt"  # the epoch checkpoint of the round in progress (one at a time)
+_TEMP = re.compile(r"^\.(round_\d{3,}\.pt|in_round\.pt|rounds\.jsonl|summary\.json|config\.yaml)\.\w+$")  # temps
 
 
 def checkpoint_path(run_dir: str | Path, round_index: int) -> Path:
@@ -66,6 +67,48 @@ def save_checkpoint(run_dir: str | Path, round_index: int, model: nn.Module, pay
     torch.save({**meta, "state": state, "masks": masks, "sha256": content_hash(state, masks, meta)}, buffer)
     atomic_write_bytes(path, buffer.getvalue())  # temp + fsync + rename: the previous checkpoint stays intact
     return path
+
+
+def in_round_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / IN_ROUND_FILE
+
+
+def save_in_round(run_dir: str | Path, round_index: int, model: nn.Module, fit_state: dict, identity: dict) -> Path:
+    """The round in progress after an epoch: the model's full state (pruning re-parametrisation included, so the
+    optimizer's buffers still match its parameters), the fit state, the round and the run's identity. Written
+    atomically with a SHA-256 over its bytes; each epoch replaces the previous one."""
+    payload = io.BytesIO()
+    torch.save({"round": round_index, "config": identity, "model": model.state_dict(), "fit": fit_state}, payload)
+    blob = payload.getvalue()
+    wrapped = io.BytesIO()
+    torch.save({"sha256": hashlib.sha256(blob).hexdigest(), "payload": blob}, wrapped)
+    path = in_round_path(run_dir)
+    atomic_write_bytes(path, wrapped.getvalue())
+    return path
+
+
+def load_in_round(run_dir: str | Path) -> dict | None:
+    """The in-round checkpoint, or None when there is none; a damaged one is an error naming it."""
+    path = in_round_path(run_dir)
+    if not path.is_file():
+        return None
+    hint = "delete it and re-run the command to redo this round from its start"
+    try:
+        wrapped = torch.load(path, map_location="cpu", weights_only=False)
+        blob = wrapped["payload"]
+        if hashlib.sha256(blob).hexdigest() != wrapped["sha256"]:
+            raise NepentheError(f"checkpoint {path} is corrupt (its content does not match its SHA-256); {hint}")
+        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+    except OSError as exc:
+        raise StorageError(f"checkpoint {path} is unreadable ([Errno {exc.errno}] {exc.strerror}); {hint}") from exc
+    except NepentheError:
+        raise
+    except Exception as exc:
+        raise NepentheError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); {hint}") from exc
+
+
+def remove_in_round(run_dir: str | Path) -> None:
+    in_round_path(run_dir).unlink(missing_ok=True)
 
 
 def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:

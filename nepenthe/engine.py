@@ -122,25 +122,54 @@ def evaluate(model, loader, *, device, amp_dtype=None, channels_last=False) -> d
     return {"loss": float(loss_sum) / max(seen, 1), "acc": 100.0 * float(correct) / max(seen, 1)}
 
 
+def rng_state() -> dict:
+    """Every random stream a training epoch draws from (dropout, stochastic depth, anything seeded globally)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def fit(model, loader, epochs: int, *, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
         nesterov: bool = False, optimizer_name: str = "sgd", schedule: str = "cosine", milestones=(), gamma: float = 0.1,
         device,
-        amp_dtype=None, channels_last=False, progress=False, desc="fit", first_epoch: int = 0) -> dict:
+        amp_dtype=None, channels_last=False, progress=False, desc="fit", first_epoch: int = 0,
+        resume: dict | None = None, on_epoch_end=None) -> dict:
     """Train ``epochs`` epochs with a fresh optimizer and schedule (the reference protocol rewinds both each round).
 
     ``first_epoch`` offsets the loader's epoch counter so every round draws its own shuffles and crops.
+    ``on_epoch_end(state)`` receives, after every epoch, what continuing needs besides the model's own state
+    (epochs done, optimizer, scheduler, RNG streams, last metrics); ``resume=state`` continues from it, and the model
+    (loaded by the caller) then ends exactly where an uninterrupted call would.
     """
     if epochs < 0:
         raise ConfigError(f"epochs={epochs} must be >= 0")
     optimizer = make_optimizer(model, lr, momentum, weight_decay, nesterov, optimizer_name)
     scheduler = make_scheduler(optimizer, schedule, epochs, milestones, gamma)
     last = {"loss": float("nan"), "acc": float("nan")}
-    for epoch in range(epochs):
+    start = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        set_rng_state(resume["rng"])
+        start, last = resume["epoch"], resume["last"]
+    for epoch in range(start, epochs):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(first_epoch + epoch)
         last = train_one_epoch(model, loader, optimizer, device=device, amp_dtype=amp_dtype,
                                channels_last=channels_last, progress=progress, desc=f"{desc} {epoch + 1}/{epochs}")
         scheduler.step()
+        if on_epoch_end is not None:
+            on_epoch_end({"epoch": epoch + 1, "epochs": epochs, "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "rng": rng_state(), "last": last})
     return {"train_loss": last["loss"], "train_acc": last["acc"], "epochs": epochs}
 
 

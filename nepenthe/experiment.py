@@ -52,10 +52,14 @@ class Experiment:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def fit(self, round_index: int) -> dict:
+    def fit(self, round_index: int, checkpoints=None) -> dict:
+        """Dense training (round 0) or a round's fine-tuning; with ``checkpoints`` (a
+        :class:`~nepenthe.loop.EpochCheckpoints`) saved after every epoch and resumed mid-round."""
         cfg, ft = self.cfg, self.cfg.finetune
         dense = round_index == 0
         seed_everything(cfg.seed * 1000 + round_index)  # each round's draws do not depend on how we got here
+        resume = checkpoints.restore(self.model) if checkpoints is not None else None
+        on_epoch_end = (lambda state: checkpoints.save(self.model, state)) if checkpoints is not None else None
         return fit(
             self.model, self.train_loader, self.epochs_for(round_index),
             lr=cfg.train.lr if dense or ft.lr is None else ft.lr,
@@ -65,6 +69,7 @@ class Experiment:
             schedule=cfg.train.schedule, gamma=cfg.train.gamma, device=self.device, amp_dtype=self.amp,
             channels_last=cfg.hardware.channels_last, progress=cfg.progress,
             desc="dense" if dense else f"round {round_index}", first_epoch=round_index * 10_000,
+            resume=resume, on_epoch_end=on_epoch_end,
         )
 
     def epochs_for(self, round_index: int) -> int:

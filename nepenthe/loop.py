@@ -10,6 +10,7 @@ from a :class:`~nepenthe.config.RunConfig` (``train.py``, :func:`nepenthe.runner
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,9 @@ from typing import Callable, Iterable, Mapping, Protocol
 import torch
 from torch import nn
 
-from .checkpoint import (checkpoint_path, compact_state, latest_checkpoint, load_checkpoint, load_compact_state,
-                         remove_stale_temp_files, save_checkpoint)
+from .checkpoint import (checkpoint_path, compact_state, in_round_path, latest_checkpoint, load_checkpoint,
+                         load_compact_state, load_in_round, remove_in_round, remove_stale_temp_files, save_checkpoint,
+                         save_in_round)
 from .config import StopConfig, config_diff
 from .entropy import LayerStats, measure_entropy
 from .errors import ConfigError
@@ -37,6 +39,7 @@ class Steps(Protocol):
     method: Method
 
     def fit(self, round_index: int) -> dict: ...  # train_acc, train_loss, epochs (round 0: dense training)
+    # optionally fit(round_index, checkpoints=EpochCheckpoints): save after every epoch and resume mid-round
 
     def probe(self, model: nn.Module | None = None) -> dict[str, LayerStats]: ...
 
@@ -51,6 +54,8 @@ class Reporter:
     def started(self, unit_names: list[str]) -> None: ...
 
     def resumed(self, records: list[dict], where: str) -> None: ...
+
+    def resumed_in_round(self, round_index: int, epoch: int, epochs: int, where: str) -> None: ...
 
     def round(self, record: dict) -> None: ...
 
@@ -121,13 +126,15 @@ def round_record(steps: Steps, round_index: int, stats, plan: PruningPlan, fitte
 
 
 class DirStore:
-    """Checkpoints in ``run_dir/checkpoints`` (atomic, hashed): a killed run resumes from its last round."""
+    """Checkpoints in ``run_dir/checkpoints`` (atomic, hashed): a killed run resumes from its last round, and from its
+    last epoch inside the round in progress (:class:`EpochCheckpoints`)."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
 
     def save(self, round_index: int, model: nn.Module, payload: dict) -> None:
         save_checkpoint(self.run_dir, round_index, model, payload)
+        remove_in_round(self.run_dir)  # the round is complete: its epoch checkpoint is no longer needed
 
     def load(self, round_index: int) -> dict:
         return load_checkpoint(checkpoint_path(self.run_dir, round_index))
@@ -136,6 +143,33 @@ class DirStore:
         remove_stale_temp_files(self.run_dir)
         path = latest_checkpoint(self.run_dir)
         return None if path is None else load_checkpoint(path)
+
+
+class EpochCheckpoints:
+    """The epoch checkpoints of one round: :meth:`save` after every epoch (``fit``'s ``on_epoch_end``), and
+    :meth:`restore` when the run was killed inside this round: it loads the model's state and returns the fit state
+    to continue from, so the round ends exactly as an uninterrupted one would."""
+
+    def __init__(self, run_dir: Path, round_index: int, identity: dict, reporter: Reporter):
+        self.run_dir, self.round_index, self.identity, self.reporter = run_dir, round_index, identity, reporter
+
+    def save(self, model: nn.Module, fit_state: dict) -> None:
+        save_in_round(self.run_dir, self.round_index, model, fit_state, self.identity)
+
+    def restore(self, model: nn.Module) -> dict | None:
+        saved = load_in_round(self.run_dir)
+        if saved is None or saved["round"] != self.round_index:
+            return None  # none, or left over from a round that completed
+        check_same_run(saved, self.identity, in_round_path(self.run_dir))
+        model.load_state_dict(saved["model"])
+        fit_state = saved["fit"]
+        self.reporter.resumed_in_round(self.round_index, fit_state["epoch"], fit_state["epochs"],
+                                       str(in_round_path(self.run_dir)))
+        return fit_state
+
+
+def takes_checkpoints(steps: Steps) -> bool:
+    return "checkpoints" in inspect.signature(steps.fit).parameters
 
 
 class MemoryStore:
@@ -173,6 +207,11 @@ def run_rounds(steps: Steps, stop: StopConfig, *, store=None, recorder: RunRecor
     check_same_run(ckpt, identity, getattr(store, "run_dir", "this store"))
     reporter.started(names)
 
+    def fit_round(r: int) -> dict:
+        if isinstance(store, DirStore) and takes_checkpoints(steps):
+            return steps.fit(r, checkpoints=EpochCheckpoints(store.run_dir, r, identity, reporter))
+        return steps.fit(r)
+
     def finish_round(r: int, plan: PruningPlan, tick: float, fitted: dict) -> dict:
         stats = steps.probe()
         scores = steps.assess()
@@ -190,7 +229,7 @@ def run_rounds(steps: Steps, stop: StopConfig, *, store=None, recorder: RunRecor
         if recorder is not None:
             recorder.restore_rounds([])
         tick = time.perf_counter()
-        stats = finish_round(0, PruningPlan(), tick, steps.fit(0))
+        stats = finish_round(0, PruningPlan(), tick, fit_round(0))
     else:
         steps.model = steps.load_round(ckpt, ckpt["records"][-1]["round"])
         records, offset = list(ckpt["records"]), ckpt["records"][-1]["elapsed_s"]
@@ -207,7 +246,7 @@ def run_rounds(steps: Steps, stop: StopConfig, *, store=None, recorder: RunRecor
             break
         tick = time.perf_counter()
         apply_plan(steps.model, plan)
-        stats = finish_round(last + 1, plan, tick, steps.fit(last + 1))
+        stats = finish_round(last + 1, plan, tick, fit_round(last + 1))
 
     kept = kept_round(records, stop.max_drop)
     if kept != records[-1]["round"]:

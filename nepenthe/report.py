@@ -104,6 +104,9 @@ class ConsoleReporter:
         self._print(*(format_round_row(r, self.names) for r in records))
         self._print(f"resumed after round {records[-1]['round']} from {where}")
 
+    def resumed_in_round(self, round_index: int, epoch: int, epochs: int, where: str) -> None:
+        self._print(f"resuming round {round_index} after epoch {epoch}/{epochs} from {where}")
+
     def round(self, record: dict) -> None:
         self._print(format_round_row(record, self.names))
 
