@@ -50,6 +50,8 @@ class HardwareConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     channels_last: bool = False
     threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
+    compile: bool = False  # torch.compile the training step's model (recompiled when a round changes the masks)
+    data_on_device: bool = True  # in-memory datasets live on the training device; batches are built there
 
 
 @dataclass
@@ -137,7 +139,8 @@ class RunConfig:
 
 # Keys that change how a run is watched or post-processed, not what it trains; a resumed run may differ in them
 # (collapse settings only shape the end-of-run report; ``python -m nepenthe.collapse`` redoes it with others).
-NON_SEMANTIC_KEYS = ("progress", "resume", "logger", "hardware.threads", "output_root", "name", "collapse")
+NON_SEMANTIC_KEYS = ("progress", "resume", "logger", "hardware.threads", "hardware.data_on_device", "output_root",
+                     "name", "collapse")
 
 
 def _positive(option: str, value, allow_zero: bool = False) -> None:

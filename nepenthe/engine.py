@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from typing import Iterable
@@ -44,14 +45,17 @@ OPTIMIZERS = ("sgd", "adam")
 
 
 def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = False,
-                   optimizer: str = "sgd"):
-    """SGD (the CIFAR/Tiny-ImageNet/PACS protocols) or Adam (the EASIER code's Flowers-102/DTD/Aircraft protocol)."""
+                   optimizer: str = "sgd", device: torch.device | None = None):
+    """SGD (the CIFAR/Tiny-ImageNet/PACS protocols) or Adam (the EASIER code's Flowers-102/DTD/Aircraft protocol).
+    On CUDA the fused kernels update every parameter in one launch; on CPU torch's default implementation is kept,
+    which keeps CPU runs bit for bit what they were."""
+    fused = {"fused": True} if device is not None and torch.device(device).type == "cuda" else {}
     if optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, **fused)
     if optimizer != "sgd":
         raise ConfigError(f"train.optimizer={optimizer!r} is unknown; choose from {', '.join(OPTIMIZERS)}")
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
-                           nesterov=nesterov and momentum > 0)
+                           nesterov=nesterov and momentum > 0, **fused)
 
 
 def make_scheduler(optimizer, schedule: str, epochs: int, milestones: Iterable[int] = (), gamma: float = 0.1):
@@ -142,18 +146,20 @@ def fit(model, loader, epochs: int, *, lr: float, momentum: float = 0.9, weight_
         nesterov: bool = False, optimizer_name: str = "sgd", schedule: str = "cosine", milestones=(), gamma: float = 0.1,
         device,
         amp_dtype=None, channels_last=False, progress=False, desc="fit", first_epoch: int = 0,
-        resume: dict | None = None, on_epoch_end=None) -> dict:
+        resume: dict | None = None, on_epoch_end=None, compile_model: bool = False) -> dict:
     """Train ``epochs`` epochs with a fresh optimizer and schedule (the reference protocol rewinds both each round).
 
     ``first_epoch`` offsets the loader's epoch counter so every round draws its own shuffles and crops.
     ``on_epoch_end(state)`` receives, after every epoch, what continuing needs besides the model's own state
     (epochs done, optimizer, scheduler, RNG streams, last metrics); ``resume=state`` continues from it, and the model
-    (loaded by the caller) then ends exactly where an uninterrupted call would.
+    (loaded by the caller) then ends exactly where an uninterrupted call would. ``compile_model`` trains through
+    ``torch.compile(model)`` (the module itself, its state and hooks, stay what the caller holds).
     """
     if epochs < 0:
         raise ConfigError(f"epochs={epochs} must be >= 0")
-    optimizer = make_optimizer(model, lr, momentum, weight_decay, nesterov, optimizer_name)
+    optimizer = make_optimizer(model, lr, momentum, weight_decay, nesterov, optimizer_name, device)
     scheduler = make_scheduler(optimizer, schedule, epochs, milestones, gamma)
+    step_model = torch.compile(model) if compile_model else model
     last = {"loss": float("nan"), "acc": float("nan")}
     start = 0
     if resume is not None:
@@ -164,12 +170,13 @@ def fit(model, loader, epochs: int, *, lr: float, momentum: float = 0.9, weight_
     for epoch in range(start, epochs):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(first_epoch + epoch)
-        last = train_one_epoch(model, loader, optimizer, device=device, amp_dtype=amp_dtype,
+        last = train_one_epoch(step_model, loader, optimizer, device=device, amp_dtype=amp_dtype,
                                channels_last=channels_last, progress=progress, desc=f"{desc} {epoch + 1}/{epochs}")
         scheduler.step()
         if on_epoch_end is not None:
-            on_epoch_end({"epoch": epoch + 1, "epochs": epochs, "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "rng": rng_state(), "last": last})
+            # copies: the live optimizer buffers keep changing after this epoch
+            on_epoch_end({"epoch": epoch + 1, "epochs": epochs, "optimizer": copy.deepcopy(optimizer.state_dict()),
+                          "scheduler": copy.deepcopy(scheduler.state_dict()), "rng": rng_state(), "last": dict(last)})
     return {"train_loss": last["loss"], "train_acc": last["acc"], "epochs": epochs}
 
 

@@ -42,7 +42,9 @@ class Experiment:
         self.units = model_units(self.model)
         options = {"rounding": cfg.pruning.rounding} if cfg.pruning.method in ENTROPY_BUDGET_METHODS else {}
         self.method = create_method(cfg.pruning.method, cfg.pruning.ratio, **options)
-        self.train_loader = self.data.loader("train", cfg.train.batch_size, seed=cfg.seed)
+        # in-memory splits copied to the training device once (a no-op on CPU); streamed ones decode into pinned memory
+        self.data_device = self.device if cfg.hardware.data_on_device else None
+        self.train_loader = self.data.loader("train", cfg.train.batch_size, seed=cfg.seed, device=self.data_device)
 
     def new_model(self):
         seed_everything(self.cfg.seed)
@@ -69,7 +71,7 @@ class Experiment:
             schedule=cfg.train.schedule, gamma=cfg.train.gamma, device=self.device, amp_dtype=self.amp,
             channels_last=cfg.hardware.channels_last, progress=cfg.progress,
             desc="dense" if dense else f"round {round_index}", first_epoch=round_index * 10_000,
-            resume=resume, on_epoch_end=on_epoch_end,
+            resume=resume, on_epoch_end=on_epoch_end, compile_model=cfg.hardware.compile,
         )
 
     def epochs_for(self, round_index: int) -> int:
@@ -87,7 +89,8 @@ class Experiment:
         e = self.cfg.entropy
         return probe_units(
             model if model is not None else self.model, self.units,
-            self.data.probe_loader(e.split, e.batch_size, seed=self.cfg.seed), device=self.device,
+            self.data.probe_loader(e.split, e.batch_size, seed=self.cfg.seed, device=self.data_device),
+            device=self.device,
             zero_state=e.zero_state, layer_mean=e.layer_mean, pooling=e.pooling, autocast_dtype=self.amp,
             max_batches=e.max_batches, progress=self.cfg.progress,
         )
@@ -102,8 +105,9 @@ class Experiment:
         model = model if model is not None else self.model
         scores = {}
         for split in ("val", "test"):
-            result = evaluate(model, self.data.loader(split, self.cfg.eval_batch_size), device=self.device,
-                              amp_dtype=self.amp, channels_last=self.cfg.hardware.channels_last)
+            loader = self.data.loader(split, self.cfg.eval_batch_size, device=self.data_device)
+            result = evaluate(model, loader, device=self.device, amp_dtype=self.amp,
+                              channels_last=self.cfg.hardware.channels_last)
             scores[f"{split}_acc"], scores[f"{split}_loss"] = result["acc"], result["loss"]
         return scores
 

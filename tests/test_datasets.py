@@ -176,3 +176,24 @@ def test_folder_datasets_missing_files_name_the_layout(tmp_path):
         create_data("pacs", str(tmp_path))
     with pytest.raises(DataError, match="Flowers-102 not found: expected .*setid.mat"):
         create_data("flowers102", str(tmp_path))
+
+
+def test_streamed_loader_keeps_its_workers_across_epochs_and_draws_what_one_process_draws(tmp_path):
+    for c, cls in enumerate(["n0001", "n0002"]):
+        for k in range(5):
+            write_image(tmp_path / "imagenet" / "train" / cls / f"{k}.JPEG", c * 50 + k, size=(20, 14))
+            write_image(tmp_path / "imagenet" / "val" / cls / f"{k}.JPEG", c * 50 + k, size=(20, 14))
+    epochs = {}
+    for workers in (0, 2):
+        data = create_data("imagenet", str(tmp_path), image_size=8, val_size=2, workers=workers)
+        loader = data.loader("train", 3, seed=4)
+        seen = []
+        for epoch in (0, 1):
+            loader.set_epoch(epoch)
+            seen.append([(x.clone(), y.clone()) for x, y in loader])
+        epochs[workers] = seen
+        if workers:  # one DataLoader whose worker processes outlive the epoch
+            assert loader._batches.persistent_workers and loader._batches._iterator is not None
+    for one, many in zip(epochs[0], epochs[2]):  # same shuffles and crops, whatever the number of workers
+        assert all(torch.equal(a[1], b[1]) and torch.equal(a[0], b[0]) for a, b in zip(one, many))
+    assert [y.tolist() for _, y in epochs[0][0]] != [y.tolist() for _, y in epochs[0][1]]  # each epoch its own order

@@ -48,7 +48,8 @@ def test_a_run_killed_mid_fine_tune_resumes_after_its_last_epoch_and_matches_an_
         run_dir = run_dir_of(tmp_path / "victim")
         if run_dir is not None and in_round_path(run_dir).is_file():
             saved = load_in_round(run_dir)
-            if saved is not None and saved["round"] == 1 and 1 <= saved["fit"]["epoch"] <= EPOCHS - 2:
+            # early in the round, so the kill lands well before the round completes even on a loaded machine
+            if saved is not None and saved["round"] == 1 and 1 <= saved["fit"]["epoch"] <= 2:
                 os.kill(victim.pid, signal.SIGKILL)
                 killed_at = saved["fit"]["epoch"]
         time.sleep(0.02)
@@ -62,7 +63,8 @@ def test_a_run_killed_mid_fine_tune_resumes_after_its_last_epoch_and_matches_an_
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     # at most the epoch in progress was lost (the kill may land after a later save than the one we read)
     lines = [line for line in resumed.stdout.splitlines() if line.startswith("resuming round 1 after epoch ")]
-    assert len(lines) == 1 and killed_at <= int(lines[0].split("epoch ")[1].split("/")[0]) < EPOCHS
+    assert len(lines) == 1, resumed.stdout
+    assert killed_at <= int(lines[0].split("epoch ")[1].split("/")[0]) <= EPOCHS, (killed_at, lines)
     assert f"/{EPOCHS} from {in_round_path(run_dir)}" in lines[0]
     assert not in_round_path(run_dir).exists()  # removed once the round completed
 

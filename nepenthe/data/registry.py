@@ -27,6 +27,7 @@ class DataBundle:
     augment: tuple[str, ...] = ()
     crop_padding: int = 4
     extra: dict = field(default_factory=dict)
+    _resident: dict = field(default_factory=dict, repr=False)  # (split, device) -> the split's copy on that device
 
     @property
     def in_chans(self) -> int:
@@ -39,25 +40,33 @@ class DataBundle:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
-    def loader(self, split: str, batch_size: int, *, seed: int = 0) -> ArrayLoader:
+    def loader(self, split: str, batch_size: int, *, seed: int = 0, device=None) -> ArrayLoader:
         """``train`` shuffles and augments; ``train_aug`` is the augmented loader without shuffling (the reference
-        codes' probe set); ``train_eval``/``val``/``test`` are plain ordered passes."""
+        codes' probe set); ``train_eval``/``val``/``test`` are plain ordered passes. With ``device`` an in-memory
+        split is copied there once (kept for later loaders) and batches are built there; a streamed split decodes in
+        persistent workers into pinned memory and is normalised on ``device``."""
         source = {"train": self.train, "train_aug": self.train, "train_eval": self.train, "val": self.val,
                   "test": self.test}
         if split not in source:
             raise ConfigError(f"split {split!r} is unknown; choose from {', '.join(source)}")
         augment = self.augment if split in ("train", "train_aug") else ()
-        if isinstance(source[split], FileSplit):  # decoded on the fly (ImageNet)
-            return FileLoader(source[split], batch_size, self.mean, self.std, shuffle=split == "train",
-                              augment=augment, seed=seed, workers=self.extra.get("workers", 4))
-        return ArrayLoader(source[split], batch_size, self.mean, self.std, shuffle=split == "train",
+        data = source[split]
+        if isinstance(data, FileSplit):  # decoded on the fly (ImageNet)
+            return FileLoader(data, batch_size, self.mean, self.std, shuffle=split == "train",
+                              augment=augment, seed=seed, workers=self.extra.get("workers", 4), device=device)
+        if device is not None and torch.device(device) != data.images.device:
+            key = (id(data), str(torch.device(device)))
+            if key not in self._resident:
+                self._resident[key] = ImageSplit(data.images.to(device), data.labels.to(device))
+            data = self._resident[key]
+        return ArrayLoader(data, batch_size, self.mean, self.std, shuffle=split == "train",
                            augment=augment, crop_padding=self.crop_padding, seed=seed)
 
-    def probe_loader(self, split: str, batch_size: int, *, seed: int = 0) -> ArrayLoader:
+    def probe_loader(self, split: str, batch_size: int, *, seed: int = 0, device=None) -> ArrayLoader:
         """Entropy is measured on the training images without augmentation unless told otherwise."""
         if split not in PROBE_SPLITS:
             raise ConfigError(f"entropy.split={split!r} is unknown; choose from {', '.join(PROBE_SPLITS)}")
-        return self.loader("train_eval" if split == "train" else split, batch_size, seed=seed)
+        return self.loader("train_eval" if split == "train" else split, batch_size, seed=seed, device=device)
 
 
 _BUILDERS: dict[str, Callable[..., DataBundle]] = {}

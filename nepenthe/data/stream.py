@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from ..errors import ConfigError, DataError
@@ -39,20 +39,22 @@ class FileSplit:
 
 
 class _Decoded(Dataset):
-    def __init__(self, split: FileSplit, order: Tensor, augment: tuple[str, ...], seed: int, epoch: int):
-        self.split, self.order, self.augment, self.seed, self.epoch = split, order, augment, seed, epoch
+    """Item ``(epoch, index)``: the image decoded (and for training augmented) with that sample's own seed."""
+
+    def __init__(self, split: FileSplit, augment: tuple[str, ...], seed: int):
+        self.split, self.augment, self.seed = split, augment, seed
         size = split.image_size
         self.crop = v2.RandomResizedCrop(size, antialias=True)
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.split)
 
-    def __getitem__(self, i: int):
-        index = int(self.order[i])
+    def __getitem__(self, item: tuple[int, int]):
+        epoch, index = item
         path = self.split.files[index]
         if not self.augment:
             return read_image(path, self.split.image_size), self.split.labels[index]
-        torch.manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF)  # this sample's draws, any worker
+        torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF)  # this sample's draws, any worker
         try:
             with Image.open(path) as img:
                 x = v2.functional.pil_to_tensor(img.convert("RGB"))
@@ -68,20 +70,40 @@ class _Decoded(Dataset):
         return x, self.split.labels[index]
 
 
+class _EpochOrder(Sampler):
+    """Runs in the main process: the loader's epoch order, as ``(epoch, index)`` items the workers decode."""
+
+    def __init__(self, loader: "FileLoader"):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader.split)
+
+    def __iter__(self):
+        loader = self.loader
+        n = len(loader.split)
+        generator = torch.Generator().manual_seed(loader.seed * 1_000_003 + loader.epoch)
+        order = torch.randperm(n, generator=generator) if loader.shuffle else torch.arange(n)
+        return iter([(loader.epoch, i) for i in order.tolist()])
+
+
 class FileLoader:
-    """Iterates normalised float batches like :class:`~nepenthe.data.loader.ArrayLoader`, decoding in workers."""
+    """Iterates normalised float batches like :class:`~nepenthe.data.loader.ArrayLoader`, decoding in workers that
+    persist across epochs (pinned memory when the batches go to a GPU, normalised there)."""
 
     def __init__(self, split: FileSplit, batch_size: int, mean, std, *, shuffle: bool = False,
-                 augment: tuple[str, ...] = (), seed: int = 0, workers: int = 4):
+                 augment: tuple[str, ...] = (), seed: int = 0, workers: int = 4, device=None):
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be a positive integer")
         for name in augment:
             if name not in AUGMENTATIONS:
                 raise ConfigError(f"augmentation {name!r} is unknown; choose from {', '.join(AUGMENTATIONS)}")
         self.split, self.batch_size, self.shuffle, self.augment = split, batch_size, shuffle, tuple(augment)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
         self.seed, self.epoch, self.workers = seed, 0, workers
+        self._batches: DataLoader | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -90,11 +112,10 @@ class FileLoader:
         return -(-len(self.split) // self.batch_size)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        n = len(self.split)
-        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        dataset = _Decoded(self.split, order, self.augment, self.seed, self.epoch)
-        batches = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.workers,
-                             persistent_workers=False, pin_memory=torch.cuda.is_available())
-        for x, y in batches:
-            yield (x.float() - self.mean) / self.std, y
+        if self._batches is None:  # built once: the workers outlive the epoch
+            self._batches = DataLoader(_Decoded(self.split, self.augment, self.seed), batch_size=self.batch_size,
+                                       sampler=_EpochOrder(self), num_workers=self.workers,
+                                       persistent_workers=self.workers > 0, pin_memory=self.device.type == "cuda")
+        for x, y in self._batches:
+            x = x.to(self.device, non_blocking=True)
+            yield (x.float() - self.mean) / self.std, y.to(self.device, non_blocking=True)
