@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from nepenthe.checkpoint import CHECKPOINT_DIR
@@ -25,7 +27,7 @@ from nepenthe.errors import NepentheError
 from nepenthe.report import ConsoleReporter
 from nepenthe.rundir import Preexisting, remove_unused_run_dir
 from nepenthe.runner import run_experiment
-from nepenthe.tracking import CONFIG_FILE
+from nepenthe.tracking import CONFIG_FILE, write_failure
 
 
 def run_id(overrides: str) -> str:
@@ -59,20 +61,33 @@ def execute(cfg: RunConfig, run_dir: str | Path, config_yaml: str) -> dict:
     return run_experiment(cfg, run_dir, config_yaml, reporter=ConsoleReporter())
 
 
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, NepentheError) else f"{type(exc).__name__}: {text}"
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+def main(cfg: DictConfig):
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        execute(to_run_config(cfg), run_dir, OmegaConf.to_yaml(cfg, resolve=True))
-    except NepentheError as exc:
+        return execute(to_run_config(cfg), run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; run the same command again to resume from the last completed epoch in "
+              f"{run_dir / CHECKPOINT_DIR}", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        if in_sweep:  # one job's failure is recorded in its directory and the sweep goes on (see SweepReport)
+            write_failure(run_dir, one_line(exc), type(exc).__name__, traceback.format_exc())
+            print(f"error: job {hydra_cfg.job.num} ({run_dir}): {one_line(exc)}", file=sys.stderr)
+            return None
+        if not isinstance(exc, NepentheError):
+            raise  # a bug, not bad input: keep the traceback
         if not (run_dir / CONFIG_FILE).exists():  # refused before writing a record: only what we created goes
             remove_unused_run_dir(run_dir, Preexisting.from_env())
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; run the same command again to resume from the last completed round in "
-              f"{run_dir / CHECKPOINT_DIR}", file=sys.stderr)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ class Steps(Protocol):
 class Reporter:
     """Where the loop says what happens. This one is silent; :class:`nepenthe.report.ConsoleReporter` prints."""
 
+    def banner(self, lines: list[str]) -> None: ...  # what is about to run (run_experiment)
+
     def started(self, unit_names: list[str]) -> None: ...
 
     def resumed(self, records: list[dict], where: str) -> None: ...

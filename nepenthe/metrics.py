@@ -7,9 +7,10 @@ what dense PyTorch kernels do (they run every MAC; only collapse removes work fo
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor, fx, nn
-from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import NepentheError
@@ -101,6 +102,20 @@ def cost_report(model: nn.Module, example_input: Tensor) -> dict:
     }
 
 
+def _benchmark():
+    """``torch.utils.benchmark``, imported quietly: its C++ JIT helper imports ``torch.utils.cpp_extension``, which
+    logs "No CUDA runtime is found, using CUDA_HOME=..." on every machine with a CUDA toolkit but no GPU; that
+    warning concerns building C++ extensions, which nepenthe never does."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        log.setLevel(level)
+    return benchmark
+
+
 @torch.no_grad()
 def latency_ms(models: dict[str, nn.Module], sample: Tensor, batch_sizes=(1, 64), *, min_run_time: float = 0.5,
                rounds: int = 3, threads: int | None = None) -> dict[str, dict[str, float]]:
@@ -122,7 +137,7 @@ def latency_ms(models: dict[str, nn.Module], sample: Tensor, batch_sizes=(1, 64)
         for _ in range(rounds):
             for name, model in models.items():
                 model(x)  # warm-up: lazy init, allocator, cudnn autotune
-                timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=threads)
+                timer = _benchmark().Timer("model(x)", globals={"model": model, "x": x}, num_threads=threads)
                 best[name] = min(best[name], timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
         for name in models:
             results[name][f"batch_{batch}"] = best[name]

@@ -85,6 +85,30 @@ def format_summary(summary: dict) -> list[str]:
     return lines
 
 
+def describe_run(exp, run_dir) -> list[str]:
+    """The start banner: what is about to run, where, and how much training it can take at most."""
+    import torch
+
+    cfg = exp.cfg
+    params = sum(p.numel() for p in exp.model.parameters())
+    sizes = exp.data.sizes()
+    dense, per_round = exp.epochs_for(0), exp.epochs_for(1)
+    images = sizes["train"] * sum(exp.epochs_for(r) for r in range(cfg.stop.max_rounds + 1))
+    weights = cfg.model.kwargs.get("weights")
+    start = f"from {weights}" if weights else "from scratch"
+    stop = f"stop when val drops > {cfg.stop.max_drop:g} pts below dense"
+    if cfg.stop.target_zero_units is not None:
+        stop += f" or at {cfg.stop.target_zero_units} zero-entropy units"
+    return [
+        f"{cfg.model.name}: {params / 1e6:.2f} M params, {len(exp.units)} units, {start} | {cfg.dataset.name} "
+        f"(train/val/test {sizes['train']:,}/{sizes['val']:,}/{sizes['test']:,}, root {cfg.dataset.root or '-'})",
+        f"{exp.device} {cfg.hardware.precision}, {torch.get_num_threads()} threads | {cfg.pruning.method} ratio "
+        f"{cfg.pruning.ratio:g} | dense {dense} epochs, then up to {cfg.stop.max_rounds} rounds of {per_round} "
+        f"epochs; {stop} | at most {images:,} training images",
+        f"run directory: {run_dir}",
+    ]
+
+
 class ConsoleReporter:
     """Prints what :func:`nepenthe.loop.run_rounds` reports: the round table as it grows, then the summary."""
 
@@ -95,6 +119,9 @@ class ConsoleReporter:
     def _print(self, *lines: str) -> None:
         for line in lines:
             print(line, file=self.out, flush=True)
+
+    def banner(self, lines: list[str]) -> None:
+        self._print(*lines)
 
     def started(self, unit_names: list[str]) -> None:
         self.names = list(unit_names)

@@ -17,7 +17,8 @@ from .config import RunConfig, config_hash, semantic_dict
 from .experiment import Experiment
 from .loop import DirStore, LoopResult, Reporter, check_same_run, run_rounds
 from .metrics import cost_report
-from .tracking import RunRecorder, clear_run_outputs, read_summary
+from .report import describe_run
+from .tracking import RunRecorder, clear_failure, clear_run_outputs, read_summary
 
 SUMMARY_KEYS = ("round", "sparsity", "val_acc", "test_acc", "k", "N", "entropy", "zero_entropy_units")
 
@@ -31,6 +32,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
     started = time.perf_counter()
     exp = Experiment(cfg)
     store = DirStore(run_dir)
+    clear_failure(run_dir)  # an earlier attempt's failure record; this attempt writes its own if it fails
     if not cfg.resume:
         clear_run_outputs(run_dir)
     done = read_summary(run_dir) if cfg.resume else None
@@ -40,6 +42,8 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
         if latest is not None:
             reporter.already_complete(run_dir, done)
             return done
+    if hasattr(reporter, "banner"):
+        reporter.banner(describe_run(exp, run_dir))
     recorder = RunRecorder(run_dir, wandb_settings=wandb_settings(cfg, run_dir), config=semantic_dict(cfg))
     if config_yaml is None:
         from omegaconf import OmegaConf  # a dependency of the library's config typing, not Hydra

@@ -63,8 +63,9 @@ from .errors import NepentheError, storage_error
 
 ROUNDS_FILE, SUMMARY_FILE, CONFIG_FILE = "rounds.jsonl", "summary.json", "config.yaml"
 COLLAPSED_FILE, COLLAPSE_REPORT_FILE = "collapsed.pt2", "collapse.json"
+STATUS_FILE, ERROR_FILE = "status.json", "error.txt"  # a sweep job that failed: what, when, and the traceback
 # Everything a run writes besides config.yaml: ``resume=false`` clears these so nothing of an older run stays
-RUN_OUTPUT_FILES = (ROUNDS_FILE, SUMMARY_FILE, COLLAPSED_FILE, COLLAPSE_REPORT_FILE)
+RUN_OUTPUT_FILES = (ROUNDS_FILE, SUMMARY_FILE, COLLAPSED_FILE, COLLAPSE_REPORT_FILE, STATUS_FILE, ERROR_FILE)
 RUN_OUTPUT_DIRS = ("checkpoints", "wandb")
 
 
@@ -75,6 +76,35 @@ def clear_run_outputs(run_dir: str | Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
     for name in RUN_OUTPUT_DIRS:
         shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+def write_failure(run_dir: str | Path, error: str, kind: str, details: str = "") -> None:
+    """Record that the run in ``run_dir`` failed: ``status.json`` (status, error, type, when) and, when given, the
+    traceback in ``error.txt``. Best effort: a full disk must not hide the original error."""
+    import datetime
+
+    status = {"status": "failed", "error": error, "type": kind,
+              "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps(status, indent=2) + "\n")
+        if details:
+            atomic_write_text(Path(run_dir) / ERROR_FILE, details)
+    except NepentheError:
+        pass
+
+
+def read_status(run_dir: str | Path) -> dict | None:
+    """``status.json`` of a failed run, or None (none, or unreadable)."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def clear_failure(run_dir: str | Path) -> None:
+    for name in (STATUS_FILE, ERROR_FILE):
+        (Path(run_dir) / name).unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

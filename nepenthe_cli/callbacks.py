@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nepenthe.rundir import Preexisting
+from nepenthe.rundir import HYDRA_SUBDIR, Preexisting
+from nepenthe.tracking import STATUS_FILE, read_status
 
 
 class RecordPreexistingDirs(Callback):
@@ -21,3 +25,26 @@ class RecordPreexistingDirs(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         Preexisting.snapshot(str(OmegaConf.select(config, "hydra.sweep.dir"))).export()
+
+
+class SweepReport(Callback):
+    """At the end of a sweep, list the jobs that failed (each recorded its error in its run directory's
+    ``status.json`` and let the others run) and exit non-zero when any did."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time() - 1.0  # file times have coarse resolution on some file systems
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)
+        sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+        jobs = [p.parent.parent for p in sweep_dir.glob(f"*/{HYDRA_SUBDIR}/overrides.yaml")
+                if p.stat().st_mtime >= self.started]  # this sweep's jobs, not an earlier sweep's
+        failed = [(job, read_status(job)) for job in sorted(jobs) if (job / STATUS_FILE).is_file()]
+        failed = [(job, status) for job, status in failed if status and status.get("status") == "failed"]
+        if not failed:
+            return
+        print(f"sweep finished: {len(failed)} of {len(jobs)} jobs failed (status.json and error.txt in each):",
+              file=sys.stderr)
+        for job, status in failed:
+            print(f"  {job}: {status.get('error')}", file=sys.stderr)
+        sys.exit(1)
