@@ -26,6 +26,7 @@ from nepenthe.config import RunConfig, load_run_config
 from nepenthe.errors import NepentheError
 from nepenthe.report import ConsoleReporter
 from nepenthe.rundir import Preexisting, remove_unused_run_dir
+from nepenthe.runlock import RunDirBusy
 from nepenthe.runner import run_experiment
 from nepenthe.tracking import CONFIG_FILE, write_failure
 
@@ -79,7 +80,8 @@ def main(cfg: DictConfig):
         sys.exit(130)
     except Exception as exc:
         if in_sweep:  # one job's failure is recorded in its directory and the sweep goes on (see SweepReport)
-            write_failure(run_dir, one_line(exc), type(exc).__name__, traceback.format_exc())
+            if not isinstance(exc, RunDirBusy):  # that directory belongs to the process writing it
+                write_failure(run_dir, one_line(exc), type(exc).__name__, traceback.format_exc())
             print(f"error: job {hydra_cfg.job.num} ({run_dir}): {one_line(exc)}", file=sys.stderr)
             return None
         if not isinstance(exc, NepentheError):

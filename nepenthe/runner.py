@@ -18,6 +18,7 @@ from .experiment import Experiment
 from .loop import DirStore, LoopResult, Reporter, check_same_run, run_rounds
 from .metrics import cost_report
 from .report import describe_run
+from .runlock import RunLock
 from .tracking import RunRecorder, clear_failure, clear_run_outputs, read_summary
 
 SUMMARY_KEYS = ("round", "sparsity", "val_acc", "test_acc", "k", "N", "entropy", "zero_entropy_units")
@@ -31,34 +32,35 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
     reporter = reporter or Reporter()
     started = time.perf_counter()
     exp = Experiment(cfg)
-    store = DirStore(run_dir)
-    clear_failure(run_dir)  # an earlier attempt's failure record; this attempt writes its own if it fails
-    if not cfg.resume:
-        clear_run_outputs(run_dir)
-    done = read_summary(run_dir) if cfg.resume else None
-    if done is not None:
-        latest = store.latest()
-        check_same_run(latest, semantic_dict(cfg), run_dir)
-        if latest is not None:
-            reporter.already_complete(run_dir, done)
-            return done
-    if hasattr(reporter, "banner"):
-        reporter.banner(describe_run(exp, run_dir))
-    recorder = RunRecorder(run_dir, wandb_settings=wandb_settings(cfg, run_dir), config=semantic_dict(cfg))
-    if config_yaml is None:
-        from omegaconf import OmegaConf  # a dependency of the library's config typing, not Hydra
+    with RunLock(run_dir):  # one writer per run directory; refused at once, naming the holder
+        store = DirStore(run_dir)
+        clear_failure(run_dir)  # an earlier attempt's failure record; this attempt writes its own if it fails
+        if not cfg.resume:
+            clear_run_outputs(run_dir)
+        done = read_summary(run_dir) if cfg.resume else None
+        if done is not None:
+            latest = store.latest()
+            check_same_run(latest, semantic_dict(cfg), run_dir)
+            if latest is not None:
+                reporter.already_complete(run_dir, done)
+                return done
+        if hasattr(reporter, "banner"):
+            reporter.banner(describe_run(exp, run_dir))
+        recorder = RunRecorder(run_dir, wandb_settings=wandb_settings(cfg, run_dir), config=semantic_dict(cfg))
+        if config_yaml is None:
+            from omegaconf import OmegaConf  # a dependency of the library's config typing, not Hydra
 
-        config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-    recorder.write_config(config_yaml)
-    recorder.start()  # W&B trouble shows now, before training, and never stops the run
-    if recorder.warning:
-        reporter.warning(recorder.warning)
-    result = run_rounds(exp, cfg.stop, store=store, recorder=recorder, reporter=reporter,
-                        identity=semantic_dict(cfg), resume=cfg.resume)
-    summary = summarize(exp, result, run_dir, time.perf_counter() - started)
-    recorder.summary(summary)
-    reporter.finished(summary)
-    return summary
+            config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+        recorder.write_config(config_yaml)
+        recorder.start()  # W&B trouble shows now, before training, and never stops the run
+        if recorder.warning:
+            reporter.warning(recorder.warning)
+        result = run_rounds(exp, cfg.stop, store=store, recorder=recorder, reporter=reporter,
+                            identity=semantic_dict(cfg), resume=cfg.resume)
+        summary = summarize(exp, result, run_dir, time.perf_counter() - started)
+        recorder.summary(summary)
+        reporter.finished(summary)
+        return summary
 
 
 def wandb_settings(cfg: RunConfig, run_dir: Path) -> dict | None:

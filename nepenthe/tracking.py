@@ -27,6 +27,9 @@ cost ({dense, final, collapsed}: macs, macs_nonzero, params, params_nonzero, wei
 input, see nepenthe/metrics.py), collapse (below; absent with collapse.enabled=false), config_hash, versions, device,
 wall_time_s.
 
+A sweep job that failed leaves ``status.json`` (status "failed", error: the one-line message, type: the exception's
+class, when: UTC ISO time) and ``error.txt`` (the traceback) in its run directory; the next attempt removes both.
+
 Fields of ``collapse`` (also ``collapse.json`` from ``python -m nepenthe.collapse``):
   merge, tolerance, input_shape, approximate_activations   the settings and the verification batch's shape
   units              per unit: action (identity | scale_folded | scale | zero | dead_channels_zeroed | kept),

@@ -94,3 +94,20 @@ def test_prune_with_a_run_dir_checkpoints_and_resumes(tmp_path):
                            **kwargs)
     assert calls == [] and [r["pruned"] for r in again.records] == [r["pruned"] for r in first.records]
     assert torch.equal(again.model(x), first.model(x))  # resumed from the checkpoints: the same pruned model
+
+
+def test_the_readme_weights_one_liner_writes_a_file_the_swin_t_preset_loads(tmp_path):
+    import subprocess
+    import sys
+
+    from nepenthe.models import create_model
+
+    line = re.search(r"`(mkdir -p weights && python -c .*?swin_t_imagenet\.pth'\)\")`", (ROOT / "README.md").read_text())
+    command = line.group(1).replace("weights='DEFAULT'", "weights=None")  # no download here: same file, random values
+    command = command.replace("python -c", f"{sys.executable} -c")
+    done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    saved = torch.load(tmp_path / "weights" / "swin_t_imagenet.pth")
+    model = create_model("swin_t", 10, 3, weights=str(tmp_path / "weights" / "swin_t_imagenet.pth"))
+    first = next(iter(k for k in saved if k.endswith("weight") and "features" in k))
+    assert torch.equal(model.state_dict()[first], saved[first])  # the preset's model reads the file as written
