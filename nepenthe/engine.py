@@ -41,17 +41,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = False,
                    optimizer: str = "sgd", device: torch.device | None = None):
-    """SGD (the CIFAR/Tiny-ImageNet/PACS protocols) or Adam (the EASIER code's Flowers-102/DTD/Aircraft protocol).
+    """SGD (the CIFAR/Tiny-ImageNet/PACS protocols), Adam (the EASIER code's Flowers-102/DTD/Aircraft protocol) or
+    AdamW (Swin-T's own defaults, conf/model/swin_t.yaml).
     On CUDA the fused kernels update every parameter in one launch; on CPU torch's default implementation is kept,
     which keeps CPU runs bit for bit what they were."""
     fused = {"fused": True} if device is not None and torch.device(device).type == "cuda" else {}
     if optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, **fused)
+    if optimizer == "adamw":  # decoupled weight decay: how transformers (Swin-T) are trained
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **fused)
     if optimizer != "sgd":
         raise ConfigError(f"train.optimizer={optimizer!r} is unknown; choose from {', '.join(OPTIMIZERS)}")
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,

@@ -85,6 +85,9 @@ def format_summary(summary: dict) -> list[str]:
     return lines
 
 
+PRETRAINED_IN_PAPERS = ("swin_t", "vgg16_bn")  # conf/experiment presets fine-tune these from ImageNet weights
+
+
 def describe_run(exp, run_dir) -> list[str]:
     """The start banner: what is about to run, where, and how much training it can take at most."""
     import torch
@@ -96,6 +99,9 @@ def describe_run(exp, run_dir) -> list[str]:
     images = sizes["train"] * sum(exp.epochs_for(r) for r in range(cfg.stop.max_rounds + 1))
     weights = cfg.model.kwargs.get("weights")
     start = f"from {weights}" if weights else "from scratch"
+    if not weights and cfg.model.name in PRETRAINED_IN_PAPERS:
+        start += (f" (the published protocols start from ImageNet weights: save them to "
+                  f"weights/{cfg.model.name}_imagenet.pth as the README shows, then model.kwargs.weights=that path)")
     stop = f"stop when val drops > {cfg.stop.max_drop:g} pts below dense"
     if cfg.stop.target_zero_units is not None:
         stop += f" or at {cfg.stop.target_zero_units} zero-entropy units"

@@ -52,3 +52,24 @@ def test_the_start_banner_says_what_runs_and_how_much_it_may_train(tmp_path):
         "| nepenthe ratio 0.5 | dense 3 epochs, then up to 3 rounds of 1 epochs; stop when val drops > 100 pts "
         "below dense | at most 3,600 training images")
     assert lines[2] == f"run directory: {tmp_path / 'r'}"
+
+
+def test_the_cards_swin_t_command_uses_swin_t_defaults_and_says_where_weights_go(tmp_path):
+    import train
+    from conftest import compose_config
+    from nepenthe.experiment import Experiment
+    from nepenthe.report import describe_run
+
+    card = compose_config(["model=swin_t", "pruning.ratio=0.5"])  # python train.py -m model=swin_t pruning.ratio=0.5
+    assert (card.train.optimizer, card.train.lr, card.train.weight_decay, card.train.schedule) == (
+        "adamw", 5e-4, 0.05, "cosine")
+    assert compose_config([]).train.optimizer == "sgd"  # the compact CNN keeps its own
+    preset = compose_config(["experiment=swin_t_cifar10"])  # the published protocol still wins
+    assert (preset.train.optimizer, preset.train.lr) == ("sgd", 1e-3)
+    exp = Experiment(train.to_run_config(compose_config(
+        ["model=swin_t", "dataset=synthetic", "dataset.kwargs.train_size=64", "dataset.kwargs.val_size=16",
+         "dataset.kwargs.test_size=16", "hardware=cpu"])))
+    assert exp.cfg.train.optimizer == "adamw"
+    first = describe_run(exp, tmp_path)[0]
+    assert first.startswith("swin_t: 27.5") and "12 units, from scratch (the published protocols start from ImageNet " \
+        "weights: save them to weights/swin_t_imagenet.pth as the README shows" in first
