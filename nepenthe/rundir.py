@@ -17,6 +17,7 @@ from pathlib import Path
 
 ENV_VAR = "NEPENTHE_PREEXISTING"
 HYDRA_SUBDIR, HYDRA_FILES = ".hydra", ("config.yaml", "hydra.yaml", "overrides.yaml")
+SWEEP_FILE = "multirun.yaml"  # what Hydra writes into a sweep folder before its jobs start
 _MAX_ENV_CHARS = 100_000  # under Linux's 128 KiB limit for one environment string
 
 
@@ -75,6 +76,26 @@ def remove_unused_run_dir(run_dir: str | Path, preexisting: Preexisting | None) 
     while preexisting.is_new(folder):
         try:
             folder.rmdir()  # only an empty folder goes: anything else in it stays
+        except OSError:
+            break
+        removed.append(folder)
+        folder = folder.parent
+    return removed
+
+
+def remove_unused_sweep_dir(sweep_dir: str | Path, preexisting: Preexisting | None) -> list[Path]:
+    """After a sweep refused before any job started: its folder holds only Hydra's ``multirun.yaml``. Delete that
+    file and each folder upwards that this command created and that is now empty."""
+    sweep_dir = Path(sweep_dir)
+    if preexisting is None or not preexisting.is_new(sweep_dir) or not sweep_dir.is_dir():
+        return []
+    if sorted(p.name for p in sweep_dir.iterdir()) != [SWEEP_FILE]:
+        return []
+    (sweep_dir / SWEEP_FILE).unlink()
+    removed, folder = [sweep_dir / SWEEP_FILE], sweep_dir
+    while preexisting.is_new(folder):
+        try:
+            folder.rmdir()
         except OSError:
             break
         removed.append(folder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nepenthe.rundir import HYDRA_SUBDIR, Preexisting
+from nepenthe.rundir import HYDRA_SUBDIR, Preexisting, remove_unused_sweep_dir
 from nepenthe.tracking import STATUS_FILE, read_status
 
 
@@ -24,7 +25,12 @@ class RecordPreexistingDirs(Callback):
         Preexisting.snapshot(str(OmegaConf.select(config, "hydra.run.dir"))).export()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        Preexisting.snapshot(str(OmegaConf.select(config, "hydra.sweep.dir"))).export()
+        sweep_dir = str(OmegaConf.select(config, "hydra.sweep.dir"))
+        snapshot = Preexisting.snapshot(sweep_dir)
+        snapshot.export()
+        # a sweep Hydra refuses before any job starts (a bad override value) leaves only multirun.yaml: remove it
+        # at exit, with the folders this command created; a sweep whose jobs ran never matches (they add folders)
+        atexit.register(remove_unused_sweep_dir, sweep_dir, snapshot)
 
 
 class SweepReport(Callback):

@@ -147,3 +147,16 @@ def test_a_nan_loss_stops_the_run_with_the_fix(tmp_path, capsys, monkeypatch):
     assert re.fullmatch(r"error: (dense|round \d+) .*(loss became nan at step \d+|mean loss is nan); lower train.lr.*",
                         lines[0]), lines[0]
     assert not list((tmp_path / "out").rglob("summary.json"))  # never reported as complete; completed rounds stay
+
+
+def test_a_sweep_refused_before_its_jobs_leaves_nothing_and_never_touches_what_was_there(tmp_path):
+    command = [sys.executable, str(ROOT / "train.py"), "-m", "model=resnet99,compact_cnn"]
+    done = subprocess.run([*command, f"output_root={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1 and "Could not find 'model/resnet99'" in done.stderr
+    assert not (tmp_path / "out").exists()  # not even Hydra's multirun.yaml
+    (tmp_path / "mine" / "run").mkdir(parents=True)
+    (tmp_path / "mine" / "run" / "multirun.yaml").write_text("a file of yours\n")
+    done = subprocess.run([*command, f"output_root={tmp_path / 'mine'}"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1 and (tmp_path / "mine" / "run").is_dir()  # existed before: never removed
