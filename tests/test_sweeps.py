@@ -64,6 +64,7 @@ def test_the_cards_swin_t_command_uses_swin_t_defaults_and_says_where_weights_go
     assert (card.train.optimizer, card.train.lr, card.train.weight_decay, card.train.schedule) == (
         "adamw", 5e-4, 0.05, "cosine")
     assert compose_config([]).train.optimizer == "sgd"  # the compact CNN keeps its own
+    assert compose_config(["model=vgg16_bn"]).train.lr == 0.01  # VGG-16-bn at the published protocols' rate
     preset = compose_config(["experiment=swin_t_cifar10"])  # the published protocol still wins
     assert (preset.train.optimizer, preset.train.lr) == ("sgd", 1e-3)
     exp = Experiment(train.to_run_config(compose_config(
