@@ -13,7 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nepenthe.rundir import HYDRA_SUBDIR, Preexisting, remove_unused_sweep_dir
-from nepenthe.tracking import STATUS_FILE, read_status
+from nepenthe.tracking import read_status
 
 
 class RecordPreexistingDirs(Callback):
@@ -45,8 +45,8 @@ class SweepReport(Callback):
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
         jobs = [p.parent.parent for p in sweep_dir.glob(f"*/{HYDRA_SUBDIR}/overrides.yaml")
                 if p.stat().st_mtime >= self.started]  # this sweep's jobs, not an earlier sweep's
-        failed = [(job, read_status(job)) for job in sorted(jobs) if (job / STATUS_FILE).is_file()]
-        failed = [(job, status) for job, status in failed if status and status.get("status") == "failed"]
+        failed = [(job, status) for job in sorted(jobs)
+                  if (status := read_status(job)) is not None and status.get("status") == "failed"]
         if not failed:
             return
         print(f"sweep finished: {len(failed)} of {len(jobs)} jobs failed (status.json and error.txt in each):",
