@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from nepenthe.tracking import read_rounds, read_summary
+from nepenthe.tracking import STATUS_FILE, read_rounds, read_status, read_summary
 
 COLUMNS = [
     "run_id", "model", "dataset", "method", "ratio", "seed", "round", "is_final", "sparsity", "val_acc", "test_acc",
@@ -116,6 +117,25 @@ def local_runs(folders: list[str | Path]) -> list[dict]:
     return rows
 
 
+def incomplete_runs(folders: list[str | Path]) -> list[tuple[Path, str]]:
+    """Run directories under ``folders`` that have no summary: ``(dir, "failed: <error>")`` for a sweep job that
+    recorded its failure (status.json), ``(dir, "unfinished: rounds 0..R")`` for one that stopped or is running.
+    Their rows (if any) are in the table without final values; this says why."""
+    found = []
+    for folder in folders:
+        candidates = {p.parent for p in Path(folder).rglob(STATUS_FILE)}
+        candidates |= {p.parent for p in Path(folder).rglob("rounds.jsonl")}
+        for run_dir in sorted(candidates):
+            status = read_status(run_dir)
+            if status is not None and status.get("status") == "failed":
+                found.append((run_dir, f"failed: {status.get('error')}"))
+            elif read_summary(run_dir) is None and (run_dir / "rounds.jsonl").is_file():
+                rounds = [r["round"] for r in read_rounds(run_dir)]
+                found.append((run_dir, f"unfinished: rounds {min(rounds)}..{max(rounds)}" if rounds
+                              else "unfinished: no round yet"))
+    return found
+
+
 def wandb_runs(path: str, filters: dict | None = None, api=None) -> list[dict]:
     """Rows of the W&B runs of ``entity/project`` (``api`` defaults to ``wandb.Api()``)."""
     if api is None:
@@ -145,6 +165,8 @@ def main(argv=None) -> None:
     parser.add_argument("-o", "--output", default="results/runs.csv")
     args = parser.parse_args(argv)
     rows = local_runs(args.folders)
+    for run_dir, why in incomplete_runs(args.folders):  # never dropped silently
+        print(f"warning: {run_dir} has no summary ({why})", file=sys.stderr)
     if args.wandb:
         rows += wandb_runs(args.wandb, json.loads(args.filters) if args.filters else None)
     if not rows:

@@ -174,3 +174,23 @@ def test_make_reproduce_table1_smoke_on_a_tiny_subset(tmp_path):
     assert sorted(frame["method"].unique()) == ["easier", "nepenthe"] and set(frame["round"]) == {0, 1}
     assert (out / "table1.md").read_text().count("compact_cnn") == 2
     assert (out / "figures" / "depth_vs_accuracy.pdf").stat().st_size > 5000
+
+
+def test_collect_lists_failed_and_unfinished_runs_instead_of_dropping_them(runs_folder, tmp_path):
+    from nepenthe.tracking import write_failure
+
+    (runs_folder / "job1" / "summary.json").unlink()  # stopped (or still running) after its rounds
+    failed = runs_folder / "job9"
+    (failed / ".hydra").mkdir(parents=True)
+    write_failure(failed, "pruning.ratio=1.5 must lie strictly between 0 and 1 (e.g. 0.5)", "ConfigError")
+    rounds = [r["round"] for r in collect.read_rounds(runs_folder / "job1")]
+    assert collect.incomplete_runs([runs_folder]) == [
+        (runs_folder / "job1", f"unfinished: rounds 0..{max(rounds)}"),
+        (failed, "failed: pruning.ratio=1.5 must lie strictly between 0 and 1 (e.g. 0.5)")]
+    out = tmp_path / "runs.csv"
+    result = subprocess.run([sys.executable, "-m", "analysis.collect", str(runs_folder), "-o", str(out)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"warning: {runs_folder / 'job1'} has no summary (unfinished: rounds 0..{max(rounds)})" in result.stderr
+    assert f"warning: {failed} has no summary (failed: pruning.ratio=1.5" in result.stderr
+    assert "8 rows from 3 runs" in result.stdout  # the unfinished run's rounds are still in the table
