@@ -93,18 +93,11 @@ def load_in_round(run_dir: str | Path) -> dict | None:
     if not path.is_file():
         return None
     hint = "delete it and re-run the command to redo this round from its start"
-    try:
-        wrapped = torch.load(path, map_location="cpu", weights_only=False)
-        blob = wrapped["payload"]
-        if hashlib.sha256(blob).hexdigest() != wrapped["sha256"]:
-            raise NepentheError(f"checkpoint {path} is corrupt (its content does not match its SHA-256); {hint}")
-        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
-    except OSError as exc:
-        raise StorageError(f"checkpoint {path} is unreadable ([Errno {exc.errno}] {exc.strerror}); {hint}") from exc
-    except NepentheError:
-        raise
-    except Exception as exc:
-        raise NepentheError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); {hint}") from exc
+    wrapped = _read(path, hint)
+    blob = wrapped.get("payload") if isinstance(wrapped, dict) else None
+    if blob is None or hashlib.sha256(blob).hexdigest() != wrapped.get("sha256"):
+        raise NepentheError(f"checkpoint {path} is corrupt (its content does not match its SHA-256); {hint}")
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
 
 
 def remove_in_round(run_dir: str | Path) -> None:
@@ -133,18 +126,23 @@ def load_checkpoint(path: str | Path) -> dict:
     """Load and check a checkpoint's content hash; a damaged one is one error naming it and the fallback."""
     path = Path(path)
     fallback = _fallback_hint(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except OSError as exc:
-        raise StorageError(f"checkpoint {path} is unreadable ([Errno {exc.errno}] {exc.strerror}); {fallback}") from exc
-    except Exception as exc:
-        raise NepentheError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); {fallback}") from exc
+    ckpt = _read(path, fallback)
     stored = ckpt.pop("sha256", None) if isinstance(ckpt, dict) else None
     if stored is not None:
         meta = {k: v for k, v in ckpt.items() if k not in ("state", "masks")}
         if content_hash(ckpt["state"], ckpt["masks"], meta) != stored:
             raise NepentheError(f"checkpoint {path} is corrupt (its content does not match its SHA-256); {fallback}")
     return ckpt
+
+
+def _read(path: Path, hint: str):
+    """``torch.load`` of a checkpoint file; any failure is one error naming the file and ``hint``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except OSError as exc:
+        raise StorageError(f"checkpoint {path} is unreadable ([Errno {exc.errno}] {exc.strerror}); {hint}") from exc
+    except Exception as exc:
+        raise NepentheError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); {hint}") from exc
 
 
 def _fallback_hint(path: Path) -> str:

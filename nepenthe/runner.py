@@ -44,8 +44,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
             if latest is not None:
                 reporter.already_complete(run_dir, done)
                 return done
-        if hasattr(reporter, "banner"):
-            reporter.banner(describe_run(exp, run_dir))
+        reporter.banner(describe_run(exp, run_dir))
         recorder = RunRecorder(run_dir, wandb_settings=wandb_settings(cfg, run_dir), config=semantic_dict(cfg))
         if config_yaml is None:
             from omegaconf import OmegaConf  # a dependency of the library's config typing, not Hydra

@@ -121,12 +121,13 @@ def fold_constants(gm: fx.GraphModule) -> list[dict]:
         removed = [n.target for n in values if n.op == "call_module" and is_module(gm, n, WEIGHT_OPS)
                    and _feeds(n, node)]
         check_batch_first(node)
-        broadcast_only = all(u.op == "call_function" and u.target in BROADCASTING and shape(u) is not None
-                             for u in live_users)
+        broadcasting = all(u.op == "call_function" and u.target in BROADCASTING and shape(u) is not None
+                           for u in live_users)
         # the smallest stored form that keeps every user's output shape; else the batch is spelled out
-        stored = next((v for v in (shrink_uniform(value), value) if broadcast_only and fits_users(v, node, live_users)),
-                      value)
-        broadcast_only = broadcast_only and fits_users(stored, node, live_users)
+        fitting = next((v for v in (shrink_uniform(value), value) if fits_users(v, node, live_users)),
+                       None) if broadcasting else None
+        broadcast_only = fitting is not None
+        stored = fitting if broadcast_only else value
         const = insert_after(gm, node, "get_attr", add_buffer(gm, f"{node.name}_const", stored), ())
         replacement = const
         if not broadcast_only:  # a view/cat/output needs the batch dimension spelled out

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from .constants import ADDS, shrink_uniform
-from .graph import (add_buffer, conv_geometry, exclusive_modules, dense_conv_weight, fetch_attr, insert_after, layer_macs, module,
-                    only_user, shape)
+from .graph import (add_buffer, conv_geometry, dense_conv_weight, exclusive_modules, fetch_attr, insert_after,
+                    layer_macs, module, only_user, shape)
 
 MERGES = ("cost", "always", "never", "approximate")
 

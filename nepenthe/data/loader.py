@@ -38,6 +38,9 @@ class ImageSplit:
     def subset(self, index: Tensor) -> "ImageSplit":
         return ImageSplit(self.images[index], self.labels[index])
 
+    def to(self, device) -> "ImageSplit":
+        return ImageSplit(self.images.to(device), self.labels.to(device))
+
 
 def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
     """Zero-pad by ``padding`` and crop back to the original size at a random offset per image."""
@@ -84,7 +87,7 @@ class ArrayLoader:
                 raise ConfigError(f"augmentation {name!r} is unknown; choose from {', '.join(AUGMENTATIONS)}")
         self.device = torch.device(device) if device is not None else split.images.device
         if self.device != split.images.device:  # once, not per batch
-            split = ImageSplit(split.images.to(self.device), split.labels.to(self.device))
+            split = split.to(self.device)
         self.split, self.batch_size = split, batch_size
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0

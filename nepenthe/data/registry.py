@@ -57,7 +57,7 @@ class DataBundle:
         if device is not None and torch.device(device) != data.images.device:
             key = (id(data), str(torch.device(device)))
             if key not in self._resident:
-                self._resident[key] = ImageSplit(data.images.to(device), data.labels.to(device))
+                self._resident[key] = data.to(device)
             data = self._resident[key]
         return ArrayLoader(data, batch_size, self.mean, self.std, shuffle=split == "train",
                            augment=augment, crop_padding=self.crop_padding, seed=seed)
