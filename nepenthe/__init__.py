@@ -27,7 +27,7 @@ from .entropy import EntropyProbe, LayerStats, measure_entropy  # noqa: E402
 from .errors import ConfigError, DataError, NepentheError  # noqa: E402
 from .experiment import restore_run  # noqa: E402
 from .loop import LoopResult, Reporter, prune, run_rounds  # noqa: E402
-from .metrics import cost_report, latency_ms  # noqa: E402
+from .metrics import cost_report, latency_ms, latency_stats  # noqa: E402
 from .models import create_model, list_models, register_model  # noqa: E402
 from .pruning.methods import METHODS, PruningPlan, apply_plan, create_method, linearize  # noqa: E402
 from .report import ConsoleReporter  # noqa: E402
@@ -38,6 +38,6 @@ __all__ = [
     "CollapseError", "CollapseReport", "ConfigError", "ConsoleReporter", "DataError", "EntropyProbe", "LayerStats",
     "LoopResult", "METHODS", "NepentheError", "PruningPlan", "Reporter", "RunConfig", "Unit", "activation_modules",
     "apply_plan", "collapse_model", "cost_report", "create_data", "create_method", "create_model", "distinct_activations",
-    "latency_ms", "linearize", "list_data", "list_models", "load_collapsed", "load_run_config", "measure_entropy",
+    "latency_ms", "latency_stats", "linearize", "list_data", "list_models", "load_collapsed", "load_run_config", "measure_entropy",
     "model_units", "prune", "register_model", "restore_run", "run_experiment", "run_rounds", "save_collapsed",
 ]

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import torch
 
-from .collapse import collapse, save_collapsed
+from .collapse import collapse, fold_batchnorm_only, save_collapsed
 from .collapse.pipeline import detached_copy
+from .collapse.verify import outputs, relative_diff
 from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, load_compact_state
 from .config import RunConfig, load_run_config, validate
 from .data import create_data
 from .engine import autocast_dtype, evaluate, fit, resolve_device, seed_everything
 from .errors import NepentheError
-from .metrics import latency_ms
+from .metrics import latency_stats
 from .discovery import model_units
 from .loop import probe_units
 from .models import create_model
@@ -101,12 +102,13 @@ class Experiment:
         linearize(model, ckpt["records"][round_index].get("linearized", []))
         return model
 
-    def assess(self, model=None) -> dict:
+    def assess(self, model=None, *, fp32: bool = False) -> dict:
+        """Top-1 and loss on val and test, in the run's precision (``fp32=True``: in float32, no autocast)."""
         model = model if model is not None else self.model
         scores = {}
         for split in ("val", "test"):
             loader = self.data.loader(split, self.cfg.eval_batch_size, device=self.data_device)
-            result = evaluate(model, loader, device=self.device, amp_dtype=self.amp,
+            result = evaluate(model, loader, device=self.device, amp_dtype=None if fp32 else self.amp,
                               channels_last=self.cfg.hardware.channels_last)
             scores[f"{split}_acc"], scores[f"{split}_loss"] = result["acc"], result["loss"]
         return scores
@@ -119,22 +121,59 @@ class Experiment:
 
     def collapse_and_measure(self, stats, out_dir: str | Path | None = None) -> tuple[torch.nn.Module, dict]:
         """Collapse ``self.model`` with the probe's ``stats``, verify, measure accuracy and latency side by side
-        with the uncollapsed model, and save the collapsed model into ``out_dir`` (when given)."""
+        with the uncollapsed model and the BN-folded-only one, and save the collapsed model into ``out_dir``."""
         c = self.cfg.collapse
         batch = self.verify_batch()
         small, report = collapse(self.model, stats, batch, c.merge, layouts=unit_layouts(self.units),
                                  tolerance=c.tolerance, approximate_activations=c.approximate_activations)
         scores = self.assess(small)
+        section = {**report.to_dict(), "test_acc": scores["test_acc"], "val_acc": scores["val_acc"],
+                   "precision": self.cfg.hardware.precision}
         # the uncollapsed model timed as deployed: masks folded once, not re-applied on every call
         uncollapsed = make_permanent(detached_copy(self.model)).eval()
-        latency = latency_ms({"uncollapsed": uncollapsed, "collapsed": small}, batch[:1], c.latency_batches,
-                             min_run_time=c.latency_min_run_time, rounds=c.latency_rounds)
-        section = {**report.to_dict(), "test_acc": scores["test_acc"], "val_acc": scores["val_acc"],
-                   "latency_ms": latency, "latency_threads": torch.get_num_threads(), "latency_device": str(self.device)}
+        if self.amp is not None:
+            section.update(self.precision_check(uncollapsed, small, batch))
+        # BN folding alone is timed too, so that what collapse itself buys is not credited with BN folding's gain
+        timed = {"uncollapsed": uncollapsed, "bn_folded": fold_batchnorm_only(self.model, batch, c.tolerance),
+                 "collapsed": small}
+        if self.amp is not None:
+            timed = {name: InRunPrecision(model, self.device.type, self.amp) for name, model in timed.items()}
+        stats_ms = latency_stats(timed, batch[:1], c.latency_batches, min_run_time=c.latency_min_run_time,
+                                 rounds=c.latency_rounds)
+        section.update(
+            latency_ms={name: {b: s["median"] for b, s in per.items()} for name, per in stats_ms.items()},
+            latency_iqr_ms={name: {b: s["p75"] - s["p25"] for b, s in per.items()} for name, per in stats_ms.items()},
+            latency_repeats=min(s["n"] for per in stats_ms.values() for s in per.values()),
+            latency_threads=torch.get_num_threads(), latency_device=str(self.device),
+            latency_precision=self.cfg.hardware.precision)
         if out_dir is not None:
             save_collapsed(small, batch, Path(out_dir) / COLLAPSED_FILE)
             section["file"] = COLLAPSED_FILE
         return small, section
+
+    @torch.no_grad()
+    def precision_check(self, uncollapsed, small, batch) -> dict:
+        """Collapse is verified in float32; a reduced-precision run rounds the two graphs differently. Measure both:
+        the output difference under the run's autocast, and both models' accuracy in float32, where collapse is
+        exact, so the accuracy the summary reports equals what was verified."""
+        with torch.autocast(self.device.type, dtype=self.amp):
+            ours, theirs = outputs(small, batch)[0], outputs(uncollapsed, batch)[0]
+        full, before = self.assess(small, fp32=True), self.assess(uncollapsed, fp32=True)
+        return {"relative_diff_run_precision": relative_diff(ours, theirs),
+                "test_acc_fp32": full["test_acc"], "val_acc_fp32": full["val_acc"],
+                "uncollapsed_test_acc_fp32": before["test_acc"], "uncollapsed_val_acc_fp32": before["val_acc"]}
+
+
+class InRunPrecision(torch.nn.Module):
+    """A model called under the run's autocast, so latency is timed in the precision the run computes in."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, x):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(x)
 
 
 def chosen_round(run_dir: Path, requested: int | None) -> int:

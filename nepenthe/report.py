@@ -58,14 +58,24 @@ def format_collapse(section: dict, uncollapsed_test_acc: float) -> list[str]:
                      f"{', '.join(left)}")
     if section.get("shared_layers"):
         lines.append(f"  tied or directly read layers left as they are: {', '.join(section['shared_layers'])}")
+    if "relative_diff_run_precision" in section:
+        lines.append(f"  in {section['precision']} (the run's precision) collapsed vs uncollapsed differ by "
+                     f"{section['relative_diff_run_precision']:.2g} of max |output| (rounding, not collapse); in fp32: "
+                     f"test top-1 {section['test_acc_fp32']:.2f}% collapsed vs "
+                     f"{section['uncollapsed_test_acc_fp32']:.2f}% uncollapsed")
     latency = section.get("latency_ms", {})
     if latency:
         parts = []
         for key, ms in latency["uncollapsed"].items():
             small = latency["collapsed"][key]
-            parts.append(f"{key.replace('_', ' ')}: {ms:.3f} -> {small:.3f} ms ({ms / small:.2f}x)")
-        lines.append(f"  latency on {section.get('latency_device', '?')} ({section.get('latency_threads')} threads): "
-                     + "; ".join(parts))
+            if "bn_folded" in latency:  # what collapse buys is measured against BN folding alone
+                folded = latency["bn_folded"][key]
+                parts.append(f"{key.replace('_', ' ')}: {ms:.3f} -> {folded:.3f} BN folded -> {small:.3f} ms collapsed "
+                             f"({folded / small:.2f}x over BN folding)")
+            else:
+                parts.append(f"{key.replace('_', ' ')}: {ms:.3f} -> {small:.3f} ms ({ms / small:.2f}x)")
+        lines.append(f"  latency (median) on {section.get('latency_device', '?')} ({section.get('latency_threads')} "
+                     f"threads): " + "; ".join(parts))
     if section.get("file"):
         lines.append(f"  saved {section['file']} (load with torch.export.load(path).module())")
     return lines

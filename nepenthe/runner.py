@@ -22,6 +22,7 @@ from .runlock import RunLock
 from .tracking import RunRecorder, clear_failure, clear_run_outputs, read_summary
 
 SUMMARY_KEYS = ("round", "sparsity", "val_acc", "test_acc", "k", "N", "entropy", "zero_entropy_units")
+TRAJECTORY_KEYS = ("sparsity", "val_acc", "test_acc", "k", "N")
 
 
 def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None = None,
@@ -88,6 +89,8 @@ def summarize(exp: Experiment, result: LoopResult, run_dir: Path, elapsed: float
         "dense": {k: records[0][k] for k in SUMMARY_KEYS}, "final": {k: final[k] for k in SUMMARY_KEYS},
         "k": final["k"], "N": final["N"], "depth": f"{final['k']}/{final['N']}",
         "zero_entropy_units": final["zero_entropy_units"], "cost": cost,
+        # every round in brief, so that a summary alone (a W&B runs-table export) still holds the trajectory
+        "trajectory": {str(r["round"]): {k: r[k] for k in TRAJECTORY_KEYS} for r in records},
         "config_hash": config_hash(cfg), "device": str(exp.device), "wall_time_s": result.elapsed_s,
         "versions": {"nepenthe": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__},
     }

@@ -23,6 +23,7 @@ Fields of a round record (stable; analysis reads these names):
 
 Fields of the summary: status, stop_reason, rounds_completed, final_round, dense (round-0 record subset),
 final (the kept round's record subset), k, N, depth (``"k/N"``: the paper's depth metric), zero_entropy_units,
+trajectory ({round: {sparsity, val_acc, test_acc, k, N}} for every round, so a summary alone holds the curve),
 cost ({dense, final, collapsed}: macs, macs_nonzero, params, params_nonzero, weight_layers_on_longest_path — per
 input, see nepenthe/metrics.py), collapse (below; absent with collapse.enabled=false), config_hash, versions, device,
 wall_time_s.
@@ -47,9 +48,14 @@ Fields of ``collapse`` (also ``collapse.json`` from ``python -m nepenthe.collaps
   border_diff        what merge=approximate's border-ring merges add (and border_relative_diff); linearization_diff
                      (and _relative_diff): linearized vs uncollapsed, the probe's decision; diff_vs_original (and
                      relative_diff_vs_original): collapsed vs uncollapsed; output_scale: max |output|
-  test_acc, val_acc  of the collapsed model (compare final.test_acc)
-  latency_ms         {uncollapsed, collapsed}: {batch_<n>: median ms}, measured side by side; latency_threads,
-                     latency_device
+  test_acc, val_acc  of the collapsed model in the run's precision (compare final.test_acc); precision
+  relative_diff_run_precision, test_acc_fp32, val_acc_fp32, uncollapsed_test_acc_fp32, uncollapsed_val_acc_fp32
+                     (reduced-precision runs only): collapsed vs uncollapsed under the run's autocast, and both models'
+                     accuracy in float32, where the verification above holds
+  latency_ms         {uncollapsed, bn_folded, collapsed}: {batch_<n>: median ms}, measured side by side in one process
+                     (bn_folded: only BatchNorm folded, the baseline for what collapse itself buys); latency_iqr_ms:
+                     the same keys, p75 - p25 of the timed blocks; latency_repeats (timed blocks per median, at
+                     least), latency_threads, latency_device, latency_precision
   file               the collapsed model, a torch.export program: ``torch.export.load(path).module()``
 """
 

@@ -22,13 +22,14 @@ ROUND_FIELDS = {
 }
 SUMMARY_FIELDS = {
     "status", "stop_reason", "rounds_completed", "final_round", "dense", "final", "k", "N", "depth",
-    "zero_entropy_units", "config_hash", "device", "wall_time_s", "versions", "cost", "collapse",
+    "zero_entropy_units", "config_hash", "device", "wall_time_s", "versions", "cost", "collapse", "trajectory",
 }
 COLLAPSE_FIELDS = {
     "merge", "input_shape", "tolerance", "approximate_activations", "units", "removed_layers", "shared_layers",
     "operations", "before", "after", "max_abs_diff", "relative_diff", "border_diff", "border_relative_diff",
     "linearization_diff", "linearization_relative_diff", "diff_vs_original", "relative_diff_vs_original",
-    "output_scale", "test_acc", "val_acc", "latency_ms", "latency_threads", "latency_device", "file",
+    "output_scale", "test_acc", "val_acc", "precision", "latency_ms", "latency_iqr_ms", "latency_repeats",
+    "latency_threads", "latency_device", "latency_precision", "file",
 }
 UNITS_IN_ORDER = ["relu", "layers.0.0.relu1", "layers.0.0.relu2", "layers.1.0.relu1", "layers.1.0.relu2",
                   "layers.2.0.relu1", "layers.2.0.relu2"]
@@ -49,6 +50,8 @@ def check_run_directory(run_dir: Path, rounds: int):
     summary = read_summary(run_dir)
     assert set(summary) == SUMMARY_FIELDS and summary["status"] == "complete"
     assert summary["depth"] == f"{summary['k']}/7"
+    assert summary["trajectory"] == {str(r["round"]): {k: r[k] for k in ("sparsity", "val_acc", "test_acc", "k", "N")}
+                                     for r in records}
     dense, final = summary["cost"]["dense"], summary["cost"]["final"]
     assert final["macs"] == dense["macs"] and final["weight_layers_on_longest_path"] == 8
     kept = records[summary["final_round"]]
@@ -70,8 +73,10 @@ def check_collapse(run_dir: Path, summary: dict, kept: dict):
     assert section["merge"] == "cost" and section["border_diff"] == 0.0 and not section["approximate_activations"]
     assert abs(section["test_acc"] - kept["test_acc"]) <= 0.1
     assert [u["unit"] for u in section["units"]] == sorted(UNITS, key=list(UNITS_IN_ORDER).index)
-    assert set(section["latency_ms"]) == {"uncollapsed", "collapsed"}
+    assert set(section["latency_ms"]) == set(section["latency_iqr_ms"]) == {"uncollapsed", "bn_folded", "collapsed"}
     assert all(ms > 0 for timings in section["latency_ms"].values() for ms in timings.values())
+    assert all(iqr >= 0 for spread in section["latency_iqr_ms"].values() for iqr in spread.values())
+    assert section["latency_repeats"] >= 1 and section["latency_precision"] == section["precision"] == "fp32"
     loaded = torch.export.load(str(run_dir / section["file"])).module()  # plain PyTorch, no nepenthe code
     assert loaded(torch.zeros(3, *section["input_shape"][1:])).shape == (3, 10)
 
@@ -171,6 +176,20 @@ def test_bf16_autocast_and_channels_last_run_on_cpu(run_fast):
     records = read_rounds(run_dir)
     assert records[0]["test_acc"] > 50.0 and records[1]["sparsity"] > 0.2
     assert summary["device"] == "cpu"
+    # collapse is verified in fp32: in fp32 the collapsed model scores what the uncollapsed one does (200 test
+    # images: one image is 0.5 points), and the bf16 difference is reported as measured, not hidden
+    section = summary["collapse"]
+    assert section["precision"] == section["latency_precision"] == "bf16"
+    assert abs(section["test_acc_fp32"] - section["uncollapsed_test_acc_fp32"]) <= 0.5
+    assert section["relative_diff"] <= 1e-4 < section["relative_diff_run_precision"] < 0.2
+    # the fp32 number is the kept model's own fp32 accuracy, evaluated here independently of collapse
+    from nepenthe.engine import evaluate
+    from nepenthe.experiment import restore_run
+
+    exp, record = restore_run(run_dir)
+    loader = exp.data.loader("test", 256)
+    fp32 = evaluate(exp.model, loader, device=exp.device, amp_dtype=None, channels_last=True)["acc"]
+    assert fp32 == section["uncollapsed_test_acc_fp32"] and record["test_acc"] == records[-1]["test_acc"]
 
 
 def test_wandb_offline_mirrors_the_round_records(run_fast):

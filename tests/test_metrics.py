@@ -5,6 +5,8 @@ from torch import nn
 from nepenthe.errors import NepentheError
 from nepenthe.metrics import (
     cost_report,
+    latency_ms,
+    latency_stats,
     layer_macs,
     nonzero_macs,
     parameter_counts,
@@ -66,3 +68,29 @@ def test_cost_report_of_a_pruned_compact_cnn():
     assert pruned["macs"] == dense["macs"] == 9_345_920
     assert dense["macs"] - pruned["macs_nonzero"] == 7 * 7 * 64 * 64 * 9  # the removed layer's MACs
     assert dense["params_nonzero"] - pruned["params_nonzero"] == 64 * 64 * 9
+
+
+def test_latency_stats_pools_every_timed_block_of_every_round():
+    small, large = nn.Linear(64, 64), nn.Sequential(*[nn.Linear(64, 64) for _ in range(8)])
+    stats = latency_stats({"small": small, "large": large}, torch.randn(1, 64), (1, 4), min_run_time=0.01, rounds=3)
+    assert set(stats) == {"small", "large"} and set(stats["small"]) == {"batch_1", "batch_4"}
+    for per_batch in stats.values():
+        for s in per_batch.values():
+            assert 0 < s["p25"] <= s["median"] <= s["p75"] and s["n"] >= 3  # at least one block per round
+    assert latency_ms({"small": small}, torch.randn(1, 64), (2,), min_run_time=0.01, rounds=1)["small"]["batch_2"] > 0
+
+
+def test_batchnorm_folded_baseline_has_no_batchnorm_and_the_same_outputs():
+    from nepenthe.collapse import fold_batchnorm_only
+
+    model = create_model("compact_cnn", 10, 1, width=8).eval()
+    for m in model.modules():  # BN statistics away from the identity, so that folding changes the weights
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+    x = torch.randn(4, 1, 28, 28)
+    folded = fold_batchnorm_only(model, x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the input model is left alone
+    reference = model(x)
+    assert (folded(x) - reference).abs().max() <= 1e-5 * reference.abs().max()
+    assert weight_layers_on_longest_path(folded) == weight_layers_on_longest_path(model)

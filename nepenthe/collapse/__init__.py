@@ -8,7 +8,7 @@
 
 from .graph import CollapseError
 from .merge import MERGES
-from .pipeline import CollapseReport, collapse
+from .pipeline import CollapseReport, collapse, fold_batchnorm_only
 from .saving import load_collapsed, save_collapsed
 
-__all__ = ["CollapseError", "CollapseReport", "MERGES", "collapse", "load_collapsed", "save_collapsed"]
+__all__ = ["CollapseError", "CollapseReport", "MERGES", "collapse", "fold_batchnorm_only", "load_collapsed", "save_collapsed"]

@@ -85,6 +85,21 @@ def drop_pass_through(gm: fx.GraphModule) -> list[dict]:
 
 
 @torch.no_grad()
+def fold_batchnorm_only(model: nn.Module, example_input: Tensor, tolerance: float = 1e-4) -> fx.GraphModule:
+    """A copy of ``model`` with masks made permanent and every foldable BatchNorm folded into the layer before it,
+    and nothing else: the baseline that tells what collapse buys beyond BN folding. Verified on ``example_input``
+    like collapse's own first step (raises :class:`CollapseError` beyond ``tolerance`` × max |output|)."""
+    x = example_input
+    reference = make_permanent(detached_copy(model)).eval()
+    gm = trace(make_permanent(detached_copy(model)).eval())
+    record_shapes(gm, x)
+    records = fold_batchnorms(gm)
+    tidy(gm)
+    check_step("fold_batchnorm", touched(records), outputs(gm, x), outputs(reference, x), tolerance)
+    return gm
+
+
+@torch.no_grad()
 def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: Tensor, merge: str = "cost", *,
              layouts: Mapping[str, str] | None = None, tolerance: float = 1e-4, approximate_activations: bool = False):
     """A shallower copy of ``model`` and a :class:`CollapseReport`; ``model`` itself is left untouched.
