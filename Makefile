@@ -11,8 +11,12 @@ RESULTS ?= results
 ONLY ?=
 EXTRA ?=
 LAUNCHER ?= basic
+SWEEP ?= 1
+CSV ?= experiments/results/smoke/runs.csv
+OUT ?= results/notebook
+FORCE ?=
 
-.PHONY: install data quickstart test test-slow bench reproduce-table1 clean
+.PHONY: install data quickstart test test-slow bench reproduce-table1 figures clean
 
 # Installs into the current interpreter (use a venv of your own if you prefer: PYTHON=.venv/bin/python).
 $(STAMP): pyproject.toml
@@ -45,10 +49,16 @@ bench: install
 
 # Table 1: the sweep of experiments/table1.yaml at SCALE (smoke: CPU, ~20 min; published: GPUs), then
 # collect -> tables -> figures into $(RESULTS)/$(SCALE)/. ONLY="seed=0" narrows a sweep, EXTRA adds overrides,
-# LAUNCHER=slurm|local runs the jobs through hydra-submitit-launcher (conf/hydra/launcher/).
+# LAUNCHER=slurm|local runs the jobs through hydra-submitit-launcher (conf/hydra/launcher/); SWEEP=0 only renders
+# the run directories already under $(RUNS).
 reproduce-table1: install
 	$(PYTHON) -m analysis.reproduce --scale $(SCALE) --runs-root $(RUNS) --results $(RESULTS) --launcher $(LAUNCHER) \
-		$(if $(ONLY),--only $(ONLY)) $(if $(EXTRA),--extra $(EXTRA))
+		$(if $(filter 0,$(SWEEP)),--no-sweep) $(if $(ONLY),--only $(ONLY)) $(if $(EXTRA),--extra $(EXTRA))
+
+# The notebook executed into OUT (tables, figures and the executed notebook); never into experiments/results
+# unless FORCE=1.
+figures: install
+	$(PYTHON) -m analysis.notebook --csv $(CSV) --out $(OUT) $(if $(FORCE),--force)
 
 clean:
 	rm -rf $(STAMP) runs multirun outputs .pytest_cache

@@ -1,11 +1,17 @@
-"""Figures from the collected CSV, each written as PNG and PDF:
+"""Figures from the collected CSV, one row of panels per (model, dataset), each written as PNG and PDF:
 
     python -m analysis.plots results/runs.csv -o results/figures
 
-  depth_vs_accuracy   (a) zero-entropy units k/N vs test top-1 across rounds, one line per method, band = seed
-                      min–max; (b) weight layers on the longest path vs top-1: dense and collapsed kept model
-  entropy_heatmap     per-unit entropy across rounds, one panel per method (first seed)
-  cost_vs_accuracy    MACs and batch-1 latency of the collapsed kept model vs its top-1, dense for reference
+  depth_vs_accuracy    (a) test top-1 against zero-entropy units k, one thin line per seed through its rounds in
+                       order, rounds past the stop rule faded, the mean (thick) at every k all seeds reached, the
+                       dense top-1 as a dashed line; (b) top-1 against weight layers on the longest path: dense and
+                       each seed's kept model after collapse
+  accuracy_vs_sparsity test top-1 against sparsity per round, k written at each point, the same conventions
+  entropy_heatmap      per-unit entropy across rounds, one panel per method (first seed)
+  cost                 MACs dense → collapsed, and batch-1 latency uncollapsed / BN folded / collapsed (median,
+                       bars p25–p75 where measured) per method, the collapsed top-1 written above
+
+Legends sit outside the axes. Methods keep one colour in every figure.
 """
 
 from __future__ import annotations
@@ -20,6 +26,11 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from .tables import label, pair_label  # noqa: E402
+
+FADED = 0.25  # alpha of rounds past the stop rule
 
 
 def _save(fig, out: Path, name: str) -> list[Path]:
@@ -31,78 +42,200 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def _title(frame: pd.DataFrame) -> str:
-    pairs = sorted({f"{m} on {d}" for m, d in zip(frame["model"], frame["dataset"])})
-    return "; ".join(pairs)
+def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    return sorted(frame.groupby(["model", "dataset"]).groups)
 
 
-def depth_vs_accuracy(frame: pd.DataFrame, out: Path) -> list[Path]:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method, g in frame.groupby("method", sort=True):
-        per_round = g.groupby("round").agg(k=("k", "mean"), N=("N", "first"), acc=("test_acc", "mean"),
-                                           lo=("test_acc", "min"), hi=("test_acc", "max"))
-        x = per_round["k"] / per_round["N"]
-        (line,) = left.plot(x, per_round["acc"], marker="o", label=method)
-        left.fill_between(x, per_round["lo"], per_round["hi"], color=line.get_color(), alpha=0.2)
-        final = g[g["is_final"].astype(bool)]
-        if final["weight_layers_collapsed"].notna().any():
-            right.errorbar(final["weight_layers_collapsed"].mean(), final["test_acc"].mean(),
-                           yerr=final["test_acc"].std(ddof=1) if len(final) > 1 else None, fmt="o", capsize=4,
-                           color=line.get_color(), label=f"{method} (collapsed)")
-    dense = frame[frame["round"] == 0]
-    finals = frame[frame["is_final"].astype(bool)]
-    if finals["weight_layers_dense"].notna().any():
-        right.errorbar(finals["weight_layers_dense"].mean(), dense["test_acc"].mean(),
-                       yerr=dense["test_acc"].std(ddof=1) if len(dense) > 1 else None, fmt="s", color="black",
-                       capsize=4, label="dense")
-    left.set(xlabel="zero-entropy units k/N (paper depth metric)", ylabel="test top-1 (%)",
-             title="rounds: mean over seeds, band = min–max")
-    right.set(xlabel="weight layers on the longest path", ylabel="test top-1 (%)",
-              title="kept model after collapse (mean ± std)")
-    left.legend(), right.legend()
-    fig.suptitle(_title(frame))
-    return _save(fig, out, "depth_vs_accuracy")
+def _colours(frame: pd.DataFrame) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(sorted(frame["method"].unique()))}
 
 
-def entropy_heatmap(frame: pd.DataFrame, out: Path) -> list[Path]:
-    methods = sorted(frame["method"].unique())
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods) + 1, 3.8), squeeze=False)
+def _runs(g: pd.DataFrame):
+    """(method, seed, rounds in order, kept round or None) for every run of a (model, dataset) pair."""
+    for run_id, run in g.groupby("run_id", sort=True):
+        run = run.sort_values("round")
+        kept = run["kept_round"].dropna()
+        yield run["method"].iloc[0], run["seed"].iloc[0], run, int(kept.iloc[0]) if len(kept) else None
+
+
+def _trajectory(ax, x, y, colour, kept):
+    """One seed: solid up to its kept round, faded after it (past the stop rule), the kept round ringed."""
+    rounds = np.arange(len(x))
+    stop = len(x) - 1 if kept is None else min(kept, len(x) - 1)
+    ax.plot(x[: stop + 1], y[: stop + 1], color=colour, lw=0.9, alpha=0.8, marker=".", ms=4)
+    if stop < len(x) - 1:
+        ax.plot(x[stop:], y[stop:], color=colour, lw=0.9, alpha=FADED, ls="--", marker=".", ms=4)
+    if kept is not None:
+        ax.plot(x[stop], y[stop], marker="o", ms=7, mfc="none", color=colour, lw=0)
+    return rounds
+
+
+def _mean_at_common_k(ax, method_runs, colour):
+    """Mean top-1 at each k every seed reached (each seed: its best-validation round at that k)."""
+    per_seed = []
+    for run in method_runs:
+        best = run.sort_values(["val_acc", "round"], ascending=[False, True]).groupby("k")["test_acc"].first()
+        per_seed.append(best)
+    common = sorted(set.intersection(*(set(s.index) for s in per_seed))) if per_seed else []
+    if common and len(per_seed) > 1:
+        ax.plot(common, [np.mean([s[k] for s in per_seed]) for k in common], color=colour, lw=2.6, alpha=0.9)
+
+
+def _dense_line(ax, g):
+    dense = g[g["round"] == 0]["test_acc"].mean()
+    ax.axhline(dense, color="black", ls=":", lw=1.2)
+    return dense
+
+
+def _legend(fig, colours, extra=()):
+    handles = [Line2D([], [], color=c, lw=2, label=label("method", m)) for m, c in colours.items()]
+    fig.legend(handles=handles + list(extra), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+
+
+TRAJECTORY_KEYS = [
+    Line2D([], [], color="gray", lw=0.9, marker=".", label="one seed, rounds in order"),
+    Line2D([], [], color="gray", lw=0.9, ls="--", alpha=FADED, label="past the stop rule"),
+    Line2D([], [], color="gray", lw=0, marker="o", mfc="none", ms=7, label="kept round"),
+    Line2D([], [], color="gray", lw=2.6, label="mean where all seeds reached k"),
+    Line2D([], [], color="black", ls=":", lw=1.2, label="dense top-1 (mean)"),
+]
+
+
+def depth_vs_accuracy(frame: pd.DataFrame):
+    pairs, colours = _pairs(frame), _colours(frame)
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(10, 3.6 * len(pairs)), squeeze=False)
+    for (left, right), (model, dataset) in zip(axes, pairs):
+        g = frame[(frame["model"] == model) & (frame["dataset"] == dataset)]
+        n_units = int(g["N"].max())
+        by_method: dict[str, list] = {}
+        for method, _, run, kept in _runs(g):
+            _trajectory(left, run["k"].to_numpy(), run["test_acc"].to_numpy(), colours[method], kept)
+            by_method.setdefault(method, []).append(run[run["round"] <= (kept if kept is not None else run["round"].max())])
+        for method, runs in by_method.items():
+            _mean_at_common_k(left, runs, colours[method])
+        _dense_line(left, g)
+        left.set(xlabel=f"zero-entropy units k (of N = {n_units})", ylabel="test top-1 (%)",
+                 title=f"{pair_label(model, dataset)}: rounds")
+        left.xaxis.get_major_locator().set_params(integer=True)
+
+        kept = g[g["is_final"].astype(bool)]
+        dense_layers = kept["weight_layers_dense"].dropna()
+        if len(dense_layers):
+            right.plot(dense_layers.iloc[0], g[g["round"] == 0]["test_acc"].mean(), marker="s", color="black",
+                       ms=7, lw=0)
+        methods = sorted(kept["method"].unique())
+        offsets = dict(zip(methods, np.linspace(-0.15, 0.15, len(methods)) if len(methods) > 1 else [0.0]))
+        for method, m in kept.groupby("method", sort=True):
+            x = m["weight_layers_collapsed"] + offsets[method]  # methods side by side at equal depth
+            right.plot(x, m["collapsed_test_acc"], marker="o", ls="", color=colours[method], alpha=0.8)
+        right.set(xlabel="weight layers on the longest path", ylabel="test top-1 (%)",
+                  title="kept model after collapse (one point per seed)")
+        right.xaxis.get_major_locator().set_params(integer=True)
+    dense_marker = Line2D([], [], color="black", marker="s", lw=0, label="dense model")
+    _legend(fig, colours, TRAJECTORY_KEYS + [dense_marker])
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_sparsity(frame: pd.DataFrame):
+    pairs, colours = _pairs(frame), _colours(frame)
+    fig, axes = plt.subplots(len(pairs), 1, figsize=(7.5, 3.6 * len(pairs)), squeeze=False)
+    for (ax,), (model, dataset) in zip(axes, pairs):
+        g = frame[(frame["model"] == model) & (frame["dataset"] == dataset)]
+        for method, _, run, kept in _runs(g):
+            x, y = 100 * run["sparsity"].to_numpy(), run["test_acc"].to_numpy()
+            _trajectory(ax, x, y, colours[method], kept)
+            for xi, yi, k, r in zip(x, y, run["k"], run["round"]):
+                past = kept is not None and r > kept
+                ax.annotate(str(int(k)), (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6,
+                            color=colours[method], alpha=FADED if past else 1.0)
+        _dense_line(ax, g)
+        ax.set(xlabel="sparsity (% of conv/linear weights pruned)", ylabel="test top-1 (%)",
+               title=f"{pair_label(model, dataset)}: rounds (numbers: zero-entropy units k)")
+    _legend(fig, colours, [k for k in TRAJECTORY_KEYS if "mean" not in k.get_label()])
+    fig.tight_layout()
+    return fig
+
+
+def entropy_heatmap(frame: pd.DataFrame):
+    pairs, methods = _pairs(frame), sorted(frame["method"].unique())
+    fig, axes = plt.subplots(len(pairs), len(methods), figsize=(2.9 * len(methods) + 1.5, 3.4 * len(pairs)),
+                             squeeze=False)
     image = None
-    for ax, method in zip(axes[0], methods):
-        g = frame[frame["method"] == method]
-        g = g[g["seed"] == g["seed"].min()].sort_values("round")
-        entropies = [json.loads(e) for e in g["entropy"]]
-        units = list(entropies[0])
-        matrix = np.array([[e[u] for u in units] for e in entropies]).T
-        image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
-        ax.set(title=method, xlabel="round", xticks=range(len(g)), xticklabels=g["round"].tolist())
-        ax.set_yticks(range(len(units)), units if ax is axes[0][0] else [""] * len(units), fontsize=7)
-    fig.colorbar(image, ax=axes[0].tolist(), label="entropy (bits)")
-    fig.suptitle(f"per-unit entropy across rounds — {_title(frame)}")
-    return _save(fig, out, "entropy_heatmap")
+    for row, (model, dataset) in zip(axes, pairs):
+        for ax, method in zip(row, methods):
+            g = frame[(frame["model"] == model) & (frame["dataset"] == dataset) & (frame["method"] == method)]
+            g = g[g["seed"] == g["seed"].min()].sort_values("round")
+            g = g[g["entropy"].fillna("").astype(str).str.len() > 0]  # rounds whose entropy the source kept
+            ax.set_title(f"{label('method', method)}\n{pair_label(model, dataset)}", fontsize=8)
+            if g.empty:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, "no per-round entropy\nin this source", ha="center", va="center",
+                        transform=ax.transAxes, fontsize=8)
+                continue
+            entropies = [json.loads(e) for e in g["entropy"]]
+            units = list(entropies[0])
+            matrix = np.array([[e.get(u, np.nan) for u in units] for e in entropies]).T
+            image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set(xlabel="round", xticks=range(len(g)), xticklabels=g["round"].astype(int).tolist())
+            ax.set_yticks(range(len(units)), units if ax is row[0] else [""] * len(units), fontsize=6)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), label="entropy (bits)", shrink=0.8)
+    fig.suptitle("per-unit entropy across rounds (first seed)")
+    return fig
 
 
-def cost_vs_accuracy(frame: pd.DataFrame, out: Path) -> list[Path]:
-    final = frame[frame["is_final"].astype(bool)]
-    dense = frame[frame["round"] == 0]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method, g in final.groupby("method", sort=True):
-        left.scatter(g["macs_collapsed"] / 1e6, g["collapsed_test_acc"], label=method)
-        right.scatter(g["latency_ms_b1_collapsed"], g["collapsed_test_acc"], label=method)
-    left.scatter(final["macs_dense"] / 1e6, dense.set_index("run_id").loc[final["run_id"], "test_acc"],
-                 marker="s", color="black", label="dense")
-    right.scatter(final["latency_ms_b1_uncollapsed"], final["test_acc"], marker="x", color="gray",
-                  label="uncollapsed kept model")
-    left.set(xlabel="MACs per input (M)", ylabel="test top-1 (%)", title="collapsed kept model vs dense")
-    right.set(xlabel="latency at batch 1 (ms)", ylabel="test top-1 (%)", title="measured side by side")
-    left.legend(), right.legend()
-    fig.suptitle(_title(frame))
-    return _save(fig, out, "cost_vs_accuracy")
+def cost(frame: pd.DataFrame):
+    pairs, methods = _pairs(frame), sorted(frame["method"].unique())
+    kept = frame[frame["is_final"].astype(bool)]
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 3.6 * len(pairs)), squeeze=False)
+    shades = {"uncollapsed": 0.35, "bn_folded": 0.65, "collapsed": 1.0}
+    colours = _colours(frame)
+    for (left, right), (model, dataset) in zip(axes, pairs):
+        g = kept[(kept["model"] == model) & (kept["dataset"] == dataset)]
+        x = np.arange(len(methods))
+        for i, method in enumerate(methods):
+            m = g[g["method"] == method]
+            if m.empty:
+                continue
+            dense, small = m["macs_dense"].median() / 1e6, m["macs_collapsed"].median() / 1e6
+            left.bar(i - 0.2, dense, 0.4, color="lightgray", edgecolor="black", lw=0.5)
+            left.bar(i + 0.2, small, 0.4, color=colours[method], edgecolor="black", lw=0.5)
+            left.annotate(f"{m['collapsed_test_acc'].mean():.1f}%", (i + 0.2, small), textcoords="offset points",
+                          xytext=(0, 2), ha="center", fontsize=7)
+            for j, timed in enumerate(("uncollapsed", "bn_folded", "collapsed")):
+                ms = m[f"latency_ms_b1_{timed}"].median()
+                iqr = m[f"latency_iqr_ms_b1_{timed}"].median()
+                right.bar(i + (j - 1) * 0.27, ms, 0.27, color=colours[method], alpha=shades[timed],
+                          edgecolor="black", lw=0.5, yerr=None if np.isnan(iqr) else iqr / 2, capsize=2)
+        device = ",".join(sorted(set(g["latency_device"].dropna().astype(str)))) or "?"
+        threads = g["latency_threads"].dropna()
+        for ax in (left, right):
+            ax.set_xticks(x, [label("method", m) for m in methods])
+        left.set(ylabel="MACs per input (M)", title=f"{pair_label(model, dataset)}: dense (gray) → collapsed; "
+                                                   "label: collapsed top-1")
+        right.set(ylabel="latency at batch 1 (ms)",
+                  title=f"uncollapsed / BN folded / collapsed, median ± IQR/2 ({device}, "
+                        f"{int(threads.iloc[0]) if len(threads) else '?'} threads)")
+    shade_keys = [plt.Rectangle((0, 0), 1, 1, color="gray", alpha=a, label=f"{name.replace('_', ' ')} (latency)")
+                  for name, a in shades.items()]
+    dense_key = plt.Rectangle((0, 0), 1, 1, color="lightgray", ec="black", label="dense MACs")
+    _legend(fig, colours, [dense_key, *shade_keys])
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {"depth_vs_accuracy": depth_vs_accuracy, "accuracy_vs_sparsity": accuracy_vs_sparsity,
+           "entropy_heatmap": entropy_heatmap, "cost": cost}
 
 
 def all_figures(frame: pd.DataFrame, out: str | Path) -> list[Path]:
-    out = Path(out)
-    return depth_vs_accuracy(frame, out) + entropy_heatmap(frame, out) + cost_vs_accuracy(frame, out)
+    """Every figure of :data:`FIGURES` into ``out`` as PNG and PDF."""
+    paths = []
+    for name, draw in FIGURES.items():
+        paths += _save(draw(frame), Path(out), name)
+    return paths
 
 
 def main(argv=None) -> None:

@@ -8,7 +8,8 @@
 ``--only KEY=V1,V2`` replaces that key's swept values; ``--extra`` adds fixed overrides; ``--launcher`` picks a
 ``conf/hydra/launcher`` option (``slurm``: one SLURM array task per run; ``local``: parallel processes here; default:
 one job after another in this process). Outputs go to
-``RESULTS/<scale>/``: runs.csv, table1.{md,tex,csv}, figures/*.png|pdf.
+``RESULTS/<scale>/``: runs.csv, {table1,matched_k,matched_sparsity,matched_macs}.{md,tex,csv}, figures/*.png|pdf.
+``--no-sweep`` renders the run directories already there without running anything.
 """
 
 from __future__ import annotations
@@ -45,23 +46,34 @@ def sweep_command(spec: dict, runs_root: str, only: list[str], extra: list[str],
 
 
 def reproduce(scale: str, runs_root: str = "runs", results: str = "results", only=(), extra=(),
-              launcher: str = "basic") -> Path:
+              launcher: str = "basic", sweep: bool = True) -> Path:
     specs = yaml.safe_load(SWEEPS.read_text())
     if scale not in specs:
         raise SystemExit(f"error: SCALE={scale!r} is not in {SWEEPS.name}; choose one of {', '.join(specs)}")
     spec = specs[scale]
     command = sweep_command(spec, runs_root, list(only), list(extra), launcher)
-    print("+ " + " ".join(command), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
-    out = Path(results) / scale
-    frame = collect.to_frame(collect.local_runs([Path(runs_root) / spec["name"]]))
+    if sweep:
+        print("+ " + " ".join(command), flush=True)
+        subprocess.run(command, check=True, cwd=ROOT)
+    return render(Path(runs_root) / spec["name"], Path(results) / scale)
+
+
+def render(runs: Path, out: Path) -> Path:
+    """collect → tables → figures for the run directories under ``runs``, into ``out``."""
+    if not runs.is_dir():
+        raise SystemExit(f"error: {runs} does not exist: nothing to render (run the sweep first, without SWEEP=0)")
+    for run_dir, why in collect.incomplete_runs([runs]):  # never dropped silently
+        print(f"warning: {run_dir} has no summary ({why})", file=sys.stderr)
+    rows = collect.local_runs([runs])
+    if not rows:
+        raise SystemExit(f"error: no run directories under {runs}")
     out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "runs.csv", index=False)
-    table = tables.table1(pd.read_csv(out / "runs.csv"))
-    tables.write_tables(table, out / "table1")
-    plots.all_figures(pd.read_csv(out / "runs.csv"), out / "figures")
-    print(table.to_markdown(index=False, disable_numparse=True))
-    print(f"results in {out}/ (runs.csv, table1.md/.tex/.csv, figures/)")
+    collect.to_frame(rows).to_csv(out / "runs.csv", index=False)
+    frame = pd.read_csv(out / "runs.csv")  # render from the file, exactly as a later `analysis.tables` call would
+    shown = tables.write_all(frame, out)
+    plots.all_figures(frame, out / "figures")
+    print(shown["table1"].to_markdown(index=False, disable_numparse=True))
+    print(f"results in {out}/ (runs.csv, {', '.join(shown)} as .md/.tex/.csv, figures/)")
     return out
 
 
@@ -73,8 +85,9 @@ def main(argv=None) -> None:
     parser.add_argument("--only", nargs="*", default=[], help="KEY=V1,V2 replacing a swept key's values")
     parser.add_argument("--extra", nargs="*", default=[], help="extra fixed overrides")
     parser.add_argument("--launcher", default="basic", help=f"one of {', '.join(LAUNCHERS)} (conf/hydra/launcher)")
+    parser.add_argument("--no-sweep", action="store_true", help="render the run directories already there")
     args = parser.parse_args(argv)
-    reproduce(args.scale, args.runs_root, args.results, args.only, args.extra, args.launcher)
+    reproduce(args.scale, args.runs_root, args.results, args.only, args.extra, args.launcher, sweep=not args.no_sweep)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,20 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis import collect, plots, tables
+import numpy as np
+
+import record_grid
+from analysis import collect, plots, tables, wandb_source
 from conftest import ROOT
 from nepenthe.data.fashion_mnist import DEBIAN_DIR, prepare_fashion_mnist
-from nepenthe.tracking import flatten
+from nepenthe.tracking import RunRecorder, flatten
 
 
 def fake_run(method, seed, accs, ks, dense_macs=140_000_000, collapsed_macs=100_000_000):
     """config, round records and summary of one run, as train.py writes them."""
     config = {"seed": seed, "model": {"name": "resnet18_cifar", "kwargs": {}},
               "dataset": {"name": "cifar10", "root": "data", "kwargs": {}},
-              "pruning": {"method": method, "ratio": 0.5}}
+              "pruning": {"method": method, "ratio": 0.5}, "hardware": {"precision": "fp32"}}
     records = [{"round": r, "sparsity": 1 - 0.5 ** r, "val_acc": a + 0.5, "test_acc": a, "k": k, "N": 17,
                 "entropy": {"relu": 0.9 - 0.1 * r, "layers.0.0.relu1": 0.0 if k else 0.5}}
                for r, (a, k) in enumerate(zip(accs, ks))]
@@ -33,7 +36,9 @@ def fake_run(method, seed, accs, ks, dense_macs=140_000_000, collapsed_macs=100_
                           "params_nonzero": 4_000_000, "weight_layers_on_longest_path": 16}}
     summary = {"status": "complete", "final_round": final, "cost": cost,
                "collapse": {"test_acc": accs[final] - 0.01, "max_abs_diff": 1e-6,
+                            "relative_diff_vs_original": 1e-7,
                             "latency_ms": {"uncollapsed": {"batch_1": 8.0, "batch_64": 160.0},
+                                           "bn_folded": {"batch_1": 6.0, "batch_64": 140.0},
                                            "collapsed": {"batch_1": 5.0, "batch_64": 120.0}}}}
     return config, records, summary
 
@@ -60,20 +65,21 @@ def test_collect_local_runs_gives_the_documented_columns_and_values(runs_folder)
     frame = collect.to_frame(collect.local_runs([runs_folder]))
     assert list(frame.columns) == collect.COLUMNS and len(frame) == 3 + 3 + 2
     final = frame[frame["is_final"]]
-    assert sorted(final["round"]) == [1, 2, 2]
+    assert sorted(final["round"]) == [1, 2, 2] and frame.groupby("run_id")["kept_round"].nunique().eq(1).all()
     row = final[(final["method"] == "nepenthe") & (final["seed"] == 1)].iloc[0]
-    assert (row["test_acc"], row["k"], row["depth"], row["sparsity"]) == (90.0, 2, "2/17", 0.75)
+    assert (row["test_acc"], row["k"], row["depth"], row["sparsity"], row["kept_round"]) == (90.0, 2, "2/17", 0.75, 2)
     assert (row["macs_dense"], row["macs_collapsed"], row["weight_layers_collapsed"]) == (140e6, 100e6, 16)
     assert (row["latency_batch"], row["latency_ms_b1_collapsed"], row["latency_ms_bn_uncollapsed"]) == (64, 5.0, 160.0)
-    assert row["collapsed_test_acc"] == pytest.approx(89.99)
+    assert row["collapsed_test_acc"] == pytest.approx(89.99) and row["precision"] == "fp32"
+    assert (row["test_acc_fp32"], row["collapsed_test_acc_fp32"]) == (90.0, pytest.approx(89.99))  # fp32 run
     assert json.loads(row["entropy"]) == {"layers.0.0.relu1": 0.0, "relu": pytest.approx(0.7)}
     assert frame[~frame["is_final"]]["macs_collapsed"].isna().all()  # cost describes the kept round only
 
 
 class FakeWandbRun:
-    def __init__(self, run_id, config, records, summary):
-        self.id, self.config = run_id, config
-        self.summary = {**flatten(summary), "_runtime": 3}
+    def __init__(self, run_id, config, records, summary, state="finished"):
+        self.id, self.config, self.state = run_id, config, state
+        self.summary = {**flatten(records[-1]), **flatten(summary or {}), "_runtime": 3}
         self._history = [{**flatten(r), "_step": r["round"]} for r in records]
 
     def scan_history(self):
@@ -90,65 +96,223 @@ class FakeApi:
         return self._runs
 
 
-def test_wandb_source_gives_the_same_rows_as_the_local_one(runs_folder):
+def test_wandb_api_source_gives_the_same_rows_as_the_local_one(runs_folder):
     local = collect.to_frame(collect.local_runs([runs_folder])).drop(columns="run_id")
     api = FakeApi([FakeWandbRun(f"r{i}", *run) for i, run in enumerate(RUNS)])
-    remote = collect.to_frame(collect.wandb_runs("me/nepenthe", {"config.seed": 0}, api=api))
-    assert api.asked == ("me/nepenthe", {"config.seed": 0})
+    rows, problems = wandb_source.api_runs("me/nepenthe", {"config.seed": 0}, api=api)
+    remote = collect.to_frame(rows)
+    assert api.asked == ("me/nepenthe", {"config.seed": 0}) and problems == []
     assert remote["run_id"].str.startswith("wandb:me/nepenthe/").all()
     pd.testing.assert_frame_equal(remote.drop(columns="run_id"), local)
+    # a crashed run keeps its logged rounds and is named, not dropped
+    config, records, _ = RUNS[0]
+    rows, problems = wandb_source.api_runs("me/p", api=FakeApi([FakeWandbRun("x", config, records[:2], None,
+                                                                               "crashed")]))
+    assert problems == [("wandb:me/p/x", "W&B state crashed, last logged round 1")]
+    assert [r["round"] for r in rows] == [0, 1] and not any(r["is_final"] for r in rows)
 
 
-def test_table1_means_and_stds_by_hand_and_published_numbers(runs_folder):
-    table = tables.table1(collect.to_frame(collect.local_runs([runs_folder])))
-    nep = table[table["method"] == "nepenthe"].iloc[0]
-    # seeds' kept rounds: 89.0 and 90.0 -> mean 89.50, sample std 0.71; dense 91.0 and 92.0
-    assert nep["top-1 (%)"] == "89.50 ± 0.71" and nep["dense top-1 (%)"] == "91.50 ± 0.71"
-    assert (nep["seeds"], nep["k/N"], nep["sparsity (%)"]) == (2, "2/17", "75.0")
-    assert nep["MACs (M)"] == "140.00 → 100.00" and nep["weight layers"] == "18 → 16"
-    assert nep["latency b1 (ms)"] == "8.000 → 5.000" and nep["collapsed top-1 (%)"] == "89.49 ± 0.71"
-    assert nep["published top-1 (%)"] == "89.26 (LaCoOT table)"
-    easier = table[table["method"] == "easier"].iloc[0]
-    assert easier["top-1 (%)"] == "90.50" and easier["published top-1 (%)"] == "90.35 (LaCoOT table)"
+@pytest.fixture
+def grid(tmp_path):
+    dirs = record_grid.write_grid(tmp_path / "grid")
+    return tmp_path / "grid", dirs
+
+
+def test_grid_records_come_through_the_recorder_and_collect_keeps_models_apart(grid):
+    folder, dirs = grid
+    frame = collect.to_frame(collect.local_runs([folder]))
+    assert len(dirs) == 32 and len(frame) == 32 * 4 and frame["run_id"].nunique() == 32
+    counts = frame.groupby(["model", "dataset", "method"])["seed"].nunique()
+    assert len(counts) == 2 * 2 * 4 and (counts == 2).all()
+
+
+def test_table1_groups_by_model_dataset_method_with_numbers_by_hand(grid):
+    frame = collect.to_frame(collect.local_runs([grid[0]]))
+    t1 = tables.table1(frame)
+    assert len(t1) == 16 and not t1.duplicated(["model", "dataset", "method"]).any()
+    row = t1[(t1.model == "resnet18_cifar") & (t1.dataset == "cifar10") & (t1.method == "egp")].iloc[0]
+    # seed 0 keeps round 2: 92 - 0.5*2 + 0 = 91.0; seed 1 keeps round 3: 92 - 1.5 + 1 = 91.5
+    assert (row.top1_mean, row.top1_std) == pytest.approx((91.25, 0.3535534))
+    assert (row.dense_top1_mean, row.dense_top1_std) == pytest.approx((92.5, 0.7071068))
+    assert (row.sparsity_mean, row.sparsity_std) == pytest.approx((50.0, 14.142136))  # 40 % and 60 %, shown apart:
+    assert row.kept_rounds == "0:2 1:3"
+    assert (row.k_mean, row.N, row.weight_layers_dense, row.weight_layers_collapsed_mean) == (2, 17, 18, 16)
+    assert (row.macs_dense_m, row.macs_collapsed_m_mean) == pytest.approx((100.0, 80.0))
+    assert (row.latency_b1_uncollapsed_ms, row.latency_b1_bn_folded_ms, row.latency_b1_collapsed_ms) == (8, 6, 4)
+    assert row.collapse_speedup_over_bn_folded == 1.5 and row.latency_b1_collapsed_iqr_ms == pytest.approx(0.4)
+    assert (row.published_top1, row.published_source) == (90.64, "LaCoOT table")
+    other = t1[(t1.model == "mobilenetv2_cifar") & (t1.dataset == "tiny_imagenet") & (t1.method == "egp")].iloc[0]
+    assert (other.top1_mean, other.N, other.weight_layers_dense) == (pytest.approx(54.25), 35, 53)  # not averaged in
+    imp = t1[(t1.model == "resnet18_cifar") & (t1.dataset == "cifar10") & (t1.method == "imp")].iloc[0]
+    assert (imp.sparsity_mean, imp.k_mean) == (pytest.approx(81.25), 0)  # 75 % and 87.5 %
     # elsewhere EASIER is compared with its own appendix at the same number of removed activations
-    assert tables.published("resnet18_imagenet", "tiny_imagenet", "easier", 2.0) == "40.62 (EASIER, k=2)"
-    assert tables.published("resnet18_imagenet", "tiny_imagenet", "nepenthe", 2.0) == "—"
+    assert tables.published("resnet18_imagenet", "tiny_imagenet", "easier", 2.0) == (40.62, "EASIER, k=2")
+    assert np.isnan(tables.published("resnet18_imagenet", "tiny_imagenet", "nepenthe", 2.0)[0])
 
 
-def test_tables_are_written_as_markdown_latex_and_csv(runs_folder, tmp_path):
-    table = tables.table1(collect.to_frame(collect.local_runs([runs_folder])))
-    md, tex, csv = tables.write_tables(table, tmp_path / "out" / "table1")
-    lines = md.read_text().splitlines()
-    assert lines[0].startswith("| model ") and len(lines) == 2 + len(table)
-    assert any("nepenthe" in line and "89.50 ± 0.71" in line for line in lines)
-    assert r"89.50 $\pm$ 0.71" in tex.read_text() and r"\begin{tabular}" in tex.read_text()
-    assert pd.read_csv(csv)["top-1 (%)"].tolist() == table["top-1 (%)"].tolist()
+def test_matched_tables_compare_methods_at_equal_budget(grid):
+    frame = collect.to_frame(collect.local_runs([grid[0]]))
+    pick = dict(model="resnet18_cifar", dataset="cifar10")
+
+    def cell(table, level_name, level, method):
+        hit = table[(table.model == pick["model"]) & (table.dataset == pick["dataset"]) & (table[level_name] == level)
+                    & (table.method == method)]
+        assert len(hit) == 1
+        return hit.iloc[0]
+
+    mk = tables.matched_k(frame)
+    assert sorted(mk[(mk.model == "resnet18_cifar") & (mk.dataset == "cifar10")]["k"].unique()) == [0, 1, 2, 3]
+    # k=1: seed 0 round 1 (91.0); seed 1 rounds 1 and 2, best validation is round 1 (92.0)
+    c = cell(mk, "k", 1, "nepenthe")
+    assert (c.top1_mean, c.seeds_reaching, c.rounds) == (pytest.approx(91.5), 2, "0:1 1:1")
+    c = cell(mk, "k", 3, "nepenthe")  # only seed 0 reaches k = 3 (round 3, past its stop: 89.0)
+    assert (c.top1_mean, c.seeds_reaching, c.seeds, c.rounds) == (89.0, 1, 2, "0:3")
+    assert cell(mk, "k", 2, "imp").seeds_reaching == 0
+    ms = tables.matched_sparsity(frame)
+    c = cell(ms, "sparsity_target", 0.5, "imp")  # rounds 1-3 qualify; round 1 has the best validation top-1
+    assert (c.top1_mean, c.sparsity_mean, c.rounds) == (pytest.approx(92.25), 50.0, "0:1 1:1")
+    c = cell(ms, "sparsity_target", 0.5, "nepenthe")  # only round 3 (60 %) qualifies
+    assert (c.top1_mean, c.rounds) == (pytest.approx(89.5), "0:3 1:3")
+    assert cell(ms, "sparsity_target", 0.9, "imp").seeds_reaching == 0  # 87.5 % at most
+    mm = tables.matched_macs(frame)
+    assert cell(mm, "macs_budget", 0.9, "nepenthe").seeds_reaching == 2  # k = 2 removes 20 % of the MACs
+    assert cell(mm, "macs_budget", 0.75, "nepenthe").seeds_reaching == 0
+    assert cell(mm, "macs_budget", 0.9, "imp").seeds_reaching == 0 and cell(mm, "macs_budget", 1.0, "imp").seeds == 2
 
 
-def test_figures_are_written_as_png_and_pdf(runs_folder, tmp_path):
-    paths = plots.all_figures(collect.to_frame(collect.local_runs([runs_folder])), tmp_path / "figures")
-    names = sorted(p.name for p in paths)
-    assert names == sorted(f"{n}.{ext}" for n in ("depth_vs_accuracy", "entropy_heatmap", "cost_vs_accuracy")
-                           for ext in ("png", "pdf"))
+def test_tables_are_written_as_markdown_booktabs_latex_and_numeric_csv(grid, tmp_path):
+    frame = collect.to_frame(collect.local_runs([grid[0]]))
+    shown = tables.write_all(frame, tmp_path / "out")
+    assert set(shown) == {"table1", "matched_k", "matched_sparsity", "matched_macs"}
+    md = (tmp_path / "out" / "table1.md").read_text().splitlines()
+    assert len(md) == 2 + 16 and md[0].startswith("| Model ")
+    assert any("ResNet-18" in line and "CIFAR-10" in line and "| EGP " in line and "91.25 ± 0.35" in line
+               and "0:2 1:3" in line and "8.000/6.000/4.000" in line for line in md)
+    tex = (tmp_path / "out" / "table1.tex").read_text()
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"\addlinespace" in tex
+    assert r"91.25 $\pm$ 0.35" in tex and "compact" not in tex and "resnet18_cifar" not in tex
+    align = tex.splitlines()[0]
+    assert align == r"\begin{tabular}{lllrlrrrrrrrrlr}"  # names left, numbers right
+    numeric = pd.read_csv(tmp_path / "out" / "table1.csv")
+    assert numeric["top1_mean"].dtype == float and numeric["top1_std"].dtype == float
+    assert "±" not in numeric.to_csv()
+    mk = (tmp_path / "out" / "matched_k.md").read_text()
+    assert "89.00 (1/2) [0:3]" in mk and mk.splitlines()[0].split("|")[4:8] == [
+        "                     NEPENTHE ", "                          EGP ", "                       EASIER ",
+        "                          IMP "]  # the papers' order, numbers right-aligned
+
+
+def test_wandb_csv_export_becomes_the_same_tables_as_the_run_directories(grid, tmp_path):
+    folder, dirs = grid
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    config, records, _ = record_grid.one_run("resnet18_cifar", "cifar10", "nepenthe", 5)
+    recorder = RunRecorder(unfinished)
+    recorder.write_config(yaml.safe_dump(config))
+    for record in records[:2]:
+        recorder.round(record)
+    export = record_grid.wandb_export(dirs, tmp_path / "wandb_export_2026-11-23T10_00_00.000+00_00.csv", unfinished)
+    rows, problems = wandb_source.csv_runs(export)
+    assert problems == [(f"wandb-csv:{export.name}#32/unfinished", "W&B state crashed, last logged round 1")]
+    exported = collect.to_frame([r for r in rows if r["seed"] != 5])
+    local = collect.to_frame(collect.local_runs([folder]))
+    same = [c for c in collect.COLUMNS if c not in ("run_id", "entropy")]
+    pd.testing.assert_frame_equal(exported[same], local[same])
+    # entropy: an export holds it for the dense and the kept round (the summary's), not the rounds between
+    ends = exported["is_final"] | (exported["round"] == 0)
+    assert (exported.loc[ends, "entropy"] == local.loc[ends, "entropy"]).all()
+    assert (exported.loc[~ends, "entropy"] == "").all()
+    for build in (tables.table1, tables.matched_k, tables.matched_sparsity, tables.matched_macs):
+        pd.testing.assert_frame_equal(build(exported), build(local))
+    # the command reads it, warns about the unfinished run and keeps its rows
+    out = tmp_path / "runs.csv"
+    result = subprocess.run([sys.executable, "-m", "analysis.collect", "--wandb-csv", str(export), "-o", str(out)],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "has no summary (W&B state crashed, last logged round 1)" in result.stderr
+    assert f"{32 * 4 + 1} rows from 33 runs" in result.stdout
+
+
+def test_collect_reads_the_run_directory_around_a_wandb_folder_and_refuses_a_bare_one(grid, tmp_path):
+    folder, dirs = grid
+    (dirs[0] / "wandb" / "offline-run-20261123_100000-abc").mkdir(parents=True)
+    assert collect.run_folder(dirs[0] / "wandb") == dirs[0].resolve()
+    bare = tmp_path / "elsewhere" / "wandb"
+    (bare / "offline-run-20261123_100000-abc").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="holds W&B runs but no nepenthe run directory"):
+        collect.run_folder(bare)
+
+
+def test_figures_have_one_row_of_panels_per_model_and_dataset(grid, tmp_path):
+    frame = collect.to_frame(collect.local_runs([grid[0]]))
+    fig = plots.depth_vs_accuracy(frame)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 4 * 2
+    for pair in ("ResNet-18 on CIFAR-10", "ResNet-18 on Tiny-ImageNet-200", "MobileNetV2 on CIFAR-10",
+                 "MobileNetV2 on Tiny-ImageNet-200"):
+        assert sum(t.startswith(pair) for t in titles) == 1
+    left = fig.axes[0]  # one (model, dataset): 8 runs, seed 0 of each has a faded round past its stop
+    faded = [line for line in left.get_lines() if line.get_alpha() == plots.FADED]
+    assert len(faded) == 4
+    assert fig.legends and all(not ax.get_legend() for ax in fig.axes)  # legends outside the axes
+    dense = [line for line in left.get_lines() if line.get_linestyle() == ":"]
+    assert len(dense) == 1 and dense[0].get_ydata()[0] == pytest.approx(frame[(frame["round"] == 0)
+        & (frame["model"] == "mobilenetv2_cifar") & (frame["dataset"] == "cifar10")]["test_acc"].mean())
+    # the thick mean lines: entropy methods at k = 0, 1, 2 (seed 1 never reaches 3); IMP at k = 0 only
+    means = [line for line in left.get_lines() if line.get_linewidth() == 2.6]
+    assert sorted(len(line.get_xdata()) for line in means) == [1, 3, 3, 3]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    paths = plots.all_figures(frame, tmp_path / "figures")
+    assert sorted(p.name for p in paths) == sorted(f"{n}.{ext}" for n in plots.FIGURES for ext in ("png", "pdf"))
     assert all(p.stat().st_size > 5000 for p in paths)
     assert all(p.read_bytes()[:4] == (b"\x89PNG" if p.suffix == ".png" else b"%PDF") for p in paths)
 
 
-def test_notebook_rebuilds_the_figures_from_the_csv(runs_folder, tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+def test_make_figures_executes_the_notebook_into_its_own_folder_and_leaves_committed_results_alone(grid, tmp_path):
+    pytest.importorskip("nbclient")
     csv = tmp_path / "runs.csv"
-    collect.to_frame(collect.local_runs([runs_folder])).to_csv(csv, index=False)
-    os.environ["NEPENTHE_RUNS_CSV"], os.environ["NEPENTHE_FIGURES"] = str(csv), str(tmp_path / "nbfig")
-    try:
-        notebook = nbformat.read(ROOT / "analysis" / "notebooks" / "figures.ipynb", as_version=4)
-        nbclient.NotebookClient(notebook, timeout=180,
-                                resources={"metadata": {"path": str(ROOT / "analysis" / "notebooks")}}).execute()
-    finally:
-        del os.environ["NEPENTHE_RUNS_CSV"], os.environ["NEPENTHE_FIGURES"]
-    assert (tmp_path / "nbfig" / "depth_vs_accuracy.png").stat().st_size > 5000
-    table_output = notebook.cells[3].outputs[0]["data"]["text/plain"]
-    assert "89.50 ± 0.71" in table_output
+    collect.to_frame(collect.local_runs([grid[0]])).to_csv(csv, index=False)
+    committed = {p: p.read_bytes() for p in (ROOT / "experiments" / "results").rglob("*") if p.is_file()}
+    result = subprocess.run(["make", "-o", "install", "figures", f"CSV={csv}", f"OUT={tmp_path / 'nb'}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = tmp_path / "nb"
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(f"{n}.png" for n in plots.FIGURES)
+    assert (out / "table1.md").read_text().count("| ResNet-18 ") == 8
+    import nbformat
+
+    executed = nbformat.read(out / "figures.ipynb", as_version=4)
+    images = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) == len(plots.FIGURES)  # every figure shown in the notebook
+    texts = "".join(o.get("data", {}).get("text/markdown", "") for c in executed.cells if c.cell_type == "code"
+                    for o in c.get("outputs", []))
+    assert "91.25 ± 0.35" in texts and "matched_k" in texts
+    after = {p: p.read_bytes() for p in (ROOT / "experiments" / "results").rglob("*") if p.is_file()}
+    assert after == committed
+    refused = subprocess.run(["make", "-o", "install", "figures", f"CSV={csv}",
+                              f"OUT={ROOT / 'experiments' / 'results' / 'smoke'}"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode != 0 and "inside the committed results" in refused.stderr
+    assert {p: p.read_bytes() for p in (ROOT / "experiments" / "results").rglob("*") if p.is_file()} == committed
+
+
+def test_make_reproduce_table1_renders_a_multi_model_multi_dataset_record_set(tmp_path):
+    record_grid.write_grid(tmp_path / "runs" / "table1")  # the published scale's run directory name
+    result = subprocess.run(["make", "-o", "install", "reproduce-table1", "SWEEP=0", f"RUNS={tmp_path / 'runs'}",
+                             f"RESULTS={tmp_path / 'results'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = tmp_path / "results" / "published"
+    numeric = pd.read_csv(out / "table1.csv")
+    assert len(numeric) == 16 and set(numeric["model"]) == set(record_grid.MODELS)
+    expected = tables.table1(collect.to_frame(collect.local_runs([tmp_path / "runs"])))
+    pd.testing.assert_frame_equal(numeric.fillna({"published_source": ""}), expected, check_dtype=False)
+    for name in ("matched_k", "matched_sparsity", "matched_macs"):
+        assert (out / f"{name}.md").is_file() and (out / f"{name}.tex").is_file()
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
+        f"{n}.{ext}" for n in plots.FIGURES for ext in ("png", "pdf"))
 
 
 def test_collect_command_writes_the_csv(runs_folder, tmp_path):
