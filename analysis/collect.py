@@ -128,7 +128,7 @@ def run_rows(run_id: str, config: dict, records: list[dict], summary: dict | Non
             round=int(r["round"]), is_final=r["round"] == final_round,
             kept_round=final_round if final_round is not None else NAN,
             sparsity=r["sparsity"], val_acc=r["val_acc"], test_acc=r["test_acc"], k=int(r["k"]), N=int(r["N"]),
-            depth=f"{int(r['k'])}/{int(r['N'])}", entropy=json.dumps(entropy, sort_keys=True) if entropy else "",
+            depth=f"{int(r['k'])}/{int(r['N'])}", entropy=json.dumps(entropy) if entropy else "",  # network order
         )
         if row["is_final"]:
             row.update(final)

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .tables import label, pair_label  # noqa: E402
+from .tables import label, method_order, pair_label  # noqa: E402
 
 FADED = 0.25  # alpha of rounds past the stop rule
 
@@ -48,7 +48,7 @@ def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 def _colours(frame: pd.DataFrame) -> dict[str, tuple]:
     cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(sorted(frame["method"].unique()))}
+    return {m: cmap(i % 10) for i, m in enumerate(method_order(frame["method"]))}
 
 
 def _runs(g: pd.DataFrame):
@@ -159,9 +159,9 @@ def accuracy_vs_sparsity(frame: pd.DataFrame):
 
 
 def entropy_heatmap(frame: pd.DataFrame):
-    pairs, methods = _pairs(frame), sorted(frame["method"].unique())
-    fig, axes = plt.subplots(len(pairs), len(methods), figsize=(2.9 * len(methods) + 1.5, 3.4 * len(pairs)),
-                             squeeze=False)
+    pairs, methods = _pairs(frame), method_order(frame["method"])
+    fig, axes = plt.subplots(len(pairs), len(methods), figsize=(2.9 * len(methods) + 1.5, 3.6 * len(pairs)),
+                             squeeze=False, layout="constrained")
     image = None
     for row, (model, dataset) in zip(axes, pairs):
         for ax, method in zip(row, methods):
@@ -181,15 +181,15 @@ def entropy_heatmap(frame: pd.DataFrame):
             ax.set(xlabel="round", xticks=range(len(g)), xticklabels=g["round"].astype(int).tolist())
             ax.set_yticks(range(len(units)), units if ax is row[0] else [""] * len(units), fontsize=6)
     if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), label="entropy (bits)", shrink=0.8)
+        fig.colorbar(image, ax=axes.ravel().tolist(), label="entropy (bits)", shrink=0.6)
     fig.suptitle("per-unit entropy across rounds (first seed)")
     return fig
 
 
 def cost(frame: pd.DataFrame):
-    pairs, methods = _pairs(frame), sorted(frame["method"].unique())
+    pairs, methods = _pairs(frame), method_order(frame["method"])
     kept = frame[frame["is_final"].astype(bool)]
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 3.6 * len(pairs)), squeeze=False)
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(12, 3.8 * len(pairs)), squeeze=False)
     shades = {"uncollapsed": 0.35, "bn_folded": 0.65, "collapsed": 1.0}
     colours = _colours(frame)
     for (left, right), (model, dataset) in zip(axes, pairs):
@@ -213,11 +213,11 @@ def cost(frame: pd.DataFrame):
         threads = g["latency_threads"].dropna()
         for ax in (left, right):
             ax.set_xticks(x, [label("method", m) for m in methods])
-        left.set(ylabel="MACs per input (M)", title=f"{pair_label(model, dataset)}: dense (gray) → collapsed; "
-                                                   "label: collapsed top-1")
+        left.set(ylabel="MACs per input (M)", title=f"{pair_label(model, dataset)}: MACs\n"
+                                                   "dense → collapsed (label: collapsed top-1)")
         right.set(ylabel="latency at batch 1 (ms)",
-                  title=f"uncollapsed / BN folded / collapsed, median ± IQR/2 ({device}, "
-                        f"{int(threads.iloc[0]) if len(threads) else '?'} threads)")
+                  title=f"{pair_label(model, dataset)}: latency, median ± IQR/2\n"
+                        f"{device}, {int(threads.iloc[0]) if len(threads) else '?'} threads")
     shade_keys = [plt.Rectangle((0, 0), 1, 1, color="gray", alpha=a, label=f"{name.replace('_', ' ')} (latency)")
                   for name, a in shades.items()]
     dense_key = plt.Rectangle((0, 0), 1, 1, color="lightgray", ec="black", label="dense MACs")

@@ -336,7 +336,7 @@ def test_make_reproduce_table1_smoke_on_a_tiny_subset(tmp_path):
     out = tmp_path / "results" / "smoke"
     frame = pd.read_csv(out / "runs.csv")
     assert sorted(frame["method"].unique()) == ["easier", "nepenthe"] and set(frame["round"]) == {0, 1}
-    assert (out / "table1.md").read_text().count("compact_cnn") == 2
+    assert (out / "table1.md").read_text().count("| compact CNN ") == 2 and (out / "matched_k.md").is_file()
     assert (out / "figures" / "depth_vs_accuracy.pdf").stat().st_size > 5000
 
 
