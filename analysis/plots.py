@@ -111,7 +111,8 @@ def depth_vs_accuracy(frame: pd.DataFrame):
         by_method: dict[str, list] = {}
         for method, _, run, kept in _runs(g):
             _trajectory(left, run["k"].to_numpy(), run["test_acc"].to_numpy(), colours[method], kept)
-            by_method.setdefault(method, []).append(run[run["round"] <= (kept if kept is not None else run["round"].max())])
+            last = kept if kept is not None else run["round"].max()  # the mean is over rounds up to the stop
+            by_method.setdefault(method, []).append(run[run["round"] <= last])
         for method, runs in by_method.items():
             _mean_at_common_k(left, runs, colours[method])
         _dense_line(left, g)

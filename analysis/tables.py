@@ -145,7 +145,8 @@ def table1_display(table: pd.DataFrame) -> pd.DataFrame:
             "Latency b1 (ms) uncoll./BN-fold./coll.": latency,
             "Collapsed top-1 (%)": _pm(r.collapsed_top1_mean, r.collapsed_top1_std),
             "Precision": r.precision,
-            "Published top-1 (%)": "—" if np.isnan(r.published_top1) else f"{r.published_top1:.2f} ({r.published_source})",
+            "Published top-1 (%)": "—" if np.isnan(r.published_top1)
+            else f"{r.published_top1:.2f} ({r.published_source})",
         })
     return pd.DataFrame(rows)
 
@@ -241,7 +242,8 @@ def _latex(display: pd.DataFrame, numeric_columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_table(numeric: pd.DataFrame, display: pd.DataFrame, stem: str | Path, numeric_columns: list[str]) -> list[Path]:
+def write_table(numeric: pd.DataFrame, display: pd.DataFrame, stem: str | Path,
+                numeric_columns: list[str]) -> list[Path]:
     """``stem``.md and .tex from the display table, .csv from the numeric one."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -267,7 +269,8 @@ def write_all(frame: pd.DataFrame, out: str | Path) -> dict[str, pd.DataFrame]:
     methods = [label("method", m) for m in method_order(frame["method"])]
     for name, numeric, level, heading, fmt in (
             ("matched_k", matched_k(frame), "k", "k", lambda v: f"{int(v)}"),
-            ("matched_sparsity", matched_sparsity(frame), "sparsity_target", "Sparsity ≥ (%)", lambda v: f"{100 * v:.0f}"),
+            ("matched_sparsity", matched_sparsity(frame), "sparsity_target", "Sparsity ≥ (%)",
+             lambda v: f"{100 * v:.0f}"),
             ("matched_macs", matched_macs(frame), "macs_budget", "MACs ≤ (% of dense)", lambda v: f"{100 * v:.0f}")):
         shown[name] = matched_display(numeric, level, heading, fmt)
         write_table(numeric, shown[name], out / name, [heading, *methods])

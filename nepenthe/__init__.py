@@ -38,6 +38,7 @@ __all__ = [
     "CollapseError", "CollapseReport", "ConfigError", "ConsoleReporter", "DataError", "EntropyProbe", "LayerStats",
     "LoopResult", "METHODS", "NepentheError", "PruningPlan", "Reporter", "RunConfig", "Unit", "activation_modules",
     "apply_plan", "collapse_model", "cost_report", "create_data", "create_method", "create_model", "distinct_activations",
-    "latency_ms", "latency_stats", "linearize", "list_data", "list_models", "load_collapsed", "load_run_config", "measure_entropy",
+    "latency_ms", "latency_stats", "linearize", "list_data", "list_models", "load_collapsed", "load_run_config",
+    "measure_entropy",
     "model_units", "prune", "register_model", "restore_run", "run_experiment", "run_rounds", "save_collapsed",
 ]

@@ -148,7 +148,8 @@ def latency_stats(models: dict[str, nn.Module], sample: Tensor, batch_sizes=(1, 
     return results
 
 
-def latency_ms(models: dict[str, nn.Module], sample: Tensor, batch_sizes=(1, 64), **kwargs) -> dict[str, dict[str, float]]:
+def latency_ms(models: dict[str, nn.Module], sample: Tensor, batch_sizes=(1, 64),
+               **kwargs) -> dict[str, dict[str, float]]:
     """The medians of :func:`latency_stats`: ``{model: {"batch_<n>": ms}}``."""
     stats = latency_stats(models, sample, batch_sizes, **kwargs)
     return {name: {key: s["median"] for key, s in per_batch.items()} for name, per_batch in stats.items()}

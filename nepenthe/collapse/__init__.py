@@ -11,4 +11,5 @@ from .merge import MERGES
 from .pipeline import CollapseReport, collapse, fold_batchnorm_only
 from .saving import load_collapsed, save_collapsed
 
-__all__ = ["CollapseError", "CollapseReport", "MERGES", "collapse", "fold_batchnorm_only", "load_collapsed", "save_collapsed"]
+__all__ = ["CollapseError", "CollapseReport", "MERGES", "collapse", "fold_batchnorm_only", "load_collapsed",
+           "save_collapsed"]
