@@ -143,7 +143,9 @@ def table1_display(table: pd.DataFrame) -> pd.DataFrame:
             "Layers": f"{_num(r.weight_layers_dense, 0)} → {_num(r.weight_layers_collapsed_mean, 0)}",
             "MACs (M)": f"{_num(r.macs_dense_m, 2)} → {_num(r.macs_collapsed_m_mean, 2)}",
             "Latency b1 (ms) uncoll./BN-fold./coll.": latency,
-            "Collapsed top-1 (%)": _pm(r.collapsed_top1_mean, r.collapsed_top1_std),
+            "Collapsed top-1 (%)": _pm(r.collapsed_top1_mean, r.collapsed_top1_std) + (
+                "" if r.precision == "fp32" else  # reduced precision: the fp32 pair that verification speaks for
+                f" (fp32: {_num(r.collapsed_top1_fp32_mean, 2)} vs {_num(r.top1_fp32_mean, 2)} uncollapsed)"),
             "Precision": r.precision,
             "Published top-1 (%)": "—" if np.isnan(r.published_top1)
             else f"{r.published_top1:.2f} ({r.published_source})",

@@ -358,3 +358,21 @@ def test_collect_lists_failed_and_unfinished_runs_instead_of_dropping_them(runs_
     assert f"warning: {runs_folder / 'job1'} has no summary (unfinished: rounds 0..{max(rounds)})" in result.stderr
     assert f"warning: {failed} has no summary (failed: pruning.ratio=1.5" in result.stderr
     assert "8 rows from 3 runs" in result.stdout  # the unfinished run's rounds are still in the table
+
+
+def test_a_bf16_run_shows_its_collapsed_accuracy_beside_the_fp32_pair_that_was_verified(runs_folder):
+    summary_file = runs_folder / "job0" / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    summary["collapse"].update(precision="bf16", relative_diff_run_precision=0.012, test_acc_fp32=89.25,
+                               uncollapsed_test_acc_fp32=89.25, val_acc_fp32=90.0, uncollapsed_val_acc_fp32=90.0)
+    summary_file.write_text(json.dumps(summary))
+    config_file = runs_folder / "job0" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["hardware"]["precision"] = "bf16"
+    config_file.write_text(yaml.safe_dump(config))
+    frame = collect.to_frame(collect.local_runs([runs_folder]))
+    row = frame[frame["is_final"] & (frame["precision"] == "bf16")].iloc[0]
+    assert (row["collapse_relative_diff"], row["test_acc_fp32"], row["collapsed_test_acc_fp32"]) == (0.012, 89.25, 89.25)
+    shown = tables.table1_display(tables.table1(frame[frame["precision"] == "bf16"]))
+    assert shown["Collapsed top-1 (%)"].iloc[0] == "88.99 (fp32: 89.25 vs 89.25 uncollapsed)"
+    assert shown["Precision"].iloc[0] == "bf16"
