@@ -132,7 +132,11 @@ def depth_vs_accuracy(frame: pd.DataFrame):
             right.plot(x, m["collapsed_test_acc"], marker="o", ls="", color=colours[method], alpha=0.8)
         right.set(xlabel="weight layers on the longest path", ylabel="test top-1 (%)",
                   title="kept model after collapse (one point per seed)")
-        right.xaxis.get_major_locator().set_params(integer=True)
+        depths = pd.concat([kept["weight_layers_collapsed"], dense_layers]).dropna()
+        if len(depths):  # whole layers only, however narrow the range (methods are offset by < 0.5 around them)
+            low, high = int(depths.min()), int(depths.max())
+            right.set_xlim(low - 0.5, high + 0.5)
+            right.set_xticks(range(low, high + 1))
     dense_marker = Line2D([], [], color="black", marker="s", lw=0, label="dense model")
     _legend(fig, colours, TRAJECTORY_KEYS + [dense_marker])
     fig.tight_layout()
@@ -154,7 +158,7 @@ def accuracy_vs_sparsity(frame: pd.DataFrame):
         _dense_line(ax, g)
         ax.set(xlabel="sparsity (% of conv/linear weights pruned)", ylabel="test top-1 (%)",
                title=f"{pair_label(model, dataset)}: rounds (numbers: zero-entropy units k)")
-    _legend(fig, colours, [k for k in TRAJECTORY_KEYS if "mean" not in k.get_label()])
+    _legend(fig, colours, [k for k in TRAJECTORY_KEYS if not k.get_label().startswith("mean where")])
     fig.tight_layout()
     return fig
 
