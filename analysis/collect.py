@@ -86,14 +86,15 @@ def _latency_fields(collapse: dict) -> dict:
     return fields
 
 
-def _final_fields(summary: dict | None, kept_test_acc: float) -> dict:
+def _final_fields(summary: dict | None, kept_test_acc: float, precision: str) -> dict:
     if not summary or "cost" not in summary:
         return {}
     cost, collapse = summary["cost"], summary.get("collapse") or {}
     fields = {
         "weight_layers_dense": cost["dense"]["weight_layers_on_longest_path"], "macs_dense": cost["dense"]["macs"],
         "macs_nonzero": cost["final"]["macs_nonzero"], "params_dense": cost["dense"]["params"],
-        "test_acc_fp32": kept_test_acc,
+        # a reduced-precision run's fp32 accuracy is known only where collapse measured it (below)
+        "test_acc_fp32": kept_test_acc if precision == "fp32" else NAN,
     }
     if "collapsed" in cost:
         fields.update(weight_layers_collapsed=cost["collapsed"]["weight_layers_on_longest_path"],
@@ -116,7 +117,8 @@ def run_rows(run_id: str, config: dict, records: list[dict], summary: dict | Non
     summary = summary if summary and summary.get("status") == "complete" else None
     final_round = summary.get("final_round") if summary else None
     kept = next((r for r in records if r["round"] == final_round), None)
-    final = _final_fields(summary, kept["test_acc"] if kept else NAN)
+    precision = (config.get("hardware") or {}).get("precision", "fp32")
+    final = _final_fields(summary, kept["test_acc"] if kept else NAN, precision)
     rows = []
     for r in sorted(records, key=lambda r: r["round"]):
         row = dict.fromkeys(COLUMNS, NAN)
@@ -124,7 +126,7 @@ def run_rows(run_id: str, config: dict, records: list[dict], summary: dict | Non
         row.update(
             run_id=run_id, model=config["model"]["name"], dataset=config["dataset"]["name"],
             method=config["pruning"]["method"], ratio=config["pruning"]["ratio"], seed=config["seed"],
-            precision=(config.get("hardware") or {}).get("precision", "fp32"),
+            precision=precision,
             round=int(r["round"]), is_final=r["round"] == final_round,
             kept_round=final_round if final_round is not None else NAN,
             sparsity=r["sparsity"], val_acc=r["val_acc"], test_acc=r["test_acc"], k=int(r["k"]), N=int(r["N"]),
@@ -225,7 +227,7 @@ def run_folder(folder: str | Path) -> Path:
 
 
 def main(argv=None) -> None:
-    from . import wandb_source
+    from . import wandb_source  # here, not at the top: wandb_source builds its rows with this module
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="*", help="folders holding run directories")

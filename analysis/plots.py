@@ -61,14 +61,12 @@ def _runs(g: pd.DataFrame):
 
 def _trajectory(ax, x, y, colour, kept):
     """One seed: solid up to its kept round, faded after it (past the stop rule), the kept round ringed."""
-    rounds = np.arange(len(x))
     stop = len(x) - 1 if kept is None else min(kept, len(x) - 1)
     ax.plot(x[: stop + 1], y[: stop + 1], color=colour, lw=0.9, alpha=0.8, marker=".", ms=4)
     if stop < len(x) - 1:
         ax.plot(x[stop:], y[stop:], color=colour, lw=0.9, alpha=FADED, ls="--", marker=".", ms=4)
     if kept is not None:
         ax.plot(x[stop], y[stop], marker="o", ms=7, mfc="none", color=colour, lw=0)
-    return rounds
 
 
 def _mean_at_common_k(ax, method_runs, colour):

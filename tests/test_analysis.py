@@ -376,3 +376,9 @@ def test_a_bf16_run_shows_its_collapsed_accuracy_beside_the_fp32_pair_that_was_v
     shown = tables.table1_display(tables.table1(frame[frame["precision"] == "bf16"]))
     assert shown["Collapsed top-1 (%)"].iloc[0] == "88.99 (fp32: 89.25 vs 89.25 uncollapsed)"
     assert shown["Precision"].iloc[0] == "bf16"
+    # without a collapse section a bf16 run's fp32 accuracy is unknown, never its bf16 accuracy relabelled
+    del summary["collapse"]
+    summary_file.write_text(json.dumps(summary))
+    frame = collect.to_frame(collect.local_runs([runs_folder]))
+    row = frame[frame["is_final"] & (frame["precision"] == "bf16")].iloc[0]
+    assert np.isnan(row["test_acc_fp32"]) and row["test_acc"] == 89.0
