@@ -206,6 +206,12 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
     return frame.sort_values(["model", "dataset", "method", "seed", "round"], kind="stable").reset_index(drop=True)
 
 
+def warn_incomplete(problems) -> None:
+    """One warning per run without a summary: never dropped silently."""
+    for where, why in problems:
+        print(f"warning: {where} has no summary ({why})", file=sys.stderr)
+
+
 def run_folder(folder: str | Path) -> Path:
     """The folder to search for run directories. A ``wandb/`` folder (or one of its runs) inside a run directory
     stands for that run directory, whose records are the same data; a W&B folder elsewhere is refused with what to
@@ -245,8 +251,7 @@ def main(argv=None) -> None:
     if args.wandb:
         more, issues = wandb_source.api_runs(args.wandb, json.loads(args.filters) if args.filters else None)
         rows, problems = rows + more, problems + issues
-    for where, why in problems:  # never dropped silently
-        print(f"warning: {where} has no summary ({why})", file=sys.stderr)
+    warn_incomplete(problems)
     if not rows:
         raise SystemExit("error: no runs found (give folders holding run directories, --wandb-csv FILE, or --wandb "
                          "ENTITY/PROJECT)")

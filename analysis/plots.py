@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .tables import label, method_order, pair_label  # noqa: E402
+from .tables import by_validation, label, method_order, pair_label  # noqa: E402
 
 FADED = 0.25  # alpha of rounds past the stop rule
 
@@ -70,11 +70,8 @@ def _trajectory(ax, x, y, colour, kept):
 
 
 def _mean_at_common_k(ax, method_runs, colour):
-    """Mean top-1 at each k every seed reached (each seed: its best-validation round at that k)."""
-    per_seed = []
-    for run in method_runs:
-        best = run.sort_values(["val_acc", "round"], ascending=[False, True]).groupby("k")["test_acc"].first()
-        per_seed.append(best)
+    """Mean top-1 at each k every seed reached (each seed: its best-validation round at that k, as matched_k)."""
+    per_seed = [by_validation(run).groupby("k")["test_acc"].first() for run in method_runs]
     common = sorted(set.intersection(*(set(s.index) for s in per_seed))) if per_seed else []
     if common and len(per_seed) > 1:
         ax.plot(common, [np.mean([s[k] for s in per_seed]) for k in common], color=colour, lw=2.6, alpha=0.9)

@@ -62,8 +62,7 @@ def render(runs: Path, out: Path) -> Path:
     """collect → tables → figures for the run directories under ``runs``, into ``out``."""
     if not runs.is_dir():
         raise SystemExit(f"error: {runs} does not exist: nothing to render (run the sweep first, without SWEEP=0)")
-    for run_dir, why in collect.incomplete_runs([runs]):  # never dropped silently
-        print(f"warning: {run_dir} has no summary ({why})", file=sys.stderr)
+    collect.warn_incomplete(collect.incomplete_runs([runs]))
     rows = collect.local_runs([runs])
     if not rows:
         raise SystemExit(f"error: no run directories under {runs}")

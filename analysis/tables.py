@@ -100,7 +100,7 @@ def table1(frame: pd.DataFrame) -> pd.DataFrame:
     for (model, dataset, method), g in kept_rows(frame).groupby(GROUP, sort=True):
         g = g.sort_values("seed")
         row = {"model": model, "dataset": dataset, "method": method, "seeds": int(g["seed"].nunique()),
-               "kept_rounds": " ".join(f"{int(s)}:{int(r)}" for s, r in zip(g["seed"], g["round"])),
+               "kept_rounds": seed_rounds(g),
                "precision": ",".join(sorted(set(g["precision"].astype(str))))}
         for name, column, scale in (("dense_top1", "dense_acc", 1), ("top1", "test_acc", 1), ("k", "k", 1),
                                     ("sparsity", "sparsity", 100), ("collapsed_top1", "collapsed_test_acc", 1),
@@ -153,8 +153,16 @@ def table1_display(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _best_by_val(rounds: pd.DataFrame) -> pd.Series:
-    return rounds.sort_values(["val_acc", "round"], ascending=[False, True]).iloc[0]
+def by_validation(rounds: pd.DataFrame) -> pd.DataFrame:
+    """Rounds best validation top-1 first (the earlier round on ties): how every "best round" here is chosen."""
+    return rounds.sort_values(["val_acc", "round"], ascending=[False, True])
+
+
+def seed_rounds(rows: pd.DataFrame) -> str:
+    """``"seed:round seed:round"`` for the rows a number was taken from."""
+    if rows.empty:
+        return ""
+    return " ".join(f"{int(s)}:{int(r)}" for s, r in zip(rows["seed"], rows["round"]))
 
 
 def _matched(frame: pd.DataFrame, levels: dict, pick, level_name: str) -> pd.DataFrame:
@@ -168,15 +176,14 @@ def _matched(frame: pd.DataFrame, levels: dict, pick, level_name: str) -> pd.Dat
                 for _, run in g.groupby("run_id", sort=True):
                     eligible = pick(run, level)
                     if not eligible.empty:
-                        chosen.append(_best_by_val(eligible))
+                        chosen.append(by_validation(eligible).iloc[0])
                 chosen = pd.DataFrame(chosen)
                 mean, std = _stats(chosen["test_acc"]) if len(chosen) else (np.nan, np.nan)
                 rows.append({"model": model, "dataset": dataset, level_name: level, "method": method,
                              "seeds_reaching": len(chosen), "seeds": int(g["seed"].nunique()),
                              "top1_mean": mean, "top1_std": std,
                              "sparsity_mean": _stats(chosen["sparsity"] * 100)[0] if len(chosen) else np.nan,
-                             "rounds": " ".join(f"{int(s)}:{int(r)}" for s, r in zip(chosen.get("seed", []),
-                                                                                   chosen.get("round", [])))})
+                             "rounds": seed_rounds(chosen)})
     return pd.DataFrame(rows)
 
 
@@ -203,7 +210,7 @@ def matched_macs(frame: pd.DataFrame, budgets=MAC_BUDGETS) -> pd.DataFrame:
             rows.append({"model": model, "dataset": dataset, "macs_budget": budget, "method": method,
                          "seeds_reaching": len(fits), "seeds": int(g["seed"].nunique()), "top1_mean": mean,
                          "top1_std": std, "macs_m_mean": _stats(fits["macs_collapsed"] * 1e-6)[0],
-                         "rounds": " ".join(f"{int(s)}:{int(r)}" for s, r in zip(fits["seed"], fits["round"]))})
+                         "rounds": seed_rounds(fits)})
     return pd.DataFrame(rows).sort_values(["model", "dataset", "macs_budget", "method"],
                                           ascending=[True, True, False, True], kind="stable").reset_index(drop=True)
 

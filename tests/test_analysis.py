@@ -274,7 +274,10 @@ def test_make_figures_executes_the_notebook_into_its_own_folder_and_leaves_commi
     pytest.importorskip("nbclient")
     csv = tmp_path / "runs.csv"
     collect.to_frame(collect.local_runs([grid[0]])).to_csv(csv, index=False)
-    committed = {p: p.read_bytes() for p in (ROOT / "experiments" / "results").rglob("*") if p.is_file()}
+    def snapshot():
+        return {p: p.read_bytes() for p in (ROOT / "experiments" / "results").rglob("*") if p.is_file()}
+
+    committed = snapshot()
     result = subprocess.run(["make", "-o", "install", "figures", f"CSV={csv}", f"OUT={tmp_path / 'nb'}"], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -290,13 +293,12 @@ def test_make_figures_executes_the_notebook_into_its_own_folder_and_leaves_commi
     texts = "".join(o.get("data", {}).get("text/markdown", "") for c in executed.cells if c.cell_type == "code"
                     for o in c.get("outputs", []))
     assert "91.25 ± 0.35" in texts and "matched_k" in texts
-    after = {p: p.read_bytes() for p in (ROOT / "experiments" / "results").rglob("*") if p.is_file()}
-    assert after == committed
+    assert snapshot() == committed
     refused = subprocess.run(["make", "-o", "install", "figures", f"CSV={csv}",
                               f"OUT={ROOT / 'experiments' / 'results' / 'smoke'}"], cwd=ROOT, capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode != 0 and "inside the committed results" in refused.stderr
-    assert {p: p.read_bytes() for p in (ROOT / "experiments" / "results").rglob("*") if p.is_file()} == committed
+    assert snapshot() == committed
 
 
 def test_make_reproduce_table1_renders_a_multi_model_multi_dataset_record_set(tmp_path):
