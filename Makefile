@@ -10,13 +10,14 @@ RUNS ?= runs
 RESULTS ?= results
 ONLY ?=
 EXTRA ?=
+EXPERIMENT ?= table1_smoke
 LAUNCHER ?= basic
 SWEEP ?= 1
 CSV ?= experiments/results/smoke/runs.csv
 OUT ?= results/notebook
 FORCE ?=
 
-.PHONY: install data quickstart test test-slow bench reproduce-table1 figures clean
+.PHONY: install data quickstart test test-all test-slurm bench reproduce-table1 reproduce figures clean
 
 # Installs into the current interpreter (use a venv of your own if you prefer: PYTHON=.venv/bin/python).
 $(STAMP): pyproject.toml
@@ -38,22 +39,34 @@ data: $(STAMP)
 quickstart: install
 	$(PYTHON) train.py experiment=quickstart
 
+# Test tiers (pytest markers, tests/conftest.py): the default suite (< 3 minutes on 2 cores) is what a newcomer runs;
+# test-all adds the slow, end-to-end (subprocesses, kills, sweeps, notebooks) and real-Slurm tiers (CI runs it).
 test: install
+	$(PYTHON) -m pytest -q -m "not slow and not e2e and not slurm"
+
+test-all: install
 	$(PYTHON) -m pytest -q
 
-test-slow: install
-	$(PYTHON) -m pytest -q -m slow
+test-slurm: install
+	$(PYTHON) -m pytest -q -m slurm
 
 bench: install
 	$(PYTHON) bench/entropy_overhead.py
 
-# Table 1: the sweep of experiments/table1.yaml at SCALE (smoke: CPU, ~20 min; published: GPUs), then
-# collect -> tables -> figures into $(RESULTS)/$(SCALE)/. ONLY="seed=0" narrows a sweep, EXTRA adds overrides,
-# LAUNCHER=slurm|local runs the jobs through hydra-submitit-launcher (conf/hydra/launcher/); SWEEP=0 only renders
-# the run directories already under $(RUNS).
+# Table 1: the sweep preset of SCALE (smoke: conf/experiment/table1_smoke.yaml, CPU, ~35 min; published:
+# conf/experiment/table1.yaml, GPUs), then collect -> tables -> figures into $(RESULTS)/$(SCALE)/. ONLY="seed=0"
+# narrows a sweep, EXTRA adds overrides, LAUNCHER=slurm|slurm_cpu|local runs the jobs through
+# hydra-submitit-launcher (conf/hydra/launcher/); SWEEP=0 only renders the run directories already under $(RUNS).
+# What a scale needs (CUDA, datasets, weights) is checked before anything is launched.
 reproduce-table1: install
 	$(PYTHON) -m analysis.reproduce --scale $(SCALE) --runs-root $(RUNS) --results $(RESULTS) --launcher $(LAUNCHER) \
 		$(if $(filter 0,$(SWEEP)),--no-sweep) $(if $(ONLY),--only $(ONLY)) $(if $(EXTRA),--extra $(EXTRA))
+
+# Any sweep preset: make reproduce EXPERIMENT=study_fashion_mnist_resnet18 (results into $(RESULTS)/$(EXPERIMENT)/).
+reproduce: install
+	$(PYTHON) -m analysis.reproduce --experiment $(EXPERIMENT) --runs-root $(RUNS) --results $(RESULTS) \
+		--launcher $(LAUNCHER) $(if $(filter 0,$(SWEEP)),--no-sweep) $(if $(ONLY),--only $(ONLY)) \
+		$(if $(EXTRA),--extra $(EXTRA))
 
 # The notebook executed into OUT (tables, figures and the executed notebook); never into experiments/results
 # unless FORCE=1.

@@ -21,18 +21,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nepenthe.checkpoint import CHECKPOINT_DIR
-from nepenthe.config import RunConfig, load_run_config
+from nepenthe.config import RunConfig, is_non_semantic, load_run_config
 from nepenthe.errors import NepentheError
 from nepenthe.report import ConsoleReporter
-from nepenthe.rundir import Preexisting, remove_unused_run_dir
 from nepenthe.runlock import RunDirBusy
 from nepenthe.runner import run_experiment
+from nepenthe.store import CHECKPOINT_DIR
 from nepenthe.tracking import CONFIG_FILE, write_failure
+from nepenthe_cli.rundir import Preexisting, remove_unused_run_dir
 
 
-def run_id(overrides: str) -> str:
-    """Directory name for an override set: readable, filesystem-safe, bounded in length."""
+def run_id(task_overrides) -> str:
+    """Directory name for a job's overrides (``hydra:overrides.task``): the semantic ones (config.NON_SEMANTIC_KEYS
+    are left out, so changing how a run is watched never renames it), sorted and joined as Hydra's override_dirname
+    joins them; readable, filesystem-safe, bounded in length."""
+    semantic = sorted(line for line in task_overrides if not is_non_semantic(line.split("=", 1)[0]))
+    overrides = ",".join(semantic)
     if not overrides:
         return "default"
     safe = re.sub(r"[^A-Za-z0-9=,._+-]", "_", overrides)

@@ -1,5 +1,5 @@
 """W&B as a source of rows for analysis.collect: the CSV that the W&B web UI exports from a runs table, and the
-W&B API. Both give the same rows as the run directories the runs were mirrored from (see collect.COLUMNS).
+W&B API. Both give the same rows as the run directories the runs were mirrored from (analysis.rows.Row).
 
 A runs-table export has one row per run: W&B's own columns (Name, State, Notes, User, Tags, Created, Runtime,
 Sweep, ...), the config flattened with dots (``pruning.method``), and the summary as nepenthe logged it, flattened
@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import records_from_summary, run_rows, unflatten
+from nepenthe.records import RecordError, RoundRecord, Summary, unflatten
+
+from .rows import records_from_summary, run_rows
 
 WANDB_COLUMNS = ("Name", "ID", "State", "Notes", "User", "Tags", "Created", "Runtime", "Sweep", "Group", "Job Type",
                  "Hostname", "Commit", "GPU Type", "GPU Count")
@@ -40,6 +42,20 @@ def _problem(state, summary: dict) -> str | None:
     return f"W&B state {state or 'unknown'}" + (f", last logged round {last}" if last is not None else ", no round")
 
 
+def _rows(run_id: str, config: dict, summary: dict, records=None) -> list:
+    """A W&B run's rows: its summary holds nepenthe's summary when the run completed, else its last logged round."""
+    if summary.get("status") == "complete":
+        try:
+            typed = Summary.from_dict(summary, strict=False)  # W&B's summary also holds the last round's keys
+        except RecordError as exc:
+            raise SystemExit(f"error: W&B run {run_id}: {exc}") from exc
+    else:
+        typed = Summary(status=summary.get("status") or "running")
+    if records is None:
+        records = records_from_summary(typed, last_logged=summary)
+    return run_rows(run_id, config, records, typed)
+
+
 def csv_runs(path: str | Path) -> tuple[list[dict], list[tuple[str, str]]]:
     """Rows of every run in a W&B runs-table CSV export, and ``(run, why)`` for runs without a complete summary."""
     path = Path(path)
@@ -63,7 +79,7 @@ def csv_runs(path: str | Path) -> tuple[list[dict], list[tuple[str, str]]]:
         why = _problem(cells.get("State"), summary)
         if why:
             problems.append((run_id, why))
-        rows += run_rows(run_id, config, records_from_summary(summary), summary)
+        rows += _rows(run_id, config, summary)
     return rows, problems
 
 
@@ -76,12 +92,13 @@ def api_runs(path: str, filters: dict | None = None, api=None) -> tuple[list[dic
         api = wandb.Api()
     rows, problems = [], []
     for run in api.runs(path, filters=filters or {}):
-        records = [unflatten({k: v for k, v in h.items() if not k.startswith("_")}) for h in run.scan_history()]
-        records = [r for r in records if "round" in r]
+        history = [unflatten({k: v for k, v in h.items() if not k.startswith("_")}) for h in run.scan_history()]
+        records = [RoundRecord.from_dict(h, schema=2, strict=False)
+                   for h in history if "round" in h]
         summary = unflatten({k: v for k, v in dict(run.summary).items() if not k.startswith("_")})
         run_id = f"wandb:{path}/{run.id}"
         why = _problem(getattr(run, "state", None), summary)
         if why:
             problems.append((run_id, why))
-        rows += run_rows(run_id, dict(run.config), records, summary)
+        rows += _rows(run_id, dict(run.config), summary, records)
     return rows, problems

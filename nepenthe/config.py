@@ -21,7 +21,7 @@ from .entropy import LAYER_MEANS, POOLINGS, ZERO_STATES, check_choice
 from .errors import ConfigError, unknown_name
 from .models import is_known_model, list_models
 from .pruning.budget import check_ratio, check_rounding
-from .pruning.methods import ENTROPY_BUDGET_METHODS, METHODS
+from .pruning.registry import ENTROPY_BUDGET_METHODS, METHODS, method_options
 
 
 @dataclass
@@ -42,6 +42,14 @@ class PruningConfig:
     method: str = "nepenthe"
     ratio: float = 0.5  # fraction of the remaining prunable weights removed per round
     rounding: str = "nearest"  # nepenthe/egp shares -> counts: nearest (total kept) | floor (EGP code's int())
+    # LaCoOT (pruning=lacoot; nepenthe/pruning/lacoot.py)
+    lambda_reg: float = 5.0  # weight of the transport regulariser (the reference: 5 for ResNet-18 on CIFAR-10)
+    n_projections: int = 50  # random directions per MSWD (POT's default)
+    p: float = 2.0  # the Wasserstein order
+    units: Optional[list[Any]] = None  # null: the model's preset; else module paths or [module, output] pairs
+    order: str = "by_val_mswd"  # by_val_mswd | deepest_first
+    max_drop: float = 1.0  # removal stops before validation accuracy falls more than this below dense
+    finetune_epochs: int = 0  # fine-tuning after each removal (the reference: none)
 
 
 @dataclass
@@ -103,6 +111,7 @@ class StopConfig:
     max_drop: float = 1.0  # accuracy points below dense (validation) a kept round may lose
     max_rounds: int = 10
     target_zero_units: Optional[int] = None
+    continue_past_drop: bool = False  # true: train every round up to max_rounds (the kept one stays within max_drop)
 
 
 @dataclass
@@ -137,10 +146,17 @@ class RunConfig:
     name: str = "run"
 
 
-# Keys that change how a run is watched or post-processed, not what it trains; a resumed run may differ in them
+# Keys that change how a run is watched or post-processed, not what it trains: a resumed run may differ in them, and
+# the run directory's name leaves them out (train.py's run_id). A key matches itself and everything below it
 # (collapse settings only shape the end-of-run report; ``python -m nepenthe.collapse`` redoes it with others).
 NON_SEMANTIC_KEYS = ("progress", "resume", "logger", "hardware.threads", "hardware.data_on_device", "output_root",
                      "name", "collapse")
+
+
+def is_non_semantic(key: str) -> bool:
+    """``collapse.merge`` and ``logger`` are non-semantic; ``seed`` is not."""
+    key = key.lstrip("+~")
+    return any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC_KEYS)
 
 
 def _positive(option: str, value, allow_zero: bool = False) -> None:
@@ -156,12 +172,19 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise unknown_name("dataset", cfg.dataset.name, list_data())
     if cfg.pruning.method not in METHODS:
         raise unknown_name("pruning method", cfg.pruning.method, METHODS)
-    if cfg.pruning.method != "none":
+    if cfg.pruning.method not in ("none", "lacoot"):  # their ratio is unused
         check_ratio(cfg.pruning.ratio)
     check_rounding(cfg.pruning.rounding)
     if cfg.pruning.rounding != "nearest" and cfg.pruning.method not in ENTROPY_BUDGET_METHODS:
         raise ConfigError(f"pruning.rounding={cfg.pruning.rounding!r} applies to the entropy budget only "
                           f"({', '.join(ENTROPY_BUDGET_METHODS)}); pruning.method={cfg.pruning.method!r} has none")
+    defaults = PruningConfig()
+    for key in pruning_method_keys():
+        if key not in method_options(cfg.pruning.method) and getattr(cfg.pruning, key) != getattr(defaults, key):
+            owners = [m for m in METHODS if key in method_options(m)]
+            raise ConfigError(f"pruning.{key}={getattr(cfg.pruning, key)!r} applies to {', '.join(owners)} only; "
+                              f"pruning.method={cfg.pruning.method!r} has no such option")
+    create_method_from(cfg.pruning)  # the method checks its own options (one message naming the value)
     check_choice("hardware.device", cfg.hardware.device, DEVICES)
     check_choice("hardware.precision", cfg.hardware.precision, tuple(PRECISIONS))
     check_choice("logger.name", cfg.logger.name, ("none", "wandb"))
@@ -220,9 +243,27 @@ def load_run_config(data) -> RunConfig:
     return validate(OmegaConf.to_object(merged))
 
 
+def pruning_method_keys() -> tuple[str, ...]:
+    """``pruning.*`` keys that are options of some method (all but method and ratio)."""
+    return tuple(f for f in PruningConfig.__dataclass_fields__ if f not in ("method", "ratio"))
+
+
+def create_method_from(pruning: PruningConfig):
+    """The configured method with the options it takes (``rounding`` for nepenthe/egp, LaCoOT's own)."""
+    from .pruning.registry import create_method
+
+    options = {k: getattr(pruning, k) for k in pruning_method_keys() if k in method_options(pruning.method)}
+    return create_method(pruning.method, pruning.ratio, **options)
+
+
 def semantic_dict(cfg: RunConfig) -> dict:
-    """The config without the keys in :data:`NON_SEMANTIC_KEYS`."""
+    """The config without the keys in :data:`NON_SEMANTIC_KEYS`, and without method options the chosen method does
+    not take (they change nothing it does; runs written before those options existed keep their identity)."""
     data = asdict(cfg)
+    for key in pruning_method_keys():
+        # rounding was in every run's identity before methods had options of their own: kept, so those runs resume
+        if key not in method_options(cfg.pruning.method) and key != "rounding":
+            data["pruning"].pop(key)
     for key in NON_SEMANTIC_KEYS:
         *parents, leaf = key.split(".")
         node = data

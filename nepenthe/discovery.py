@@ -23,7 +23,7 @@ PASS_BACK_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNor
                      nn.Dropout)
 PASS_BACK_METHODS = {"permute", "contiguous", "reshape", "view", "flatten", "transpose"}
 PASS_BACK_FUNCTIONS = {torch.permute, torch.reshape, torch.flatten, torch.transpose}
-ADDS = {operator.add, operator.iadd, torch.add}
+RESIDUAL_ADDS = {operator.add, operator.iadd, torch.add}  # a residual add: the walk back follows its first operand
 
 
 def trace_for_units(model: nn.Module) -> fx.GraphModule:
@@ -48,7 +48,7 @@ def _feeding_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[str, str] | None:
             current = current.args[0]
         elif current.op == "call_method" and current.target in PASS_BACK_METHODS:
             current = current.args[0]
-        elif current.op == "call_function" and (current.target in PASS_BACK_FUNCTIONS or current.target in ADDS):
+        elif current.op == "call_function" and (current.target in PASS_BACK_FUNCTIONS or current.target in RESIDUAL_ADDS):
             current = current.args[0]
         else:
             return None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import math
 import random
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Iterable, Protocol
 
 import numpy as np
 import torch
@@ -79,10 +80,45 @@ def _to_device(x, y, device, channels_last):
     return x, y.to(device, non_blocking=True)
 
 
+class LossTerm(Protocol):
+    """A method's term added to the cross-entropy during training (LaCoOT's transport regulariser): attached to the
+    model for one fit, it sees the forward pass through hooks and returns its weighted term for the last batch."""
+
+    def attach(self, model: nn.Module) -> None: ...
+
+    def detach(self) -> None: ...
+
+    def __call__(self) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Everything one fit does: schedule, optimizer, where and in which precision (built by the caller once, e.g.
+    ``Experiment.training_plan``). A fresh optimizer and schedule per fit: the reference protocol rewinds both."""
+
+    epochs: int
+    lr: float
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"  # cosine | multistep | constant
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    device: torch.device = torch.device("cpu")
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    compile: bool = False  # train through torch.compile(model); the module itself is what the caller holds
+    progress: bool = False
+    desc: str = "fit"
+    first_epoch: int = 0  # offsets the loader's epoch counter so that every round draws its own shuffles and crops
+
+
 def train_one_epoch(model, loader, optimizer, *, device, amp_dtype=None, channels_last=False, progress=False,
-                    desc="train", check_every=50) -> dict:
+                    desc="train", check_every=50, loss_term: LossTerm | None = None) -> dict:
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    term_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
@@ -91,6 +127,10 @@ def train_one_epoch(model, loader, optimizer, *, device, amp_dtype=None, channel
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y)
+        if loss_term is not None:
+            term = loss_term()
+            term_sum += term.detach().double() * y.shape[0]
+            loss = loss + term
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -107,7 +147,10 @@ def train_one_epoch(model, loader, optimizer, *, device, amp_dtype=None, channel
     mean_loss = float(loss_sum) / max(seen, 1)
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError(f"{desc}: mean loss is {mean_loss}; lower train.lr{_precision_hint(amp_dtype)}")
-    return {"loss": mean_loss, "acc": 100.0 * float(correct) / max(seen, 1)}
+    result = {"loss": mean_loss, "acc": 100.0 * float(correct) / max(seen, 1)}
+    if loss_term is not None:
+        result["term"] = float(term_sum) / max(seen, 1)
+    return result
 
 
 @torch.no_grad()
@@ -145,24 +188,22 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def fit(model, loader, epochs: int, *, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
-        nesterov: bool = False, optimizer_name: str = "sgd", schedule: str = "cosine", milestones=(), gamma: float = 0.1,
-        device,
-        amp_dtype=None, channels_last=False, progress=False, desc="fit", first_epoch: int = 0,
-        resume: dict | None = None, on_epoch_end=None, compile_model: bool = False) -> dict:
-    """Train ``epochs`` epochs with a fresh optimizer and schedule (the reference protocol rewinds both each round).
+def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epoch_end=None,
+        loss_term: LossTerm | None = None) -> dict:
+    """Train ``plan.epochs`` epochs with a fresh optimizer and schedule; returns ``train_loss``, ``train_acc``,
+    ``epochs`` (and ``train_term``, the loss term's mean over the last epoch, when there is one).
 
-    ``first_epoch`` offsets the loader's epoch counter so every round draws its own shuffles and crops.
     ``on_epoch_end(state)`` receives, after every epoch, what continuing needs besides the model's own state
     (epochs done, optimizer, scheduler, RNG streams, last metrics); ``resume=state`` continues from it, and the model
-    (loaded by the caller) then ends exactly where an uninterrupted call would. ``compile_model`` trains through
-    ``torch.compile(model)`` (the module itself, its state and hooks, stay what the caller holds).
+    (loaded by the caller) then ends exactly where an uninterrupted call would. ``loss_term`` is attached to the model
+    for this fit and its value added to every batch's loss.
     """
-    if epochs < 0:
-        raise ConfigError(f"epochs={epochs} must be >= 0")
-    optimizer = make_optimizer(model, lr, momentum, weight_decay, nesterov, optimizer_name, device)
-    scheduler = make_scheduler(optimizer, schedule, epochs, milestones, gamma)
-    step_model = torch.compile(model) if compile_model else model
+    if plan.epochs < 0:
+        raise ConfigError(f"epochs={plan.epochs} must be >= 0")
+    optimizer = make_optimizer(model, plan.lr, plan.momentum, plan.weight_decay, plan.nesterov, plan.optimizer,
+                               plan.device)
+    scheduler = make_scheduler(optimizer, plan.schedule, plan.epochs, plan.milestones, plan.gamma)
+    step_model = torch.compile(model) if plan.compile else model
     last = {"loss": float("nan"), "acc": float("nan")}
     start = 0
     if resume is not None:
@@ -170,17 +211,29 @@ def fit(model, loader, epochs: int, *, lr: float, momentum: float = 0.9, weight_
         scheduler.load_state_dict(resume["scheduler"])
         set_rng_state(resume["rng"])
         start, last = resume["epoch"], resume["last"]
-    for epoch in range(start, epochs):
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(first_epoch + epoch)
-        last = train_one_epoch(step_model, loader, optimizer, device=device, amp_dtype=amp_dtype,
-                               channels_last=channels_last, progress=progress, desc=f"{desc} {epoch + 1}/{epochs}")
-        scheduler.step()
-        if on_epoch_end is not None:
-            # copies: the live optimizer buffers keep changing after this epoch
-            on_epoch_end({"epoch": epoch + 1, "epochs": epochs, "optimizer": copy.deepcopy(optimizer.state_dict()),
-                          "scheduler": copy.deepcopy(scheduler.state_dict()), "rng": rng_state(), "last": dict(last)})
-    return {"train_loss": last["loss"], "train_acc": last["acc"], "epochs": epochs}
+    if loss_term is not None:
+        loss_term.attach(model)
+    try:
+        for epoch in range(start, plan.epochs):
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(plan.first_epoch + epoch)
+            last = train_one_epoch(step_model, loader, optimizer, device=plan.device, amp_dtype=plan.amp_dtype,
+                                   channels_last=plan.channels_last, progress=plan.progress,
+                                   desc=f"{plan.desc} {epoch + 1}/{plan.epochs}", loss_term=loss_term)
+            scheduler.step()
+            if on_epoch_end is not None:
+                # copies: the live optimizer buffers keep changing after this epoch
+                on_epoch_end({"epoch": epoch + 1, "epochs": plan.epochs,
+                              "optimizer": copy.deepcopy(optimizer.state_dict()),
+                              "scheduler": copy.deepcopy(scheduler.state_dict()), "rng": rng_state(),
+                              "last": dict(last)})
+    finally:
+        if loss_term is not None:
+            loss_term.detach()
+    result = {"train_loss": last["loss"], "train_acc": last["acc"], "epochs": plan.epochs}
+    if "term" in last:
+        result["train_term"] = last["term"]
+    return result
 
 
 def _precision_hint(amp_dtype) -> str:

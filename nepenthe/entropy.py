@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
+from .units import Unit, activation_modules, unit_layouts, units_without_rectifier
 
 ZERO_STATES = ("off", "on", "drop")
 LAYER_MEANS = ("nonconstant", "all")
@@ -255,3 +256,16 @@ def measure_entropy(
     finally:
         model.train(was_training)
     return probe.stats()
+
+
+def probe_units(model: nn.Module, units: list[Unit], batches: Iterable, **options) -> dict[str, LayerStats]:
+    """Entropy of every unit (:func:`measure_entropy` with the units' layouts; ``options`` go there). A unit whose
+    rectifier was replaced by an identity, or removed with its block, is not hooked and counts as a zero-entropy unit
+    with every neuron ON."""
+    gone = set(units_without_rectifier(model, units))
+    live = [u for u in units if u.name not in gone]
+    stats = (measure_entropy(model, activation_modules(model, live), batches, layouts=unit_layouts(live), **options)
+             if live else {})
+    for name in gone:
+        stats[name] = LayerStats(name, torch.ones(0, dtype=torch.float64), 0.0, 0)
+    return {u.name: stats[u.name] for u in units}

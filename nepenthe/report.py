@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from .records import CollapseResult, RoundRecord, Summary
+
 
 def format_entropy(bits: float) -> str:
     """Exact zeros print as ``0``, so a zero-entropy unit is never confused with a small value rounded down."""
@@ -20,50 +22,47 @@ def format_table_header(unit_names: list[str]) -> str:
     return f"units: {legend}\nround sparsity  val%   test%   k/N  | entropy (bits): {cols}"
 
 
-def format_round_row(record: dict, unit_names: list[str]) -> str:
-    entropies = " ".join(format_entropy(record["entropy"][name]) for name in unit_names)
-    depth = f"{record['k']}/{record['N']}"
-    test = record.get("test_acc")  # a run of your own (nepenthe.prune) may measure validation only
+def format_round_row(record: RoundRecord, unit_names: list[str]) -> str:
+    entropies = " ".join(format_entropy(record.entropy[name]) for name in unit_names)
+    depth = f"{record.k}/{record.N}"
+    test = record.test_acc  # a run of your own (nepenthe.prune) may measure validation only
     test = f"{test:6.2f}" if test is not None else "     -"
-    return (f"{record['round']:5d} {100 * record['sparsity']:7.2f}% {record['val_acc']:6.2f} {test} "
+    return (f"{record.round:5d} {100 * record.sparsity:7.2f}% {record.val_acc:6.2f} {test} "
             f"{depth:>5} |                 {entropies}")
 
 
-def format_collapse(section: dict, uncollapsed_test_acc: float) -> list[str]:
-    """Lines describing a collapse section of a summary (``Experiment.collapse_and_measure``)."""
-    before, after = section["before"], section["after"]
-    depth = "weight_layers_on_longest_path"
+def format_collapse(section: CollapseResult, uncollapsed_test_acc: float) -> list[str]:
+    """Lines describing the collapse of a summary (``nepenthe.deploy``)."""
+    before, after = section.before, section.after
     lines = [
-        f"collapsed (merge={section['merge']}): weight layers on the longest path {before[depth]} -> {after[depth]}, "
-        f"MACs {before['macs'] / 1e6:.2f} M -> {after['macs'] / 1e6:.2f} M, params {before['params']:,} -> "
-        f"{after['params']:,}",
-        f"  test top-1 {section['test_acc']:.2f}% collapsed vs {uncollapsed_test_acc:.2f}% uncollapsed; max |output "
-        f"diff| {section['max_abs_diff']:.2g} vs linearized (exact steps), {section['diff_vs_original']:.2g} vs "
-        f"uncollapsed (output scale {section['output_scale']:.3g})",
+        f"collapsed (merge={section.merge}): weight layers on the longest path {before.weight_layers_on_longest_path} "
+        f"-> {after.weight_layers_on_longest_path}, MACs {before.macs / 1e6:.2f} M -> {after.macs / 1e6:.2f} M, "
+        f"params {before.params:,} -> {after.params:,}",
+        f"  test top-1 {section.test_acc:.2f}% collapsed vs {uncollapsed_test_acc:.2f}% uncollapsed; max |output "
+        f"diff| {section.max_abs_diff:.2g} vs linearized (exact steps), {section.diff_vs_original:.2g} vs "
+        f"uncollapsed (output scale {section.output_scale:.3g})",
+        f"  verified: {section.relative_diff:.2g} of max |output| vs linearized (allowed {section.tolerance:g}); the "
+        f"probe's linearization moves it by {section.linearization_relative_diff:.2g}",
     ]
-    if "relative_diff" in section:  # summaries written before relative verification lack these
-        lines.append(f"  verified: {section['relative_diff']:.2g} of max |output| vs linearized (allowed "
-                     f"{section['tolerance']:g}); the probe's linearization moves it by "
-                     f"{section['linearization_relative_diff']:.2g}")
-    if section.get("border_relative_diff"):
-        lines.append(f"  merge=approximate: border-ring merges add {section['border_relative_diff']:.2g} of max |output| "
+    if section.border_relative_diff:
+        lines.append(f"  merge=approximate: border-ring merges add {section.border_relative_diff:.2g} of max |output| "
                      f"(see each merge's interior_relative_diff)")
-    approximated = {u["unit"]: u["approximation_error"] for u in section["units"] if "approximation_error" in u}
+    approximated = {u["unit"]: u["approximation_error"] for u in section.units if "approximation_error" in u}
     if approximated:
         lines.append("  approximate activations (relative error at the unit): "
                      + ", ".join(f"{name} {err:.2g}" for name, err in approximated.items()))
-    left = [u["unit"] for u in section["units"] if u.get("approximation_declined")]
+    left = [u["unit"] for u in section.units if u.get("approximation_declined")]
     if left:
         lines.append(f"  left in place (not the identity where ON; collapse.approximate_activations=true replaces them): "
                      f"{', '.join(left)}")
-    if section.get("shared_layers"):
-        lines.append(f"  tied or directly read layers left as they are: {', '.join(section['shared_layers'])}")
-    if "relative_diff_run_precision" in section:
-        lines.append(f"  in {section['precision']} (the run's precision) collapsed vs uncollapsed differ by "
-                     f"{section['relative_diff_run_precision']:.2g} of max |output| (rounding, not collapse); in fp32: "
-                     f"test top-1 {section['test_acc_fp32']:.2f}% collapsed vs "
-                     f"{section['uncollapsed_test_acc_fp32']:.2f}% uncollapsed")
-    latency = section.get("latency_ms", {})
+    if section.shared_layers:
+        lines.append(f"  tied or directly read layers left as they are: {', '.join(section.shared_layers)}")
+    if section.relative_diff_run_precision is not None:
+        lines.append(f"  in {section.precision} (the run's precision) collapsed vs uncollapsed differ by "
+                     f"{section.relative_diff_run_precision:.2g} of max |output| (rounding, not collapse); in fp32: "
+                     f"test top-1 {section.test_acc_fp32:.2f}% collapsed vs "
+                     f"{section.uncollapsed_test_acc_fp32:.2f}% uncollapsed")
+    latency = section.latency_ms
     if latency:
         parts = []
         for key, ms in latency["uncollapsed"].items():
@@ -74,24 +73,23 @@ def format_collapse(section: dict, uncollapsed_test_acc: float) -> list[str]:
                              f"({folded / small:.2f}x over BN folding)")
             else:
                 parts.append(f"{key.replace('_', ' ')}: {ms:.3f} -> {small:.3f} ms ({ms / small:.2f}x)")
-        lines.append(f"  latency (median) on {section.get('latency_device', '?')} ({section.get('latency_threads')} "
+        lines.append(f"  latency (median) on {section.latency_device or '?'} ({section.latency_threads} "
                      f"threads): " + "; ".join(parts))
-    if section.get("file"):
-        lines.append(f"  saved {section['file']} (load with torch.export.load(path).module())")
+    if section.file:
+        lines.append(f"  saved {section.file} (load with torch.export.load(path).module())")
     return lines
 
 
-def format_summary(summary: dict) -> list[str]:
-    d, f = summary["dense"], summary["final"]
-    lines = [f"stopped: {summary['stop_reason']}; kept round {summary['final_round']} of {summary['rounds_completed']}: "
-             f"sparsity {100 * f['sparsity']:.1f}%, test top-1 {f['test_acc']:.2f}% (dense {d['test_acc']:.2f}%), "
-             f"zero-entropy units {summary['depth']}"]
-    if "cost" in summary:  # summaries written before cost accounting existed lack it
-        dense, final = summary["cost"]["dense"], summary["cost"]["final"]
-        lines.append(f"MACs per input: {dense['macs'] / 1e6:.2f} M dense, {final['macs_nonzero'] / 1e6:.2f} M at "
-                     f"non-zero weights; weight layers on the longest path: {final['weight_layers_on_longest_path']}")
-    if "collapse" in summary:
-        lines += format_collapse(summary["collapse"], f["test_acc"])
+def format_summary(summary: Summary) -> list[str]:
+    d, f = summary.dense, summary.final
+    lines = [f"stopped: {summary.stop_reason}; kept round {summary.final_round} of {summary.rounds_completed}: "
+             f"sparsity {100 * f.sparsity:.1f}%, test top-1 {f.test_acc:.2f}% (dense {d.test_acc:.2f}%), "
+             f"zero-entropy units {summary.depth}"]
+    dense, final = summary.cost.dense, summary.cost.final
+    lines.append(f"MACs per input: {dense.macs / 1e6:.2f} M dense, {final.macs_nonzero / 1e6:.2f} M at "
+                 f"non-zero weights; weight layers on the longest path: {final.weight_layers_on_longest_path}")
+    if summary.collapse is not None:
+        lines += format_collapse(summary.collapse, f.test_acc)
     return lines
 
 
@@ -143,21 +141,22 @@ class ConsoleReporter:
         self.names = list(unit_names)
         self._print(format_table_header(self.names))
 
-    def resumed(self, records: list[dict], where: str) -> None:
+    def resumed(self, records: list[RoundRecord], where: str) -> None:
         self._print(*(format_round_row(r, self.names) for r in records))
-        self._print(f"resumed after round {records[-1]['round']} from {where}")
+        self._print(f"resumed after round {records[-1].round} from {where}")
 
-    def resumed_in_round(self, round_index: int, epoch: int, epochs: int, where: str) -> None:
-        self._print(f"resuming round {round_index} after epoch {epoch}/{epochs} from {where}")
+    def resumed_in_round(self, round_index: int, fit_state: dict, where: str) -> None:
+        self._print(f"resuming round {round_index} after epoch {fit_state['epoch']}/{fit_state['epochs']} "
+                    f"from {where}")
 
-    def round(self, record: dict) -> None:
+    def round(self, record: RoundRecord) -> None:
         self._print(format_round_row(record, self.names))
 
     def warning(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
-    def finished(self, summary: dict) -> None:
+    def finished(self, summary: Summary) -> None:
         self._print(*format_summary(summary))
 
-    def already_complete(self, run_dir, summary: dict) -> None:
+    def already_complete(self, run_dir, summary: Summary) -> None:
         self._print(f"{run_dir} is complete; delete it or pass resume=false to run again", *format_summary(summary))

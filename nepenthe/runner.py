@@ -1,66 +1,113 @@
-"""One configured run, end to end: :func:`run_experiment` builds the run from a :class:`~nepenthe.config.RunConfig`,
-drives :func:`~nepenthe.loop.run_rounds`, collapses the kept round (verified) and writes the summary. ``train.py``
-is a Hydra shim over it; a notebook can call it with a config built in Python.
+"""One configured run, end to end, as the stages it is made of. ``train.py`` is a Hydra shim over
+:func:`run_experiment`; a notebook can call it with a config built in Python.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 import torch
 import torchvision
 
 from . import __version__
-from .config import RunConfig, config_hash, semantic_dict
+from .config import HardwareConfig, RunConfig, config_hash, load_run_config, semantic_dict
+from .deploy import collapse_kept, measure_collapsed
+from .errors import NepentheError
 from .experiment import Experiment
-from .loop import DirStore, LoopResult, Reporter, check_same_run, run_rounds
+from .loop import LoopResult, Reporter, RoundLoop
 from .metrics import cost_report
+from .records import CollapseResult, Costs, RoundBrief, Summary, TrajectoryPoint
 from .report import describe_run
 from .runlock import RunLock
-from .tracking import RunRecorder, clear_failure, clear_run_outputs, read_summary
-
-SUMMARY_KEYS = ("round", "sparsity", "val_acc", "test_acc", "k", "N", "entropy", "zero_entropy_units")
-TRAJECTORY_KEYS = ("sparsity", "val_acc", "test_acc", "k", "N")
+from .store import DirStore, check_same_run, load_in_round
+from .tracking import CONFIG_FILE, RunRecorder, clear_failure, clear_run_outputs, read_summary
 
 
 def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None = None,
-                   reporter: Reporter | None = None) -> dict:
+                   reporter: Reporter | None = None) -> Summary:
     """Run (or resume) one experiment into ``run_dir`` and return its summary (also written to summary.json).
-    Every input error is raised (a :class:`~nepenthe.errors.NepentheError`) before any record is written."""
-    run_dir = Path(run_dir)
-    reporter = reporter or Reporter()
-    started = time.perf_counter()
-    exp = Experiment(cfg)
+    Every input error is raised (a :class:`~nepenthe.errors.NepentheError`) before any record is written, and a
+    directory that holds a run of another config is refused without a byte written into it."""
+    run_dir, reporter = Path(run_dir), reporter or Reporter()
+    configure_process(cfg.hardware)  # the one place a run changes process-wide settings (threads)
+    exp = Experiment(cfg)  # data, model, units, method: nothing trained yet
+    identity = semantic_dict(cfg)
     with RunLock(run_dir):  # one writer per run directory; refused at once, naming the holder
         store = DirStore(run_dir)
-        clear_failure(run_dir)  # an earlier attempt's failure record; this attempt writes its own if it fails
-        if not cfg.resume:
-            clear_run_outputs(run_dir)
-        done = read_summary(run_dir) if cfg.resume else None
+        done = previous_run(cfg, run_dir, store, identity)
         if done is not None:
-            latest = store.latest()
-            check_same_run(latest, semantic_dict(cfg), run_dir)
-            if latest is not None:
-                reporter.already_complete(run_dir, done)
-                return done
+            reporter.already_complete(run_dir, done)
+            return done
         reporter.banner(describe_run(exp, run_dir))
-        recorder = RunRecorder(run_dir, wandb_settings=wandb_settings(cfg, run_dir), config=semantic_dict(cfg))
-        if config_yaml is None:
-            from omegaconf import OmegaConf  # a dependency of the library's config typing, not Hydra
+        recorder = open_records(cfg, run_dir, config_yaml, reporter)
 
-            config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-        recorder.write_config(config_yaml)
-        recorder.start()  # W&B trouble shows now, before training, and never stops the run
-        if recorder.warning:
-            reporter.warning(recorder.warning)
-        result = run_rounds(exp, cfg.stop, store=store, recorder=recorder, reporter=reporter,
-                            identity=semantic_dict(cfg), resume=cfg.resume)
-        summary = summarize(exp, result, run_dir, time.perf_counter() - started)
+        loop = RoundLoop(exp, cfg.stop, store=store, recorder=recorder, reporter=reporter, identity=identity)
+        loop.dense(resume=cfg.resume)  # round 0: train the dense model, probe, record (or resume)
+        loop.rounds()  # plan → prune → fine-tune → probe → record → checkpoint, until the stop rule
+        kept = loop.keep()  # back to the last round within max_drop of dense
+        collapsed = None
+        if cfg.collapse.enabled:
+            small, report = collapse_kept(exp, kept.stats)  # exact collapse, each step verified on test images
+            collapsed = measure_collapsed(exp, small, report, run_dir)  # accuracy, latency side by side, saved
+        summary = summarize(exp, kept, collapsed)
+
         recorder.summary(summary)
         reporter.finished(summary)
         return summary
+
+
+def configure_process(hardware: HardwareConfig) -> None:
+    """Process-wide settings a run asks for: the CPU thread count (None keeps torch's default)."""
+    if hardware.threads:
+        torch.set_num_threads(hardware.threads)
+
+
+def previous_run(cfg: RunConfig, run_dir: Path, store: DirStore, identity: dict) -> Summary | None:
+    """What ``run_dir`` already holds. A run of another config (its config.yaml or any checkpoint says so) is
+    refused before anything is written; a finished run of this config returns its summary; ``resume=false`` clears
+    the previous run's outputs; a failure recorded by an earlier attempt is cleared for this one."""
+    if not cfg.resume:
+        clear_run_outputs(run_dir)
+    else:
+        for where, saved in identities_on_disk(run_dir, store):
+            check_same_run(saved, identity, where)
+        done = read_summary(run_dir)
+        if done is not None and store.latest() is not None:
+            return done
+    clear_failure(run_dir)
+    return None
+
+
+def identities_on_disk(run_dir: Path, store: DirStore) -> list[tuple[str, dict]]:
+    """The semantic configs that ``run_dir``'s config.yaml and checkpoints were written with."""
+    found = []
+    if (run_dir / CONFIG_FILE).is_file():
+        try:
+            found.append((str(run_dir / CONFIG_FILE), semantic_dict(load_run_config(run_dir / CONFIG_FILE))))
+        except NepentheError:
+            pass  # an unreadable or outdated config.yaml: the checkpoints below still tell
+    latest = store.latest()
+    if latest is not None:
+        found.append((str(run_dir), latest.config))
+    in_round = load_in_round(run_dir)
+    if in_round is not None:
+        found.append((str(run_dir), in_round["config"]))
+    return found
+
+
+def open_records(cfg: RunConfig, run_dir: Path, config_yaml: str | None, reporter: Reporter) -> RunRecorder:
+    """config.yaml written, W&B started (its trouble shows now, before training, and never stops the run)."""
+    recorder = RunRecorder(run_dir, wandb_settings=wandb_settings(cfg, run_dir), config=semantic_dict(cfg))
+    if config_yaml is None:
+        from omegaconf import OmegaConf  # a dependency of the library's config typing, not Hydra
+
+        config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    recorder.write_config(config_yaml)
+    recorder.start()
+    if recorder.warning:
+        reporter.warning(recorder.warning)
+    return recorder
 
 
 def wandb_settings(cfg: RunConfig, run_dir: Path) -> dict | None:
@@ -72,28 +119,19 @@ def wandb_settings(cfg: RunConfig, run_dir: Path) -> dict | None:
             "id": hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]}  # stable across resumes
 
 
-def summarize(exp: Experiment, result: LoopResult, run_dir: Path, elapsed: float) -> dict:
-    """Collapse the kept round (verified) and describe the run (fields documented in nepenthe/tracking.py)."""
-    cfg, records, final = exp.cfg, result.records, result.kept
+def summarize(exp: Experiment, kept: LoopResult, collapsed: CollapseResult | None) -> Summary:
+    """The run in one record (nepenthe/records.py): kept round, costs, collapse, every round in brief."""
+    records, final = kept.records, kept.kept
     example = exp.verify_batch()[:1]  # one real image: costs are per input
-    cost = {"dense": cost_report(exp.new_model(), example)}
-    section = None
-    if cfg.collapse.enabled:  # collapse costs the kept model itself ("before") on the same image
-        _, section = exp.collapse_and_measure(result.stats, run_dir)
-        cost.update(final=section["before"], collapsed=section["after"])
+    cost = Costs(dense=cost_report(exp.new_model(), example))
+    if collapsed is not None:  # collapse costed the kept model itself ("before") on the same image
+        cost.final, cost.collapsed = collapsed.before, collapsed.after
     else:
-        cost["final"] = cost_report(exp.model, example)
-    summary = {
-        "status": "complete", "stop_reason": result.stop_reason, "rounds_completed": records[-1]["round"],
-        "final_round": result.kept_round,
-        "dense": {k: records[0][k] for k in SUMMARY_KEYS}, "final": {k: final[k] for k in SUMMARY_KEYS},
-        "k": final["k"], "N": final["N"], "depth": f"{final['k']}/{final['N']}",
-        "zero_entropy_units": final["zero_entropy_units"], "cost": cost,
-        # every round in brief, so that a summary alone (a W&B runs-table export) still holds the trajectory
-        "trajectory": {str(r["round"]): {k: r[k] for k in TRAJECTORY_KEYS} for r in records},
-        "config_hash": config_hash(cfg), "device": str(exp.device), "wall_time_s": result.elapsed_s,
-        "versions": {"nepenthe": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__},
-    }
-    if section is not None:
-        summary["collapse"] = section
-    return summary
+        cost.final = cost_report(exp.model, example)
+    return Summary(
+        status="complete", stop_reason=kept.stop_reason, rounds_completed=records[-1].round,
+        final_round=kept.kept_round, dense=RoundBrief.of(records[0]), final=RoundBrief.of(final),
+        k=final.k, N=final.N, depth=f"{final.k}/{final.N}", zero_entropy_units=final.zero_entropy_units, cost=cost,
+        trajectory={str(r.round): TrajectoryPoint.of(r) for r in records}, collapse=collapsed,
+        config_hash=config_hash(exp.cfg), device=str(exp.device), wall_time_s=kept.elapsed_s,
+        versions={"nepenthe": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__})

@@ -1,62 +1,11 @@
-"""Run records: local files are the truth; W&B (optional, imported lazily) mirrors them.
+"""Writing and reading a run's records: local files are the truth; W&B (optional, imported lazily) mirrors them.
 
-A run directory holds
-  ``config.yaml``   the resolved config (written first, atomically);
-  ``rounds.jsonl``  one JSON object per completed round, appended with a single write each;
-  ``summary.json``  written last and atomically, so its presence means the run finished;
-  ``checkpoints/round_NNN.pt``  model weights and masks after each round;
-  ``collapsed.pt2``  the kept model collapsed (torch.export; loads without nepenthe).
-
-Fields of a round record (stable; analysis reads these names):
-  round              0 is the dense model, then one per pruning round
-  method, ratio      pruning method and per-round ratio
-  pruned             weights removed this round; plan: {layer: count}
-  frozen_units       zero-entropy units the method left alone this round
-  sparsity           fraction of pruned weights over every conv/linear layer
-  unit_sparsity      {unit: fraction of pruned weights in the layers feeding it}
-  entropy            {unit: layer entropy in bits}
-  neurons            {unit: {neurons, always_on, always_off, switching}}
-  zero_entropy_units names of units at exactly zero entropy; k = their count; N = number of units
-  val_acc, val_loss, test_acc, test_loss, train_acc, train_loss   top-1 in %, mean cross-entropy
-  epochs             training epochs spent in this round
-  wall_time_s        seconds spent in this round; elapsed_s since the run started (resumes included)
-
-Fields of the summary: status, stop_reason, rounds_completed, final_round, dense (round-0 record subset),
-final (the kept round's record subset), k, N, depth (``"k/N"``: the paper's depth metric), zero_entropy_units,
-trajectory ({round: {sparsity, val_acc, test_acc, k, N}} for every round, so a summary alone holds the curve),
-cost ({dense, final, collapsed}: macs, macs_nonzero, params, params_nonzero, weight_layers_on_longest_path — per
-input, see nepenthe/metrics.py), collapse (below; absent with collapse.enabled=false), config_hash, versions, device,
-wall_time_s.
-
-A sweep job that failed leaves ``status.json`` (status "failed", error: the one-line message, type: the exception's
-class, when: UTC ISO time) and ``error.txt`` (the traceback) in its run directory; the next attempt removes both.
-
-Fields of ``collapse`` (also ``collapse.json`` from ``python -m nepenthe.collapse``):
-  merge, tolerance, input_shape, approximate_activations   the settings and the verification batch's shape
-  units              per unit: action (identity | scale_folded | scale | zero | dead_channels_zeroed | kept),
-                     always_on, always_off, switching, neuron_dim, exact_on_probe (false for approximated
-                     ReLU6/GELU), approximation_error (approximated units: max |act(z) - reduced(z)| / max |act(z)|),
-                     approximation_declined + reason (ReLU6/GELU left in place by default)
-  operations         every rewrite: fold_batchnorm, drop_identity, fold_constant (removed_layers, shape),
-                     fold_constant_into_bias, remove_channels, merge (layers, exact, macs_before/after, kernel,
-                     max_abs_diff, relative_diff, interior_max_abs_diff and interior_relative_diff for convs)
-  removed_layers     conv/linear layers no longer in the collapsed graph
-  shared_layers      tied or directly read weight layers, never rewritten
-  before, after      cost of the uncollapsed (kept) and the collapsed model, as in ``cost``
-  max_abs_diff       collapsed (exact steps) vs the linearized reference on the batch; relative_diff: the same divided
-                     by max |reference output|, always <= tolerance
-  border_diff        what merge=approximate's border-ring merges add (and border_relative_diff); linearization_diff
-                     (and _relative_diff): linearized vs uncollapsed, the probe's decision; diff_vs_original (and
-                     relative_diff_vs_original): collapsed vs uncollapsed; output_scale: max |output|
-  test_acc, val_acc  of the collapsed model in the run's precision (compare final.test_acc); precision
-  relative_diff_run_precision, test_acc_fp32, val_acc_fp32, uncollapsed_test_acc_fp32, uncollapsed_val_acc_fp32
-                     (reduced-precision runs only): collapsed vs uncollapsed under the run's autocast, and both models'
-                     accuracy in float32, where the verification above holds
-  latency_ms         {uncollapsed, bn_folded, collapsed}: {batch_<n>: median ms}, measured side by side in one process
-                     (bn_folded: only BatchNorm folded, the baseline for what collapse itself buys); latency_iqr_ms:
-                     the same keys, p75 - p25 of the timed blocks; latency_repeats (timed blocks per median, at
-                     least), latency_threads, latency_device, latency_precision
-  file               the collapsed model, a torch.export program: ``torch.export.load(path).module()``
+A run directory holds ``config.yaml`` (the resolved config, written first), ``rounds.jsonl`` (one
+:class:`~nepenthe.records.RoundRecord` per completed round, each appended whole), ``summary.json`` (the
+:class:`~nepenthe.records.Summary`, written last: its presence means the run finished), ``checkpoints/``
+(:mod:`nepenthe.store`) and ``collapsed.pt2``. A sweep job that failed leaves ``status.json`` (a
+:class:`~nepenthe.records.FailureStatus`) and ``error.txt`` (the traceback); the next attempt removes both. Every field
+is defined once, in :mod:`nepenthe.records`; this module only moves records to and from files.
 """
 
 from __future__ import annotations
@@ -69,6 +18,7 @@ import warnings
 from pathlib import Path
 
 from .errors import NepentheError, storage_error
+from .records import FailureStatus, RecordError, RoundRecord, Summary, flatten
 
 ROUNDS_FILE, SUMMARY_FILE, CONFIG_FILE = "rounds.jsonl", "summary.json", "config.yaml"
 COLLAPSED_FILE, COLLAPSE_REPORT_FILE = "collapsed.pt2", "collapse.json"
@@ -87,27 +37,28 @@ def clear_run_outputs(run_dir: str | Path) -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
-def write_failure(run_dir: str | Path, error: str, kind: str, details: str = "") -> None:
-    """Record that the run in ``run_dir`` failed: ``status.json`` (status, error, type, when) and, when given, the
-    traceback in ``error.txt``. Best effort: a full disk must not hide the original error."""
+def write_failure(run_dir: str | Path, error: str, kind: str, details: str = "", *, written_by: str = "job",
+                  job_id: str | None = None) -> None:
+    """Record that the run in ``run_dir`` failed: ``status.json`` and, when given, the traceback in ``error.txt``.
+    Best effort: a full disk must not hide the original error."""
     import datetime
 
-    status = {"status": "failed", "error": error, "type": kind,
-              "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    status = FailureStatus(error=error, type=kind, written_by=written_by, job_id=job_id,
+                           when=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     try:
-        atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps(status, indent=2) + "\n")
+        atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps(status.to_dict(), indent=2) + "\n")
         if details:
             atomic_write_text(Path(run_dir) / ERROR_FILE, details)
     except NepentheError:
         pass
 
 
-def read_status(run_dir: str | Path) -> dict | None:
+def read_status(run_dir: str | Path) -> FailureStatus | None:
     """``status.json`` of a failed run, or None (none, or unreadable)."""
     path = Path(run_dir) / STATUS_FILE
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return FailureStatus.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, RecordError):
         return None
 
 
@@ -165,7 +116,7 @@ def append_line(path: str | Path, line: str) -> None:
         os.close(fd)
 
 
-def read_rounds(run_dir: str | Path) -> list[dict]:
+def read_rounds(run_dir: str | Path) -> list[RoundRecord]:
     """The round records of a run. A cut-off last line (a write interrupted by a full disk or a kill) is skipped
     with a warning; a broken line before the end is an error naming the file and the line."""
     path = Path(run_dir) / ROUNDS_FILE
@@ -177,7 +128,7 @@ def read_rounds(run_dir: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            data = json.loads(line)
         except json.JSONDecodeError as exc:
             if number == len(lines):
                 warnings.warn(f"{path}: line {number} is cut off (an interrupted write); skipped it. Re-running "
@@ -185,29 +136,24 @@ def read_rounds(run_dir: str | Path) -> list[dict]:
                 continue
             raise NepentheError(f"{path}: line {number} is not valid JSON ({exc.msg}); the file was edited or "
                                 f"damaged: re-run the run's command to rewrite it from its checkpoints") from exc
+        try:
+            records.append(RoundRecord.from_dict(data))
+        except RecordError as exc:
+            raise NepentheError(f"{path}: line {number}: {exc}") from exc
     return records
 
 
-def read_summary(run_dir: str | Path) -> dict | None:
+def read_summary(run_dir: str | Path) -> Summary | None:
     path = Path(run_dir) / SUMMARY_FILE
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        return Summary.from_dict(json.loads(path.read_text()))
     except json.JSONDecodeError as exc:
         raise NepentheError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); delete it and re-run the "
                             f"run's command to write it again from the checkpoints") from exc
-
-
-def flatten(record: dict, prefix: str = "") -> dict:
-    """``{"entropy": {"relu": 0.5}}`` -> ``{"entropy/relu": 0.5}`` for W&B charts."""
-    flat = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}/"))
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    except RecordError as exc:
+        raise NepentheError(f"{path}: {exc}") from exc
 
 
 class RunRecorder:
@@ -221,17 +167,19 @@ class RunRecorder:
     def write_config(self, yaml_text: str) -> None:
         atomic_write_text(self.run_dir / CONFIG_FILE, yaml_text)
 
-    def restore_rounds(self, records: list[dict]) -> None:
+    def restore_rounds(self, records: list[RoundRecord]) -> None:
         """After a resume, make rounds.jsonl hold exactly the rounds the checkpoint knows (no dangling line)."""
-        atomic_write_text(self.run_dir / ROUNDS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_text(self.run_dir / ROUNDS_FILE, "".join(json.dumps(r.to_dict()) + "\n" for r in records))
 
-    def round(self, record: dict) -> None:
-        append_line(self.run_dir / ROUNDS_FILE, json.dumps(record) + "\n")
-        self._mirror(lambda run: run.log(flatten(record), step=record["round"]))
+    def round(self, record: RoundRecord) -> None:
+        data = record.to_dict()
+        append_line(self.run_dir / ROUNDS_FILE, json.dumps(data) + "\n")
+        self._mirror(lambda run: run.log(flatten(data), step=record.round))
 
-    def summary(self, summary: dict) -> None:
-        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-        self._mirror(lambda run: (run.summary.update(flatten(summary)), run.finish()))
+    def summary(self, summary: Summary) -> None:
+        data = summary.to_dict()
+        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(data, indent=2) + "\n")
+        self._mirror(lambda run: (run.summary.update(flatten(data)), run.finish()))
         self._wandb_run = None
 
     def start(self) -> None:

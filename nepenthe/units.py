@@ -52,3 +52,25 @@ def activation_modules(model: nn.Module, units: list[Unit]) -> dict[str, nn.Modu
 
 def unit_layouts(units: list[Unit]) -> dict[str, str]:
     return {u.name: u.layout for u in units}
+
+
+def find_module(model: nn.Module, path: str) -> nn.Module | None:
+    """The submodule at ``path``, or None where it no longer exists (a parent was replaced by an identity)."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def units_without_rectifier(model: nn.Module, units: list[Unit]) -> list[str]:
+    """Units whose rectifier no longer acts: replaced by ``nn.Identity`` (EASIER) or gone with a block that was
+    (LaCoOT). They count as zero-entropy units with every neuron ON."""
+    return [u.name for u in units if not isinstance(find_module(model, u.name), RECTIFIERS)]
+
+
+def replace_by_identity(model: nn.Module, paths: list[str]) -> None:
+    """Replace the named modules by ``nn.Identity`` (EASIER's activations, LaCoOT's blocks; re-applied in order after
+    loading a checkpoint, so a path inside an already replaced module is skipped)."""
+    for path in paths:
+        if find_module(model, path) is not None:
+            model.set_submodule(path, nn.Identity())

@@ -12,13 +12,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nepenthe.rundir import HYDRA_SUBDIR, Preexisting, remove_unused_sweep_dir
+from .rundir import HYDRA_SUBDIR, Preexisting, remove_unused_sweep_dir
 from nepenthe.tracking import read_status
 
 
 class RecordPreexistingDirs(Callback):
     """Before Hydra creates the run (or sweep) directory, record what existed there, so that a refused job removes
-    only folders this command created (:func:`nepenthe.rundir.remove_unused_run_dir`)."""
+    only folders this command created (:func:`nepenthe_cli.rundir.remove_unused_run_dir`)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)  # hydra.run.dir reads ${hydra:job.override_dirname}; run_job sets it next
@@ -46,11 +46,11 @@ class SweepReport(Callback):
         jobs = [p.parent.parent for p in sweep_dir.glob(f"*/{HYDRA_SUBDIR}/overrides.yaml")
                 if p.stat().st_mtime >= self.started]  # this sweep's jobs, not an earlier sweep's
         failed = [(job, status) for job in sorted(jobs)
-                  if (status := read_status(job)) is not None and status.get("status") == "failed"]
+                  if (status := read_status(job)) is not None and status.status == "failed"]
         if not failed:
             return
         print(f"sweep finished: {len(failed)} of {len(jobs)} jobs failed (status.json and error.txt in each):",
               file=sys.stderr)
         for job, status in failed:
-            print(f"  {job}: {status.get('error')}", file=sys.stderr)
+            print(f"  {job}: {status.error}", file=sys.stderr)
         sys.exit(1)

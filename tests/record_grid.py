@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from nepenthe.tracking import RunRecorder, flatten
+from nepenthe.records import RoundRecord, Summary, flatten
+from nepenthe.tracking import RunRecorder
 
 MODELS = {"resnet18_cifar": (17, 18), "mobilenetv2_cifar": (35, 53)}  # N units, weight layers
 DATASETS = ("cifar10", "tiny_imagenet")
@@ -94,8 +95,8 @@ def write_grid(folder: Path) -> list[Path]:
                     recorder = RunRecorder(run_dir)
                     recorder.write_config(yaml.safe_dump(config))
                     for record in records:
-                        recorder.round(record)
-                    recorder.summary(summary)
+                        recorder.round(RoundRecord.from_dict(record, schema=2))
+                    recorder.summary(Summary.from_dict(summary, schema=2))
                     dirs.append(run_dir)
     return dirs
 

@@ -13,10 +13,11 @@ import yaml
 import numpy as np
 
 import record_grid
-from analysis import collect, plots, tables, wandb_source
+from analysis import collect, plots, rows as rows_module, tables, wandb_source
 from conftest import ROOT
 from nepenthe.data.fashion_mnist import DEBIAN_DIR, prepare_fashion_mnist
-from nepenthe.tracking import RunRecorder, flatten
+from nepenthe.records import RoundRecord, flatten
+from nepenthe.tracking import RunRecorder
 
 
 def fake_run(method, seed, accs, ks, dense_macs=140_000_000, collapsed_macs=100_000_000):
@@ -63,7 +64,7 @@ def runs_folder(tmp_path):
 
 def test_collect_local_runs_gives_the_documented_columns_and_values(runs_folder):
     frame = collect.to_frame(collect.local_runs([runs_folder]))
-    assert list(frame.columns) == collect.COLUMNS and len(frame) == 3 + 3 + 2
+    assert list(frame.columns) == rows_module.COLUMNS and len(frame) == 3 + 3 + 2
     final = frame[frame["is_final"]]
     assert sorted(final["round"]) == [1, 2, 2] and frame.groupby("run_id")["kept_round"].nunique().eq(1).all()
     row = final[(final["method"] == "nepenthe") & (final["seed"] == 1)].iloc[0]
@@ -109,7 +110,7 @@ def test_wandb_api_source_gives_the_same_rows_as_the_local_one(runs_folder):
     rows, problems = wandb_source.api_runs("me/p", api=FakeApi([FakeWandbRun("x", config, records[:2], None,
                                                                                "crashed")]))
     assert problems == [("wandb:me/p/x", "W&B state crashed, last logged round 1")]
-    assert [r["round"] for r in rows] == [0, 1] and not any(r["is_final"] for r in rows)
+    assert [r.round for r in rows] == [0, 1] and not any(r.is_final for r in rows)
 
 
 @pytest.fixture
@@ -210,13 +211,13 @@ def test_wandb_csv_export_becomes_the_same_tables_as_the_run_directories(grid, t
     recorder = RunRecorder(unfinished)
     recorder.write_config(yaml.safe_dump(config))
     for record in records[:2]:
-        recorder.round(record)
+        recorder.round(RoundRecord.from_dict(record, schema=2))
     export = record_grid.wandb_export(dirs, tmp_path / "wandb_export_2026-11-23T10_00_00.000+00_00.csv", unfinished)
     rows, problems = wandb_source.csv_runs(export)
     assert problems == [(f"wandb-csv:{export.name}#32/unfinished", "W&B state crashed, last logged round 1")]
-    exported = collect.to_frame([r for r in rows if r["seed"] != 5])
+    exported = collect.to_frame([r for r in rows if r.seed != 5])
     local = collect.to_frame(collect.local_runs([folder]))
-    same = [c for c in collect.COLUMNS if c not in ("run_id", "entropy")]
+    same = [c for c in rows_module.COLUMNS if c not in ("run_id", "entropy")]
     pd.testing.assert_frame_equal(exported[same], local[same])
     # entropy: an export holds it for the dense and the kept round (the summary's), not the rounds between
     ends = exported["is_final"] | (exported["round"] == 0)
@@ -270,78 +271,6 @@ def test_figures_have_one_row_of_panels_per_model_and_dataset(grid, tmp_path):
     assert all(p.read_bytes()[:4] == (b"\x89PNG" if p.suffix == ".png" else b"%PDF") for p in paths)
 
 
-def test_make_figures_executes_the_notebook_into_its_own_folder_and_leaves_committed_results_alone(grid, tmp_path):
-    pytest.importorskip("nbclient")
-    csv = tmp_path / "runs.csv"
-    collect.to_frame(collect.local_runs([grid[0]])).to_csv(csv, index=False)
-    def snapshot():
-        return {p: p.read_bytes() for p in (ROOT / "experiments" / "results").rglob("*") if p.is_file()}
-
-    committed = snapshot()
-    result = subprocess.run(["make", "-o", "install", "figures", f"CSV={csv}", f"OUT={tmp_path / 'nb'}"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    out = tmp_path / "nb"
-    assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(f"{n}.png" for n in plots.FIGURES)
-    assert (out / "table1.md").read_text().count("| ResNet-18 ") == 8
-    import nbformat
-
-    executed = nbformat.read(out / "figures.ipynb", as_version=4)
-    images = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if "image/png" in o.get("data", {})]
-    assert len(images) == len(plots.FIGURES)  # every figure shown in the notebook
-    texts = "".join(o.get("data", {}).get("text/markdown", "") for c in executed.cells if c.cell_type == "code"
-                    for o in c.get("outputs", []))
-    assert "91.25 ± 0.35" in texts and "matched_k" in texts
-    assert snapshot() == committed
-    refused = subprocess.run(["make", "-o", "install", "figures", f"CSV={csv}",
-                              f"OUT={ROOT / 'experiments' / 'results' / 'smoke'}"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=120)
-    assert refused.returncode != 0 and "inside the committed results" in refused.stderr
-    assert snapshot() == committed
-
-
-def test_make_reproduce_table1_renders_a_multi_model_multi_dataset_record_set(tmp_path):
-    record_grid.write_grid(tmp_path / "runs" / "table1")  # the published scale's run directory name
-    result = subprocess.run(["make", "-o", "install", "reproduce-table1", "SWEEP=0", f"RUNS={tmp_path / 'runs'}",
-                             f"RESULTS={tmp_path / 'results'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    out = tmp_path / "results" / "published"
-    numeric = pd.read_csv(out / "table1.csv")
-    assert len(numeric) == 16 and set(numeric["model"]) == set(record_grid.MODELS)
-    expected = tables.table1(collect.to_frame(collect.local_runs([tmp_path / "runs"])))
-    pd.testing.assert_frame_equal(numeric.fillna({"published_source": ""}), expected, check_dtype=False)
-    for name in ("matched_k", "matched_sparsity", "matched_macs"):
-        assert (out / f"{name}.md").is_file() and (out / f"{name}.tex").is_file()
-    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
-        f"{n}.{ext}" for n in plots.FIGURES for ext in ("png", "pdf"))
-
-
-def test_collect_command_writes_the_csv(runs_folder, tmp_path):
-    out = tmp_path / "runs.csv"
-    result = subprocess.run([sys.executable, "-m", "analysis.collect", str(runs_folder), "-o", str(out)], cwd=ROOT,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "8 rows from 3 runs" in result.stdout and len(pd.read_csv(out)) == 8
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (make data)")
-def test_make_reproduce_table1_smoke_on_a_tiny_subset(tmp_path):
-    prepare_fashion_mnist(tmp_path / "data")
-    extra = f"dataset.root={tmp_path / 'data'} dataset.kwargs.train_subset=500 dataset.kwargs.val_size=200 " \
-            "model.kwargs.width=8 train.epochs=1 finetune.epochs=1 stop.max_rounds=1"
-    result = subprocess.run(["make", "reproduce-table1", "SCALE=smoke", f"RUNS={tmp_path / 'runs'}",
-                             f"RESULTS={tmp_path / 'results'}", "ONLY=pruning=nepenthe,easier seed=0",
-                             f"EXTRA={extra}"], cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    out = tmp_path / "results" / "smoke"
-    frame = pd.read_csv(out / "runs.csv")
-    assert sorted(frame["method"].unique()) == ["easier", "nepenthe"] and set(frame["round"]) == {0, 1}
-    assert (out / "table1.md").read_text().count("| compact CNN ") == 2 and (out / "matched_k.md").is_file()
-    assert (out / "figures" / "depth_vs_accuracy.pdf").stat().st_size > 5000
-
-
 def test_collect_lists_failed_and_unfinished_runs_instead_of_dropping_them(runs_folder, tmp_path):
     from nepenthe.tracking import write_failure
 
@@ -349,7 +278,7 @@ def test_collect_lists_failed_and_unfinished_runs_instead_of_dropping_them(runs_
     failed = runs_folder / "job9"
     (failed / ".hydra").mkdir(parents=True)
     write_failure(failed, "pruning.ratio=1.5 must lie strictly between 0 and 1 (e.g. 0.5)", "ConfigError")
-    rounds = [r["round"] for r in collect.read_rounds(runs_folder / "job1")]
+    rounds = [r.round for r in collect.read_rounds(runs_folder / "job1")]
     assert collect.incomplete_runs([runs_folder]) == [
         (runs_folder / "job1", f"unfinished: rounds 0..{max(rounds)}"),
         (failed, "failed: pruning.ratio=1.5 must lie strictly between 0 and 1 (e.g. 0.5)")]
@@ -384,3 +313,29 @@ def test_a_bf16_run_shows_its_collapsed_accuracy_beside_the_fp32_pair_that_was_v
     frame = collect.to_frame(collect.local_runs([runs_folder]))
     row = frame[frame["is_final"] & (frame["precision"] == "bf16")].iloc[0]
     assert np.isnan(row["test_acc_fp32"]) and row["test_acc"] == 89.0
+
+
+def test_reproduce_checks_what_a_scale_needs_before_launching_anything(tmp_path):
+    """SCALE=published on a machine without CUDA or CIFAR-10: one line per missing piece naming the fix, and
+    nothing launched (no run directory)."""
+    import torch
+
+    from analysis import reproduce
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit) as info:
+        reproduce.main(["--scale", "published", "--runs-root", str(tmp_path / "runs"), "--only", "model=resnet18_cifar",
+                        "pruning=nepenthe", "seed=43", "--extra", f"dataset.root={tmp_path / 'nowhere'}"])
+    lines = str(info.value).splitlines()
+    assert lines == [
+        "error: experiment=table1 asks for CUDA (hardware.device=cuda) and this machine has none; run SCALE=smoke "
+        "for the CPU version, or submit it to GPUs with LAUNCHER=slurm",
+        f"error: dataset cifar10: cifar10 not found: expected torchvision's layout in {tmp_path / 'nowhere'}/"
+        "cifar-10-batches-py (the extracted cifar-10-batches-py archive); pass dataset.kwargs.download=true where the "
+        "network allows"]
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(SystemExit, match="SCALE='huge' is not valid; choose one of smoke, published"):
+        reproduce.main(["--scale", "huge"])
+    with pytest.raises(SystemExit, match=r"--only 'colour=red' names no key of the sweep"):
+        reproduce.main(["--scale", "smoke", "--only", "colour=red", "--runs-root", str(tmp_path / "runs")])

@@ -145,9 +145,8 @@ def test_fully_pruned_conv1_in_resnet_block_leaves_a_per_position_bias_map():
     assert len(folded) == 1 and folded[0]["removed_layers"] == ["conv1", "conv2"]
     assert folded[0]["shape"] == [1, 16, 6, 6]  # zero padding makes conv2's constant position-dependent
     assert report.removed_layers == ["conv1", "conv2"]
-    depth = "weight_layers_on_longest_path"
-    assert report.before[depth] == 2 and report.after[depth] == 1  # only the shortcut is left
-    assert report.after["macs"] < report.before["macs"] / 3
+    assert report.before.weight_layers_on_longest_path == 2 and report.after.weight_layers_on_longest_path == 1
+    assert report.after.macs < report.before.macs / 3
     assert_same(small(x), block(x))
     assert "conv1" in dict(block.named_modules())  # the input model keeps its layers
 
@@ -249,7 +248,7 @@ def test_inverted_residual_with_linear_activations_merges_exactly():
     convs = [m for m in small.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 1 and convs[0].weight.shape == (8, 8, 3, 3)
     assert_same(small(x), with_identity(block, "act1", "act2")(x))
-    assert report.after["macs"] < report.before["macs"]
+    assert report.after.macs < report.before.macs
 
 
 def test_transformer_mlp_with_gelu_replaced_becomes_one_linear():
@@ -336,8 +335,8 @@ def test_cost_merge_counts_macs_from_the_merged_kernel():
     _, report = collapse(model, {"1": all_on(32)}, x)
     (merge,) = ops(report, "merge")
     assert merge["macs_before"] == (4 * 32 + 9 * 32 * 4) * 36 and merge["macs_after"] == 9 * 4 * 4 * 36
-    assert report.after["macs"] == 9 * 4 * 4 * 36
-    assert math.isclose(report.before["macs"], merge["macs_before"])
+    assert report.after.macs == 9 * 4 * 4 * 36
+    assert math.isclose(report.before.macs, merge["macs_before"])
 
 
 def test_channels_last_tokens_fold_into_the_linear_before_and_merge():

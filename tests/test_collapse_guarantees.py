@@ -13,6 +13,7 @@ from nepenthe.collapse import CollapseError, collapse, save_collapsed
 from nepenthe.collapse.verify import check_step
 from nepenthe.entropy import EntropyProbe, LayerStats, binary_entropy
 from nepenthe.models.blocks import BasicBlock
+from nepenthe.records import CollapseResult
 from nepenthe.report import format_collapse
 
 
@@ -186,7 +187,7 @@ def test_default_merges_on_mobilenet_v2_are_exact_and_approximate_ones_report_th
     # the opt-in takes the cheaper 11×11 stride-4 merge of stem and block 1, exact only away from the border ring
     approx, areport = collapse(model, stats, x, merge="approximate", approximate_activations=True)
     inexact = [m for m in ops(areport, "merge") if not m["exact"]]
-    assert [m["kernel"] for m in inexact] == [[11, 11]] and areport.after["macs"] < report.after["macs"]
+    assert [m["kernel"] for m in inexact] == [[11, 11]] and areport.after.macs < report.after.macs
     diff = (approx(x).detach() - expected).abs()
     ring = inexact[0]["border_width"][0]
     scale = float(expected.abs().max())
@@ -209,7 +210,7 @@ def test_relu6_above_six_stays_unless_asked_and_then_reports_its_error():
     assert report.units[0]["action"] == "kept" and "ReLU6" in report.units[0]["reason"]
     assert report.units[0]["approximation_declined"] and report.removed_layers == []
     assert_same(small(x), model[2](F.relu6(z)))
-    section = {**report.to_dict(), "test_acc": 50.0}
+    section = CollapseResult(**vars(report), test_acc=50.0)
     assert "  left in place (not the identity where ON; collapse.approximate_activations=true replaces them): 1" in \
         format_collapse(section, 50.0)
 
@@ -218,7 +219,7 @@ def test_relu6_above_six_stays_unless_asked_and_then_reports_its_error():
     assert report.units[0]["approximation_error"] == pytest.approx(
         float((F.relu6(z) - z).abs().max() / F.relu6(z).abs().max()), rel=1e-6)
     assert any(line.startswith("  approximate activations (relative error at the unit): 1 0.")
-               for line in format_collapse({**report.to_dict(), "test_acc": 50.0}, 50.0))
+               for line in format_collapse(CollapseResult(**vars(report), test_acc=50.0), 50.0))
     linear = model[2](z).detach()
     assert_same(small(x), linear)  # a single linear layer now, equal to the model with the identity
     assert report.linearization_relative_diff == pytest.approx(

@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -16,15 +17,15 @@ def test_own_model_page_runs_and_collapses_exactly():
         exec(compile(block, "docs/own_model.md", "exec"), namespace)
     result, small, report, batch = namespace["result"], namespace["small"], namespace["report"], namespace["batch"]
     records = result.records
-    assert [r["round"] for r in records] == list(range(len(records))) and len(records) >= 2
-    assert records[0]["sparsity"] == 0.0 and records[0]["N"] == 2
-    assert records[1]["sparsity"] > 0.3  # half of the two units' weights go in round 1 (the head stays dense)
-    assert records[0]["val_acc"] > 80.0  # 4 classes, chance is 25 %
-    assert result.kept["val_acc"] >= records[0]["val_acc"] - 2.0
+    assert [r.round for r in records] == list(range(len(records))) and len(records) >= 2
+    assert records[0].sparsity == 0.0 and records[0].N == 2
+    assert records[1].sparsity > 0.3  # half of the two units' weights go in round 1 (the head stays dense)
+    assert records[0].val_acc > 80.0  # 4 classes, chance is 25 %
+    assert result.kept.val_acc >= records[0].val_acc - 2.0
     reference = result.model.eval()(batch)
     assert small(batch).shape == reference.shape
     assert torch.allclose(small(batch), reference, rtol=0, atol=1e-4 * reference.abs().max().item())
-    assert report.before["weight_layers_on_longest_path"] == 3
+    assert report.before.weight_layers_on_longest_path == 3
     namespace_model = namespace["model"]
     exec(compile(blocks[2], "docs/own_model.md", "exec"), namespace)  # one more round by hand on the same model
     assert sum(namespace["plan"].counts.values()) > 0 and set(namespace["stats"]) == {"2", "6"}
@@ -37,7 +38,7 @@ def test_the_library_never_imports_hydra_and_exports_a_documented_api():
 
     code = "import sys, nepenthe; print('hydra' in sys.modules, 'wandb' in sys.modules, len(nepenthe.__all__))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout.split()
-    assert out == ["False", "False", "37"]
+    assert out == ["False", "False", "44"]
     import nepenthe
 
     import nepenthe.collapse.pipeline as pipeline  # the subpackage is not shadowed by the exported function
@@ -59,8 +60,8 @@ def test_run_experiment_from_python_without_hydra(tmp_path):
         "collapse": {"enabled": False},
     })
     summary = nepenthe.run_experiment(cfg, tmp_path / "run")
-    assert summary["status"] == "complete" and summary["rounds_completed"] == 1
-    assert [r["round"] for r in read_rounds(tmp_path / "run")] == [0, 1]
+    assert summary.status == "complete" and summary.rounds_completed == 1
+    assert [r.round for r in read_rounds(tmp_path / "run")] == [0, 1]
     again = nepenthe.load_run_config(tmp_path / "run" / "config.yaml")  # the written config reloads as the same run
     assert semantic_dict(again) == semantic_dict(cfg)
 
@@ -86,16 +87,17 @@ def test_prune_with_a_run_dir_checkpoints_and_resumes(tmp_path):
     kwargs = dict(train=train, evaluate=evaluate, probe_batches=[(x, y)], max_rounds=2, max_drop=100.0,
                   run_dir=tmp_path / "mine", train_dense=True)
     first = nepenthe.prune(model, **kwargs)
-    assert calls == [0, 1, 2] and [r["round"] for r in read_rounds(tmp_path / "mine")] == [0, 1, 2]
+    assert calls == [0, 1, 2] and [r.round for r in read_rounds(tmp_path / "mine")] == [0, 1, 2]
     # NEPENTHE's budget: round 1 removes half of the two units' 96 + 256 weights; the head (48) stays dense
-    assert first.records[1]["pruned"] == 176 and abs(first.records[1]["sparsity"] - 176 / 400) < 1e-9
+    assert first.records[1].pruned == 176 and abs(first.records[1].sparsity - 176 / 400) < 1e-9
     calls.clear()
     again = nepenthe.prune(nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)),
                            **kwargs)
-    assert calls == [] and [r["pruned"] for r in again.records] == [r["pruned"] for r in first.records]
+    assert calls == [] and [r.pruned for r in again.records] == [r.pruned for r in first.records]
     assert torch.equal(again.model(x), first.model(x))  # resumed from the checkpoints: the same pruned model
 
 
+@pytest.mark.e2e
 def test_the_readme_weights_one_liner_writes_a_file_the_swin_t_preset_loads(tmp_path):
     import subprocess
     import sys

@@ -5,7 +5,7 @@ import torch
 from torch.nn.utils import prune
 
 from nepenthe.data.loader import ArrayLoader, ImageSplit
-from nepenthe.engine import fit
+from nepenthe.engine import TrainingPlan, fit
 from nepenthe.models import create_model
 
 
@@ -25,23 +25,23 @@ def loader():
     return ArrayLoader(split, 32, (0.5,), (0.25,), shuffle=True, augment=("crop", "flip"), seed=3)
 
 
-OPTIONS = dict(lr=0.05, schedule="cosine", device=torch.device("cpu"))
+PLAN = TrainingPlan(epochs=3, lr=0.05, schedule="cosine", device=torch.device("cpu"))
 
 
 def test_fit_resumed_from_an_epoch_callback_ends_where_an_uninterrupted_fit_ends():
     reference = pruned_cnn()
-    expected = fit(reference, loader(), 3, **OPTIONS)
+    expected = fit(reference, loader(), PLAN)
 
     saved = []
     model = pruned_cnn()
-    fit(model, loader(), 3, on_epoch_end=lambda state: saved.append((state, {k: v.clone() for k, v in
-                                                                             model.state_dict().items()})), **OPTIONS)
+    fit(model, loader(), PLAN, on_epoch_end=lambda state: saved.append((state, {k: v.clone() for k, v in
+                                                                               model.state_dict().items()})))
     assert [s["epoch"] for s, _ in saved] == [1, 2, 3] and all(s["epochs"] == 3 for s, _ in saved)
     state, weights = saved[0]  # a fresh process after epoch 1: model state and fit state from the checkpoint
     torch.manual_seed(12345)  # whatever the global streams are now, the saved ones are restored
     resumed = pruned_cnn()
     resumed.load_state_dict(weights)
-    result = fit(resumed, loader(), 3, resume=state, **OPTIONS)
+    result = fit(resumed, loader(), PLAN, resume=state)
     assert result == expected
     assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), reference.state_dict().values()))
 
@@ -57,13 +57,44 @@ def test_device_resident_loader_yields_the_same_batches():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_compiled_training_matches_eager_and_leaves_the_module_as_it_was():
     eager, compiled = pruned_cnn(), pruned_cnn()
-    expected = fit(eager, loader(), 1, **OPTIONS)
-    got = fit(compiled, loader(), 1, compile_model=True, **OPTIONS)
+    one = TrainingPlan(epochs=1, lr=0.05, schedule="cosine", device=torch.device("cpu"))
+    expected = fit(eager, loader(), one)
+    got = fit(compiled, loader(), TrainingPlan(**{**vars(one), "compile": True}))
     assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-4)
     assert list(compiled.state_dict()) == list(eager.state_dict())  # no _orig_mod. prefix: checkpoints unchanged
     for name, m in compiled.named_modules():
         if hasattr(m, "weight_mask"):
             assert not bool((m.weight[m.weight_mask == 0]).any())  # pruned weights stayed zero through compile
             torch.testing.assert_close(m.weight, dict(eager.named_modules())[name].weight, rtol=1e-3, atol=1e-4)
+
+
+def test_a_loss_term_is_added_to_every_batch_and_reported():
+    class Constant:
+        """A loss term worth 0.25 on every batch: the training loss grows by exactly that."""
+
+        attached = detached = 0
+
+        def attach(self, model):
+            Constant.attached += 1
+
+        def detach(self):
+            Constant.detached += 1
+
+        def __call__(self):
+            return torch.tensor(0.25)
+
+    plain = fit(pruned_cnn(), loader(), PLAN)
+    with_term = fit(pruned_cnn(), loader(), PLAN, loss_term=Constant())
+    # a constant adds nothing to the gradients: the same weights, the loss 0.25 higher
+    assert with_term["train_loss"] == pytest.approx(plain["train_loss"] + 0.25, abs=1e-6)
+    assert with_term["train_term"] == pytest.approx(0.25) and "train_term" not in plain
+    assert Constant.attached == Constant.detached == 1
+
+
+def test_the_nan_hint_suggests_fp32_only_to_bf16_runs():
+    from nepenthe.engine import _precision_hint
+
+    assert _precision_hint(None) == "" and _precision_hint(torch.bfloat16) == " or use hardware.precision=fp32"

@@ -1,10 +1,11 @@
 from nepenthe.config import StopConfig
 from nepenthe.loop import kept_round, stop_reason
 from nepenthe.pruning.methods import PruningPlan
+from nepenthe.records import RoundRecord
 
 
 def records(*val_k):
-    return [{"round": i, "val_acc": v, "k": k} for i, (v, k) in enumerate(val_k)]
+    return [RoundRecord(round=i, val_acc=v, k=k) for i, (v, k) in enumerate(val_k)]
 
 
 def config(max_drop=1.0, max_rounds=10, target=None):

@@ -8,7 +8,8 @@
 
 from .graph import CollapseError
 from .merge import MERGES
-from .pipeline import CollapseReport, collapse, fold_batchnorm_only
+from ..records import CollapseReport
+from .pipeline import collapse, fold_batchnorm_only
 from .saving import load_collapsed, save_collapsed
 
 __all__ = ["CollapseError", "CollapseReport", "MERGES", "collapse", "fold_batchnorm_only", "load_collapsed",

@@ -38,25 +38,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> dict:
-    from ..experiment import restore_run  # imports the data and model registries; only needed here
+def run(args: argparse.Namespace):
+    from ..deploy import collapse_kept, measure_collapsed  # import the data and model registries; only needed here
+    from ..experiment import restore_run
 
     exp, record = restore_run(args.run_dir, args.round, merge=args.merge, tolerance=args.tolerance,
                               verify_batch=args.verify_batch, device=args.device, data_root=args.data_root,
                               approximate_activations=args.approximate_activations)
-    stats = exp.probe()
     out = args.out or args.run_dir
     out.mkdir(parents=True, exist_ok=True)
-    _, section = exp.collapse_and_measure(stats, out)
-    section = {"run_dir": str(args.run_dir), "round": record["round"], "uncollapsed_test_acc": record["test_acc"],
-               "k": record["k"], "N": record["N"], **section}
-    atomic_write_text(out / REPORT_FILE, json.dumps(section, indent=2) + "\n")
-    print(f"round {record['round']} of {args.run_dir}: zero-entropy units {record['k']}/{record['N']}, "
-          f"sparsity {100 * record['sparsity']:.1f}%")
-    for line in format_collapse(section, record["test_acc"]):
+    small, report = collapse_kept(exp, exp.probe())
+    result = measure_collapsed(exp, small, report, out)
+    result.run_dir, result.round, result.kept_test_acc = str(args.run_dir), record.round, record.test_acc
+    result.k, result.N = record.k, record.N
+    atomic_write_text(out / REPORT_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
+    print(f"round {record.round} of {args.run_dir}: zero-entropy units {record.k}/{record.N}, "
+          f"sparsity {100 * record.sparsity:.1f}%")
+    for line in format_collapse(result, record.test_acc):
         print(line)
     print(f"report: {out / REPORT_FILE}")
-    return section
+    return result
 
 
 def main(argv=None) -> int:

@@ -20,7 +20,7 @@ from torch import Tensor, fx, nn
 from .graph import (BROADCASTING, COLLAPSE_PREFIX, WEIGHT_OPS, CollapseError, add_buffer, exclusive_modules,
                     expand_to_batch, fetch_attr, insert_after, is_module, module, only_user, shape)
 
-ADDS = (operator.add, torch.add)
+FOLDABLE_ADDS = (operator.add, torch.add)  # adds whose constant operand can be folded (not the in-place iadd)
 
 
 def emits_constant(layer: nn.Module) -> bool:
@@ -162,7 +162,7 @@ def fold_constant_bias(gm: fx.GraphModule) -> list[dict]:
     done = []
     exclusive = exclusive_modules(gm)
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in ADDS:
+        if node.op != "call_function" or node.target not in FOLDABLE_ADDS:
             continue
         if len(node.args) != 2 or node.kwargs:
             continue

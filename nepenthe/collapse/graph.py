@@ -206,7 +206,7 @@ def dense_conv_weight(conv: nn.Conv2d) -> Tensor:
     return dense
 
 
-def layer_macs(layer: nn.Module, out_shape) -> int:
+def call_macs(layer: nn.Module, out_shape) -> int:
     """MACs of one conv/linear call producing ``out_shape`` (batch 1)."""
     if isinstance(layer, nn.Conv2d):
         kh, kw = layer.kernel_size

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from .constants import ADDS, shrink_uniform
+from .constants import FOLDABLE_ADDS, shrink_uniform
 from .graph import (add_buffer, conv_geometry, dense_conv_weight, exclusive_modules, fetch_attr, insert_after,
-                    layer_macs, module, only_user, shape)
+                    call_macs, module, only_user, shape)
 
 MERGES = ("cost", "always", "never", "approximate")
 
@@ -56,7 +56,7 @@ def _kind(gm: fx.GraphModule, node: fx.Node, exclusive: set[str]) -> str | None:
 def _map_add(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
     """``node + c`` (or ``torch.add(node, c, alpha=a)``) with ``c`` a stored tensor, the sum no larger than ``node``."""
     user = only_user(node)
-    if user is None or user.op != "call_function" or user.target not in ADDS or len(user.args) != 2:
+    if user is None or user.op != "call_function" or user.target not in FOLDABLE_ADDS or len(user.args) != 2:
         return None
     if set(user.kwargs) - {"alpha"}:
         return None  # out= and friends: not modelled, so the chain ends here and the add stays as it is
@@ -106,11 +106,11 @@ class Segment:
 def _segment(gm: fx.GraphModule, links: list[Link]) -> Segment | None:
     """What merging ``links`` would give, or None when the merged layer would not reproduce the recorded shape."""
     layers = [module(gm, link.node) for link in links]
-    before = sum(layer_macs(layer, shape(link.node)) for layer, link in zip(layers, links))
+    before = sum(call_macs(layer, shape(link.node)) for layer, link in zip(layers, links))
     first, last = layers[0], layers[-1]
     out_shape = shape(links[-1].node)
     if isinstance(first, nn.Linear):
-        return Segment(links, before, layer_macs(nn.Linear(first.in_features, last.out_features), out_shape), True)
+        return Segment(links, before, call_macs(nn.Linear(first.in_features, last.out_features), out_shape), True)
     (k, s, p), exact = conv_geometry(first), True
     x_size = shape(links[0].node.args[0])[-2:]
     for prev, layer in zip(links, layers[1:]):
@@ -145,7 +145,7 @@ def plan_merges(gm: fx.GraphModule, chain: list[Link], merge: str, exact_only: b
             (layers, macs), merged = best[start]
             if end - start == 1:
                 link = chain[start]
-                option = (layers + 1, macs + layer_macs(module(gm, link.node), shape(link.node))), merged
+                option = (layers + 1, macs + call_macs(module(gm, link.node), shape(link.node))), merged
             else:
                 seg = _segment(gm, chain[start:end])
                 if seg is None or (exact_only and not seg.exact):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
 import torch
@@ -12,6 +11,7 @@ from torch import Tensor, fx, nn
 from ..entropy import LayerStats
 from ..metrics import cost_report
 from ..pruning.masks import make_permanent
+from ..records import CollapseReport
 from .activations import ReducedActivation, approximation_errors, linearize_activations
 from .channels import remove_dead_channels
 from .constants import fold_constants
@@ -22,42 +22,6 @@ from .merge import MERGES, merge_chains
 from .verify import abs_diff, check_step, mismatch, outputs, output_scale, relative_diff, touched
 
 PASS_THROUGH = (nn.Identity, nn.Dropout)  # identities in eval mode
-
-
-@dataclass
-class CollapseReport:
-    """What collapse did and what it measured on the verification batch (see ``nepenthe.tracking`` for fields).
-
-    Differences are max |a − b| over the outputs; ``*_relative_diff`` divides by the reference output's max |value|.
-    """
-
-    merge: str
-    input_shape: list[int]
-    tolerance: float
-    approximate_activations: bool = False
-    units: list[dict] = field(default_factory=list)
-    removed_layers: list[str] = field(default_factory=list)  # conv/linear layers no longer in the graph
-    shared_layers: list[str] = field(default_factory=list)  # tied / directly read layers, left as they are
-    operations: list[dict] = field(default_factory=list)
-    before: dict = field(default_factory=dict)
-    after: dict = field(default_factory=dict)
-    max_abs_diff: float = 0.0  # collapsed (exact steps) vs the linearized reference
-    relative_diff: float = 0.0  # the same, relative: within tolerance, or collapse raised
-    border_diff: float = 0.0  # what merge='approximate' adds on top (inexact border-ring merges), measured
-    border_relative_diff: float = 0.0
-    linearization_diff: float = 0.0  # linearized vs the given model: the probe's decision, on this batch
-    linearization_relative_diff: float = 0.0
-    diff_vs_original: float = 0.0  # collapsed vs the given model
-    relative_diff_vs_original: float = 0.0
-    output_scale: float = 0.0  # max |output| of the given model on the batch
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def removed_weight_layers(self) -> int:
-        key = "weight_layers_on_longest_path"
-        return self.before[key] - self.after[key]
 
 
 def detached_copy(model: nn.Module) -> nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..units import Unit
 from .blocks import BasicBlock, conv3x3
 from .registry import register_model
@@ -46,12 +47,28 @@ class ResidualCNN(nn.Module):
                 units += block.units(f"layers.{s}.{b}.")
         return units
 
+    def transport_units(self) -> list[str]:
+        """LaCoOT's units (nepenthe.pruning.lacoot): the blocks after the first of each stage, as the reference's
+        ResNet-18 (``layerX.1``); a stage of one block offers that block when its shortcut is the identity."""
+        paths = []
+        for s, stage in enumerate(self.layers):
+            later = [f"layers.{s}.{b}" for b in range(1, len(stage))]
+            if not later and not len(stage[0].shortcut):
+                later = [f"layers.{s}.0"]
+            paths += later
+        return paths
+
 
 @register_model("resnet18_cifar")
-def resnet18_cifar(num_classes: int = 10, in_chans: int = 3, maxpool: bool = True,
+def resnet18_cifar(num_classes: int = 10, in_chans: int = 3, maxpool: bool = True, width: int = 64,
                    weights: str | None = None) -> ResidualCNN:
-    """The paper family's CIFAR ResNet-18: 3×3 stride-1 stem, max-pool kept by default (≈140 M MACs at 32×32)."""
-    model = ResidualCNN((64, 128, 256, 512), (2, 2, 2, 2), (1, 2, 2, 2), num_classes, in_chans, maxpool)
+    """The paper family's CIFAR ResNet-18: 3×3 stride-1 stem, max-pool kept by default (≈140 M MACs at 32×32).
+    ``width`` is the first stage's channels (the papers' 64; stages double it): a narrower network has the same
+    architecture, unit names and 17 units (width 16, a quarter: ≈8.8 M MACs at 32×32)."""
+    if not (isinstance(width, int) and width >= 1):
+        raise ConfigError(f"model.kwargs.width={width!r} must be a positive integer (the papers' ResNet-18: 64)")
+    model = ResidualCNN((width, 2 * width, 4 * width, 8 * width), (2, 2, 2, 2), (1, 2, 2, 2), num_classes, in_chans,
+                        maxpool)
     if weights:
         load_local_weights(model, weights)
     return model

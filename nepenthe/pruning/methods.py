@@ -7,13 +7,13 @@ A plan is data, so it can be recorded, tested against hand-computed numbers and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from torch import nn
 
 from ..entropy import LayerStats
-from ..errors import ConfigError, unknown_name
-from ..units import RECTIFIERS, Unit, weight_layer_names
+from ..errors import ConfigError
+from ..units import RECTIFIERS, Unit, find_module, replace_by_identity, weight_layer_names
 from .budget import (check_ratio, check_rounding, global_magnitude_allocation, nepenthe_allocation, smallest_counts,
                      uniform_allocation)
 from .masks import mean_abs_nonzero, nonzero_remaining, prune_smallest, remaining, remaining_magnitudes
@@ -23,7 +23,7 @@ from .masks import mean_abs_nonzero, nonzero_remaining, prune_smallest, remainin
 class PruningPlan:
     counts: dict[str, int] = field(default_factory=dict)  # layer path -> weights to remove this round
     frozen_units: list[str] = field(default_factory=list)  # zero-entropy units left alone
-    linearize: list[str] = field(default_factory=list)  # activations replaced by nn.Identity this round (EASIER)
+    identities: list[str] = field(default_factory=list)  # modules replaced by nn.Identity this round (EASIER, LaCoOT)
 
     @property
     def total(self) -> int:
@@ -31,19 +31,56 @@ class PruningPlan:
 
     @property
     def is_empty(self) -> bool:
-        return self.total == 0 and not self.linearize
+        return self.total == 0 and not self.identities
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How a method's reference code measures entropy (docs/DESIGN.md steps 1-3); ``pruning=<method>`` in the CLI
+    sets the same ``entropy.*`` values (tests/test_config.py compares them)."""
+
+    zero_state: str = "off"  # off (EGP code) | on (EASIER code) | drop (NEPENTHE paper)
+    layer_mean: str = "nonconstant"  # nonconstant (EGP code) | all (EASIER code)
+    pooling: str = "dataset"  # dataset | batch (per-batch values averaged, both reference codes)
+    split: str = "train"  # train (no augmentation) | train_aug (the reference codes' training loader) | val | test
+    batch_size: int | None = None  # None: the training batch size (per-batch pooling depends on it)
 
 
 class Method:
+    """Turns (model, units, entropy stats, the records so far) into a :class:`PruningPlan`. A method may also add a
+    term to the training loss (:meth:`loss_term`), measure what its plan needs (:meth:`measure`) and stop on its
+    own terms (:meth:`stop_rule`)."""
+
     name = "base"
+    probe = ProbeSettings()
 
     def __init__(self, ratio: float, **options):
         self.ratio = check_ratio(ratio)
         if options:
             raise ConfigError(f"pruning method {self.name!r} takes no option(s) {', '.join(sorted(options))}")
 
-    def plan(self, model: nn.Module, units: list[Unit], stats: Mapping[str, LayerStats]) -> PruningPlan:
+    def plan(self, model: nn.Module, units: list[Unit], stats: Mapping[str, LayerStats],
+             history: Sequence = ()) -> PruningPlan:
         raise NotImplementedError
+
+    def check(self, model: nn.Module) -> None:
+        """Refuse, before anything runs, a model this method cannot work on (one error naming what is wrong)."""
+
+    def loss_term(self, model: nn.Module):
+        """A :class:`~nepenthe.engine.LossTerm` added to the cross-entropy while training, or None."""
+        return None
+
+    def measure(self, model: nn.Module, batches, device) -> dict:
+        """What the plan needs measured after each round, recorded as the round's ``method_stats``."""
+        return {}
+
+    def stop_rule(self, stop, model: nn.Module):
+        """The :class:`~nepenthe.config.StopConfig` the loop uses for this method (the configured one)."""
+        return stop
+
+    def finetune_epochs(self, configured: int) -> int:
+        """Fine-tuning epochs of a round after the dense one (the configured number)."""
+        return configured
 
 
 def unit_remaining(model: nn.Module, unit: Unit) -> int:
@@ -64,20 +101,22 @@ def split_over_layers(model: nn.Module, layers: tuple[str, ...], n: int) -> dict
 
 class Nepenthe(Method):
     """Entropy-guided budget (docs/DESIGN.md step 5); zero-entropy units are frozen. Remaining weights are counted as the
-    EGP code does (alive and ``w != 0``), so a unit whose alive weights are all exactly zero is skipped."""
+    EGP code does (alive and ``w != 0``), so a unit whose alive weights are all exactly zero is skipped. Entropy as the
+    NEPENTHE paper specifies it, measured consistently: pooled over the whole clean training set."""
 
     name = "nepenthe"
+    default_rounding = "nearest"
 
-    def __init__(self, ratio: float, rounding: str = "nearest"):
+    def __init__(self, ratio: float, rounding: str | None = None):
         super().__init__(ratio)
-        self.rounding = check_rounding(rounding)
+        self.rounding = check_rounding(rounding or self.default_rounding)
 
     def prunable(self, model, units, stats) -> tuple[list[Unit], list[str]]:
         alive = [u for u in units if unit_nonzero(model, u) > 0]
         frozen = [u.name for u in alive if stats[u.name].entropy <= 0.0]
         return [u for u in alive if stats[u.name].entropy > 0.0], frozen
 
-    def plan(self, model, units, stats) -> PruningPlan:
+    def plan(self, model, units, stats, history=()) -> PruningPlan:
         prunable, frozen = self.prunable(model, units, stats)
         plan = PruningPlan(frozen_units=frozen)
         if not prunable:
@@ -96,10 +135,13 @@ class Nepenthe(Method):
 
 
 class Egp(Nepenthe):
-    """EGP: the same entropy-weighted budget; its entropy options (ON iff z > 0, mean over non-constant neurons,
-    per-batch values averaged, augmented training loader) come with ``pruning=egp`` in the config."""
+    """EGP as its code runs: the same entropy-weighted budget with each share truncated by ``int()`` (floor), and
+    its code's entropy: ON iff z > 0, mean over non-constant neurons, per-batch values averaged over the augmented
+    training loader at the training batch size."""
 
     name = "egp"
+    default_rounding = "floor"
+    probe = ProbeSettings(zero_state="off", layer_mean="nonconstant", pooling="batch", split="train_aug")
 
 
 class Easier(Method):
@@ -107,16 +149,17 @@ class Easier(Method):
     or, as in the EASIER code, every activation at exactly zero entropy at once when there are several."""
 
     name = "easier"
+    probe = ProbeSettings(zero_state="on", layer_mean="all", pooling="batch", split="train")
 
-    def plan(self, model, units, stats) -> PruningPlan:
-        candidates = [u for u in units if isinstance(model.get_submodule(u.name), RECTIFIERS)]
+    def plan(self, model, units, stats, history=()) -> PruningPlan:
+        candidates = [u for u in units if isinstance(find_module(model, u.name), RECTIFIERS)]
         if not candidates:
             return PruningPlan()
         zero = [u.name for u in candidates if stats[u.name].is_zero_entropy]
         if zero:
-            return PruningPlan(linearize=zero)
+            return PruningPlan(identities=zero)
         lowest = min(candidates, key=lambda u: stats[u.name].entropy)  # ties: the first in model order
-        return PruningPlan(linearize=[lowest.name])
+        return PruningPlan(identities=[lowest.name])
 
 
 class GlobalMagnitude(Method):
@@ -124,7 +167,7 @@ class GlobalMagnitude(Method):
 
     name = "imp"
 
-    def plan(self, model, units, stats) -> PruningPlan:
+    def plan(self, model, units, stats, history=()) -> PruningPlan:
         layers = weight_layer_names(model)
         counts = global_magnitude_allocation([remaining_magnitudes(model.get_submodule(n)) for n in layers], self.ratio)
         return PruningPlan(counts=dict(zip(layers, counts)))
@@ -138,7 +181,7 @@ class Uniform(Method):
     def layers(self, model, units) -> list[str]:
         return [w for u in units for w in u.weights]
 
-    def plan(self, model, units, stats) -> PruningPlan:
+    def plan(self, model, units, stats, history=()) -> PruningPlan:
         layers = self.layers(model, units)
         counts = uniform_allocation([remaining(model.get_submodule(n)) for n in layers], self.ratio)
         return PruningPlan(counts=dict(zip(layers, counts)))
@@ -159,40 +202,15 @@ class NoPruning(Method):
     name = "none"
 
     def __init__(self, ratio: float = 0.5):
-        self.ratio = ratio
+        self.ratio = ratio  # unused: nothing is pruned
 
-    def plan(self, model, units, stats) -> PruningPlan:
+    def plan(self, model, units, stats, history=()) -> PruningPlan:
         return PruningPlan()
 
 
-METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (Nepenthe, Egp, Easier, GlobalMagnitude, Uniform, LayerwiseMagnitude, NoPruning)
-}
-
-
-ENTROPY_BUDGET_METHODS = tuple(name for name, m in METHODS.items() if issubclass(m, Nepenthe))
-
-
-def create_method(name: str, ratio: float, **options) -> Method:
-    """``options`` are the method's own (``rounding`` for nepenthe/egp); an option a method lacks is an error."""
-    if name not in METHODS:
-        raise unknown_name("pruning method", name, METHODS)
-    return METHODS[name](ratio, **options)
-
-
 def apply_plan(model: nn.Module, plan: PruningPlan) -> None:
-    """Prune each layer's planned number of smallest surviving weights (``torch.nn.utils.prune`` masks) and swap the planned activations for identities."""
+    """Prune each layer's planned number of smallest surviving weights (``torch.nn.utils.prune`` masks) and replace
+    the planned modules by identities."""
     for layer, n in plan.counts.items():
         prune_smallest(model.get_submodule(layer), n)
-    linearize(model, plan.linearize)
-
-
-def linearize(model: nn.Module, activations: list[str]) -> None:
-    """Replace the named activations by ``nn.Identity`` (EASIER's step; re-applied after loading a checkpoint)."""
-    for path in activations:
-        model.set_submodule(path, nn.Identity())
-
-
-def linearized_units(model: nn.Module, units: list[Unit]) -> list[str]:
-    """Units whose activation has already been replaced by an identity."""
-    return [u.name for u in units if not isinstance(model.get_submodule(u.name), RECTIFIERS)]
+    replace_by_identity(model, plan.identities)

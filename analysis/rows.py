@@ -1,0 +1,167 @@
+"""The long-form table every analysis reads: one :class:`Row` per run × round, built from typed records
+(nepenthe.records) whatever their source (run directories, a W&B runs-table export, the W&B API). tables.py and
+plots.py read these columns; the columns are the fields of :class:`Row`, defined once here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+
+import pandas as pd
+
+from nepenthe.records import CollapseResult, RoundRecord, Summary
+
+NAN = math.nan
+TIMED = ("uncollapsed", "bn_folded", "collapsed")
+
+
+def col(doc: str, default=NAN):
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class Row:
+    """One round of one run; the ``final rows only`` fields are set on the kept (collapsed) round."""
+
+    run_id: str = col("where the run came from (run directory, W&B CSV row, W&B run)", "")
+    model: str = col("config model.name", "")
+    dataset: str = col("config dataset.name", "")
+    method: str = col("config pruning.method", "")
+    ratio: float = col("config pruning.ratio")
+    seed: int = col("config seed", 0)
+    precision: str = col("config hardware.precision", "fp32")
+    round: int = col("the round (0: dense)", 0)
+    is_final: bool = col("this is the kept round", False)
+    kept_round: float = col("which round the run kept")
+    sparsity: float = col("fraction of conv/linear weights pruned")
+    val_acc: float = col("validation top-1 (%)")
+    test_acc: float = col("test top-1 (%)")
+    k: int = col("zero-entropy units", 0)
+    N: int = col("units", 0)
+    depth: str = col('"k/N"', "")
+    entropy: str = col("JSON {unit: bits} for that round (empty when the source lacks it)", "")
+    weight_layers_dense: float = col("weight layers on the longest path, dense (final rows only)")
+    weight_layers_collapsed: float = col("the same after the exact collapse (final rows only)")
+    macs_dense: float = col("MACs per input, dense (final rows only)")
+    macs_nonzero: float = col("MACs at non-zero weights of the kept model (final rows only)")
+    macs_collapsed: float = col("MACs of the collapsed model (final rows only)")
+    params_dense: float = col("parameters, dense (final rows only)")
+    params_collapsed: float = col("parameters of the collapsed model (final rows only)")
+    latency_device: str = col("where latency was timed", "")
+    latency_threads: float = col("CPU threads while timing")
+    latency_precision: str = col("precision latency was timed in", "")
+    latency_batch: float = col("the largest batch timed (the bn columns)")
+    latency_ms_b1_uncollapsed: float = col("median ms at batch 1: the kept model")
+    latency_ms_b1_bn_folded: float = col("the same with only batch norms folded")
+    latency_ms_b1_collapsed: float = col("the same collapsed")
+    latency_iqr_ms_b1_uncollapsed: float = col("p75 - p25 of the timed blocks")
+    latency_iqr_ms_b1_bn_folded: float = col("p75 - p25 of the timed blocks")
+    latency_iqr_ms_b1_collapsed: float = col("p75 - p25 of the timed blocks")
+    latency_ms_bn_uncollapsed: float = col("median ms at the largest batch: the kept model")
+    latency_ms_bn_bn_folded: float = col("the same with only batch norms folded")
+    latency_ms_bn_collapsed: float = col("the same collapsed")
+    latency_iqr_ms_bn_uncollapsed: float = col("p75 - p25 of the timed blocks")
+    latency_iqr_ms_bn_bn_folded: float = col("p75 - p25 of the timed blocks")
+    latency_iqr_ms_bn_collapsed: float = col("p75 - p25 of the timed blocks")
+    collapsed_test_acc: float = col("test top-1 of the collapsed model, run precision (final rows only)")
+    collapse_max_abs_diff: float = col("collapsed vs linearized reference")
+    collapse_relative_diff: float = col("collapsed vs uncollapsed in the run's precision, / max |output|")
+    test_acc_fp32: float = col("the kept model's test top-1 in float32")
+    collapsed_test_acc_fp32: float = col("the collapsed model's test top-1 in float32")
+
+
+COLUMNS = [f.name for f in fields(Row)]
+INTEGER_COLUMNS = ("seed", "round", "k", "N")
+NUMBER_COLUMNS = [f.name for f in fields(Row) if f.type == "float"]
+
+
+def _latency_fields(collapse: CollapseResult) -> dict:
+    latency, spread = collapse.latency_ms, collapse.latency_iqr_ms
+    if not latency:
+        return {}
+    batches = sorted(int(k.removeprefix("batch_")) for k in latency["collapsed"])
+    fields_ = {"latency_batch": batches[-1], "latency_device": collapse.latency_device or "",
+               "latency_threads": NAN if collapse.latency_threads is None else collapse.latency_threads,
+               "latency_precision": collapse.latency_precision or "fp32"}
+    for size, batch in (("b1", batches[0]), ("bn", batches[-1])):
+        for model in TIMED:
+            fields_[f"latency_ms_{size}_{model}"] = (latency.get(model) or {}).get(f"batch_{batch}", NAN)
+            fields_[f"latency_iqr_ms_{size}_{model}"] = (spread.get(model) or {}).get(f"batch_{batch}", NAN)
+    return fields_
+
+
+def _final_fields(summary: Summary, kept_test_acc: float, precision: str) -> dict:
+    cost, collapse = summary.cost, summary.collapse
+    values = {
+        "weight_layers_dense": cost.dense.weight_layers_on_longest_path, "macs_dense": cost.dense.macs,
+        "macs_nonzero": cost.final.macs_nonzero, "params_dense": cost.dense.params,
+        # a reduced-precision run's fp32 accuracy is known only where collapse measured it (below)
+        "test_acc_fp32": kept_test_acc if precision == "fp32" else NAN,
+    }
+    if cost.collapsed is not None:
+        values.update(weight_layers_collapsed=cost.collapsed.weight_layers_on_longest_path,
+                      macs_collapsed=cost.collapsed.macs, params_collapsed=cost.collapsed.params)
+    if collapse is not None:
+        values.update(_latency_fields(collapse))
+        reduced = collapse.relative_diff_run_precision is not None  # fp32 runs: the run's precision is fp32
+        values.update(
+            collapsed_test_acc=collapse.test_acc, collapse_max_abs_diff=collapse.max_abs_diff,
+            collapse_relative_diff=collapse.relative_diff_run_precision if reduced
+            else collapse.relative_diff_vs_original,
+            collapsed_test_acc_fp32=collapse.test_acc_fp32 if reduced else collapse.test_acc,
+            test_acc_fp32=collapse.uncollapsed_test_acc_fp32 if reduced else kept_test_acc)
+    return values
+
+
+def run_rows(run_id: str, config: dict, records: list[RoundRecord], summary: Summary | None) -> list[Row]:
+    """The rows of one run from its config, round records and summary. A summary whose status is not "complete" is
+    ignored: its run has no kept round yet."""
+    summary = summary if summary is not None and summary.status == "complete" else None
+    final_round = summary.final_round if summary is not None else None
+    kept = next((r for r in records if r.round == final_round), None)
+    precision = (config.get("hardware") or {}).get("precision", "fp32")
+    final = _final_fields(summary, kept.test_acc if kept else NAN, precision) if summary is not None else {}
+    rows = []
+    for r in sorted(records, key=lambda r: r.round):
+        row = Row(run_id=run_id, model=config["model"]["name"], dataset=config["dataset"]["name"],
+                  method=config["pruning"]["method"], ratio=config["pruning"]["ratio"], seed=config["seed"],
+                  precision=precision, round=int(r.round), is_final=r.round == final_round,
+                  kept_round=final_round if final_round is not None else NAN, sparsity=r.sparsity,
+                  val_acc=r.val_acc, test_acc=NAN if r.test_acc is None else r.test_acc, k=int(r.k), N=int(r.N),
+                  depth=f"{int(r.k)}/{int(r.N)}", entropy=json.dumps(r.entropy) if r.entropy else "")
+        if row.is_final:
+            for key, value in final.items():
+                setattr(row, key, NAN if value is None else value)
+        rows.append(row)
+    return rows
+
+
+def records_from_summary(summary: Summary, last_logged: dict | None = None) -> list[RoundRecord]:
+    """Round records rebuilt from a summary alone (a W&B runs-table export): every round from ``trajectory``, the
+    dense and kept rounds with their entropy. A run without a complete summary has only what W&B logged last
+    (``last_logged``: the flat round keys of its summary)."""
+    if summary.status != "complete":
+        last = last_logged or {}
+        if last.get("round") is None or last.get("test_acc") is None:
+            return []
+        return [RoundRecord.from_dict(last, schema=2, strict=False)]
+    by_round = {int(r): RoundRecord(round=int(r), sparsity=p.sparsity, val_acc=p.val_acc, test_acc=p.test_acc, k=p.k,
+                                    N=p.N) for r, p in summary.trajectory.items()}
+    for brief in (summary.dense, summary.final):
+        record = by_round.setdefault(brief.round, RoundRecord(round=brief.round))
+        for name in ("sparsity", "val_acc", "test_acc", "k", "N", "entropy"):
+            setattr(record, name, getattr(brief, name))
+    return [by_round[r] for r in sorted(by_round)]
+
+
+def to_frame(rows: list[Row]) -> pd.DataFrame:
+    """The rows as a frame with one dtype per column whatever the source (CSV cells, JSON, W&B values)."""
+    frame = pd.DataFrame([vars(r) for r in rows], columns=COLUMNS)
+    for column in INTEGER_COLUMNS:
+        frame[column] = frame[column].astype(int)
+    for column in NUMBER_COLUMNS:  # may be missing (NaN): float
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    frame["is_final"] = frame["is_final"].astype(bool)
+    return frame.sort_values(["model", "dataset", "method", "seed", "round"], kind="stable").reset_index(drop=True)

@@ -1,0 +1,80 @@
+"""A run killed inside a round (SIGKILL: no handler runs, as when a cluster preempts a job) loses at most the epoch in
+progress: the next start resumes after the last completed epoch and writes the records an uninterrupted run writes."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import time
+from pathlib import Path
+
+from nepenthe.store import in_round_path, load_in_round
+from nepenthe.tracking import read_rounds, read_summary
+
+from conftest import ROOT
+
+EPOCHS = 6
+OVERRIDES = [
+    "dataset=synthetic", "dataset.kwargs.train_size=2000", "dataset.kwargs.val_size=100",
+    "dataset.kwargs.test_size=100", "model.kwargs.width=8", "train.epochs=2", "train.batch_size=32",
+    f"finetune.epochs={EPOCHS}", "stop.max_rounds=2", "stop.max_drop=100", "progress=false", "hardware=cpu",
+    "hardware.threads=1", "collapse.latency_min_run_time=0.02", "collapse.latency_rounds=1", "collapse.verify_batch=32",
+    "name=preempt",
+]
+TIMING = {"wall_time_s", "elapsed_s"}
+
+pytestmark = pytest.mark.e2e  # subprocesses: in make test-all
+
+
+def command(root: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), *OVERRIDES, f"output_root={root}"]
+
+
+def run_dir_of(root: Path) -> Path | None:
+    found = list((root / "preempt").glob("*/config.yaml"))
+    return found[0].parent if found else None
+
+
+def strip(records):
+    return [{k: v for k, v in r.to_dict().items() if k not in TIMING} for r in records]
+
+
+def test_a_run_killed_mid_fine_tune_resumes_after_its_last_epoch_and_matches_an_uninterrupted_run(tmp_path):
+    reference = subprocess.Popen(command(tmp_path / "reference"), cwd=tmp_path, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+    victim = subprocess.Popen(command(tmp_path / "victim"), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    killed_at = None
+    deadline = time.monotonic() + 300
+    while killed_at is None and victim.poll() is None and time.monotonic() < deadline:
+        run_dir = run_dir_of(tmp_path / "victim")
+        if run_dir is not None and in_round_path(run_dir).is_file():
+            saved = load_in_round(run_dir)
+            # early in the round, so the kill lands well before the round completes even on a loaded machine
+            if saved is not None and saved["round"] == 1 and 1 <= saved["fit"]["epoch"] <= 2:
+                os.kill(victim.pid, signal.SIGKILL)
+                killed_at = saved["fit"]["epoch"]
+        time.sleep(0.02)
+    victim.wait(timeout=60)
+    assert killed_at is not None, "the run finished before it could be killed inside round 1"
+    assert victim.returncode == -signal.SIGKILL
+    run_dir = run_dir_of(tmp_path / "victim")
+    assert [r.round for r in read_rounds(run_dir)] == [0] and read_summary(run_dir) is None
+
+    resumed = subprocess.run(command(tmp_path / "victim"), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # at most the epoch in progress was lost (the kill may land after a later save than the one we read)
+    lines = [line for line in resumed.stdout.splitlines() if line.startswith("resuming round 1 after epoch ")]
+    assert len(lines) == 1, resumed.stdout
+    assert killed_at <= int(lines[0].split("epoch ")[1].split("/")[0]) <= EPOCHS, (killed_at, lines)
+    assert f"/{EPOCHS} from {in_round_path(run_dir)}" in lines[0]
+    assert not in_round_path(run_dir).exists()  # removed once the round completed
+
+    out, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, out[-2000:]
+    expected = read_rounds(run_dir_of(tmp_path / "reference"))
+    assert [r.round for r in expected] == [0, 1, 2]
+    assert strip(read_rounds(run_dir)) == strip(expected)  # bit for bit: accuracies, losses, entropies, sparsity
+    assert read_summary(run_dir)["final"] == read_summary(run_dir_of(tmp_path / "reference"))["final"]
