@@ -31,8 +31,8 @@ DATASET_LABELS = {"cifar10": "CIFAR-10", "tiny_imagenet": "Tiny-ImageNet-200", "
 MODEL_LABELS = {"resnet18_cifar": "ResNet-18", "resnet18_imagenet": "ResNet-18", "mobilenetv2_cifar": "MobileNetV2",
                 "mobilenetv2_imagenet": "MobileNetV2", "swin_t": "Swin-T", "vgg16_bn": "VGG-16-bn",
                 "compact_cnn": "compact CNN"}
-METHOD_LABELS = {"nepenthe": "NEPENTHE", "egp": "EGP", "easier": "EASIER", "imp": "IMP", "uniform": "uniform",
-                 "layerwise": "layer-wise magnitude", "none": "no pruning"}
+METHOD_LABELS = {"nepenthe": "NEPENTHE", "egp": "EGP", "easier": "EASIER", "lacoot": "LaCoOT", "imp": "IMP",
+                 "uniform": "uniform", "layerwise": "layer-wise magnitude", "none": "no pruning"}
 GROUP = ["model", "dataset", "method"]
 SPARSITY_TARGETS = (0.25, 0.5, 0.75, 0.9)
 MAC_BUDGETS = (1.0, 0.9, 0.75, 0.5)
@@ -44,7 +44,7 @@ def label(kind: str, name: str) -> str:
 
 
 def method_order(methods) -> list[str]:
-    """Methods in the papers' order (NEPENTHE, EGP, EASIER, IMP, ...), unknown ones after, alphabetically."""
+    """Methods in the papers' order (NEPENTHE, EGP, EASIER, LaCoOT, IMP, ...), unknown ones after, alphabetically."""
     known = list(METHOD_LABELS)
     return sorted(set(methods), key=lambda m: (known.index(m) if m in known else len(known), m))
 

@@ -28,7 +28,7 @@ from .pruning.methods import Method, PruningPlan, apply_plan
 from .records import RoundRecord
 from .store import Checkpoint, EpochCheckpoints, MemoryStore, Store, check_same_run
 from .tracking import RunRecorder
-from .units import Unit, weight_layer_names
+from .units import Unit, find_module, weight_layer_names
 
 
 class Steps(Protocol):
@@ -119,7 +119,8 @@ def round_record(steps: Steps, round_index: int, stats: dict[str, LayerStats], p
         round=round_index, method=steps.method.name, ratio=steps.method.ratio,
         pruned=plan.total, plan={k: v for k, v in plan.counts.items() if v}, frozen_units=plan.frozen_units,
         sparsity=overall_sparsity(model, weight_layer_names(model)),
-        unit_sparsity={u.name: overall_sparsity(model, list(u.weights)) for u in units},
+        unit_sparsity={u.name: overall_sparsity(model, present) for u in units
+                       if (present := [w for w in u.weights if find_module(model, w) is not None])},
         entropy={u.name: stats[u.name].entropy for u in units},
         neurons={u.name: stats[u.name].neuron_counts() for u in units},
         zero_entropy_units=zero, k=len(zero), N=len(units),

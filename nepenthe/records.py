@@ -140,7 +140,8 @@ class RoundRecord(Record):
     replaced_by_identity: list[str] = doc("modules replaced by nn.Identity so far, in order (EASIER: activations; "
                                           "LaCoOT: blocks)", factory=list)
     sparsity: float = doc("fraction of pruned weights over every conv/linear layer", 0.0)
-    unit_sparsity: dict[str, float] = doc("{unit: fraction of pruned weights in the layers feeding it}", factory=dict)
+    unit_sparsity: dict[str, float] = doc("{unit: fraction of pruned weights in the layers feeding it} (a unit whose "
+                                          "layers went with a removed block has none)", factory=dict)
     entropy: dict[str, float] = doc("{unit: layer entropy in bits}", factory=dict)
     neurons: dict[str, dict[str, int]] = doc("{unit: {neurons, always_on, always_off, switching}}", factory=dict)
     zero_entropy_units: list[str] = doc("units at exactly zero entropy (an identity-swapped unit counts)",

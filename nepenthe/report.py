@@ -86,8 +86,12 @@ def format_summary(summary: Summary) -> list[str]:
              f"sparsity {100 * f.sparsity:.1f}%, test top-1 {f.test_acc:.2f}% (dense {d.test_acc:.2f}%), "
              f"zero-entropy units {summary.depth}"]
     dense, final = summary.cost.dense, summary.cost.final
-    lines.append(f"MACs per input: {dense.macs / 1e6:.2f} M dense, {final.macs_nonzero / 1e6:.2f} M at "
-                 f"non-zero weights; weight layers on the longest path: {final.weight_layers_on_longest_path}")
+    kept = "" if final.macs == dense.macs else f", {final.macs / 1e6:.2f} M kept"  # blocks replaced by identities
+    depth = str(final.weight_layers_on_longest_path)
+    if final.weight_layers_on_longest_path != dense.weight_layers_on_longest_path:
+        depth = f"{dense.weight_layers_on_longest_path} dense, {depth} kept"
+    lines.append(f"MACs per input: {dense.macs / 1e6:.2f} M dense{kept}, {final.macs_nonzero / 1e6:.2f} M at "
+                 f"non-zero weights; weight layers on the longest path: {depth}")
     if summary.collapse is not None:
         lines += format_collapse(summary.collapse, f.test_acc)
     return lines
@@ -101,23 +105,24 @@ def describe_run(exp, run_dir) -> list[str]:
     import torch
 
     cfg = exp.cfg
+    stop_rule = exp.method.stop_rule(cfg.stop, exp.model)  # a method may stop on its own terms (LaCoOT)
     params = sum(p.numel() for p in exp.model.parameters())
     sizes = exp.data.sizes()
     dense, per_round = exp.epochs_for(0), exp.epochs_for(1)
-    images = sizes["train"] * sum(exp.epochs_for(r) for r in range(cfg.stop.max_rounds + 1))
+    images = sizes["train"] * sum(exp.epochs_for(r) for r in range(stop_rule.max_rounds + 1))
     weights = cfg.model.kwargs.get("weights")
     start = f"from {weights}" if weights else "from scratch"
     if not weights and cfg.model.name in PRETRAINED_IN_PAPERS:
         start += (f" (the published protocols start from ImageNet weights: save them to "
                   f"weights/{cfg.model.name}_imagenet.pth as the README shows, then model.kwargs.weights=that path)")
-    stop = f"stop when val drops > {cfg.stop.max_drop:g} pts below dense"
-    if cfg.stop.target_zero_units is not None:
-        stop += f" or at {cfg.stop.target_zero_units} zero-entropy units"
+    stop = f"stop when val drops > {stop_rule.max_drop:g} pts below dense"
+    if stop_rule.target_zero_units is not None:
+        stop += f" or at {stop_rule.target_zero_units} zero-entropy units"
     return [
         f"{cfg.model.name}: {params / 1e6:.2f} M params, {len(exp.units)} units, {start} | {cfg.dataset.name} "
         f"(train/val/test {sizes['train']:,}/{sizes['val']:,}/{sizes['test']:,}, root {cfg.dataset.root or '-'})",
         f"{exp.device} {cfg.hardware.precision}, {torch.get_num_threads()} threads | {cfg.pruning.method} ratio "
-        f"{cfg.pruning.ratio:g} | dense {dense} epochs, then up to {cfg.stop.max_rounds} rounds of {per_round} "
+        f"{cfg.pruning.ratio:g} | dense {dense} epochs, then up to {stop_rule.max_rounds} rounds of {per_round} "
         f"epochs; {stop} | at most {images:,} training images",
         f"run directory: {run_dir}",
     ]

@@ -339,3 +339,12 @@ def test_reproduce_checks_what_a_scale_needs_before_launching_anything(tmp_path)
         reproduce.main(["--scale", "huge"])
     with pytest.raises(SystemExit, match=r"--only 'colour=red' names no key of the sweep"):
         reproduce.main(["--scale", "smoke", "--only", "colour=red", "--runs-root", str(tmp_path / "runs")])
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent for p in (ROOT / "experiments" / "results").glob("*/runs.csv")),
+                         ids=lambda p: p.name)
+def test_committed_tables_re_render_byte_identically_from_their_runs_csv(folder, tmp_path):
+    frame = pd.read_csv(folder / "runs.csv")
+    tables.write_all(frame, tmp_path)
+    for path in sorted(tmp_path.iterdir()):
+        assert path.read_bytes() == (folder / path.name).read_bytes(), f"{folder.name}/{path.name} differs"

@@ -28,11 +28,27 @@ def _finish(model: nn.Module, weights: str | None) -> nn.Module:
     return distinct_activations(model)
 
 
+class TwoReluBasicBlock(torchvision.models.resnet.BasicBlock):
+    """torchvision's BasicBlock with its second ReLU call on a module of its own (``relu2``), as the family's codes
+    write the block: each ReLU is one unit, and the block stays a module that LaCoOT can replace by an identity (an fx
+    split of the shared ReLU would turn the network into a graph whose blocks cannot be swapped). Same state dict."""
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu2(out + identity)
+
+
 @register_model("resnet18_imagenet")
 def resnet18_imagenet(num_classes: int = 1000, in_chans: int = 3, weights: str | None = None) -> nn.Module:
     """torchvision ResNet-18: 7×7 stride-2 stem and max-pool (the family's Tiny-ImageNet and ImageNet network)."""
     model = torchvision.models.resnet18(num_classes=num_classes)
     model.conv1 = _with_in_chans(model.conv1, in_chans)
+    for module in model.modules():
+        if type(module) is torchvision.models.resnet.BasicBlock:
+            module.__class__ = TwoReluBasicBlock
+            module.relu2 = nn.ReLU()
     return _finish(model, weights)
 
 

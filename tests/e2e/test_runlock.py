@@ -44,9 +44,3 @@ def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder_and_a_
         with pytest.raises(RunDirBusy, match=rf"\(pid {os.getpid()} on .* since .*\); wait for it to finish"):
             RunLock(tmp_path / "run").__enter__()
     assert not (tmp_path / "run" / ".lock.holder").exists()
-
-
-def test_a_killed_run_resumes_through_the_lock(run_fast, tmp_path):
-    summary, run_dir = run_fast(run_dir=tmp_path / "r")
-    assert read_summary(run_dir).status == "complete" and len(read_rounds(run_dir)) == 4
-    assert not (run_dir / ".lock.holder").exists()  # released at the end

@@ -1,5 +1,6 @@
-"""Collapse never returns a wrong model: one test per way it used to (issue 9), each against outputs computed here
-from the original layers (never through collapse), asserting equality (relative ≤ 1e-5) or a specific CollapseError."""
+"""nepenthe.collapse.verify and the guards around it: collapse never returns a wrong model. Each test compares
+against outputs computed here from the original layers (never through collapse), asserting equality (relative
+≤ 1e-5) or a specific CollapseError."""
 
 import copy
 
