@@ -10,6 +10,8 @@
   entropy_heatmap      per-unit entropy across rounds, one panel per method (first seed)
   cost                 MACs dense → collapsed, and batch-1 latency uncollapsed / BN folded / collapsed (median,
                        bars p25–p75 where measured) per method, the collapsed top-1 written above
+  latency_vs_depth     per runtime (eager, torch.compile, ONNX Runtime, where measured): the collapsed model's speed-up
+                       over BN folding alone against the weight layers collapse removed, per kept run and batch size
 
 Legends sit outside the axes. Methods keep one colour in every figure.
 """
@@ -226,8 +228,49 @@ def cost(frame: pd.DataFrame):
     return fig
 
 
+RUNTIME_LABELS = {"": "eager PyTorch", "_compile": "torch.compile", "_onnxruntime": "ONNX Runtime"}
+
+
+def latency_vs_depth(frame: pd.DataFrame):
+    """Does the shallower network run faster where it is deployed? Per runtime (columns) and (model, dataset) (rows):
+    the collapsed model's speed-up over the same model with only its batch norms folded (timed side by side), against
+    the weight layers collapse removed; one point per kept run and batch size."""
+    kept = frame[frame["is_final"].astype(bool)]
+    runtimes = [r for r in RUNTIME_LABELS if f"latency_ms_b1_collapsed{r}" in kept.columns
+                and kept[f"latency_ms_b1_collapsed{r}"].notna().any()]
+    pairs, colours = _pairs(frame), _colours(frame)
+    fig, axes = plt.subplots(len(pairs), len(runtimes), figsize=(4.2 * len(runtimes), 3.6 * len(pairs)),
+                             squeeze=False, sharey="row")
+    for row, (model, dataset) in zip(axes, pairs):
+        g = kept[(kept["model"] == model) & (kept["dataset"] == dataset)]
+        removed = g["weight_layers_dense"] - g["weight_layers_collapsed"]
+        methods = method_order(g["method"])
+        offsets = dict(zip(methods, np.linspace(-0.15, 0.15, len(methods)) if len(methods) > 1 else [0.0]))
+        for ax, runtime in zip(row, runtimes):
+            for size, marker in (("b1", "o"), ("bn", "^")):
+                speedup = g[f"latency_ms_{size}_bn_folded{runtime}"] / g[f"latency_ms_{size}_collapsed{runtime}"]
+                for method, m in g.groupby("method"):  # methods side by side at equal depth
+                    ax.plot(removed[m.index] + offsets[method], speedup[m.index], marker=marker, ls="", ms=6,
+                            color=colours[method], alpha=0.85, mfc=colours[method] if size == "b1" else "none")
+            ax.axhline(1.0, color="black", ls=":", lw=1.0)
+            ax.set(xlabel="weight layers removed by the exact collapse",
+                   ylabel="speed-up over BN folding alone" if ax is row[0] else "",
+                   title=f"{pair_label(model, dataset)}\n{RUNTIME_LABELS[runtime]}")
+            if removed.notna().any():  # whole layers only
+                low, high = int(removed.min()), int(removed.max())
+                ax.set_xlim(low - 0.5, high + 0.5)
+                ax.set_xticks(range(low, high + 1))
+    batch = int(kept["latency_batch"].dropna().max()) if kept["latency_batch"].notna().any() else "n"
+    keys = [Line2D([], [], color="gray", marker="o", ls="", label="batch 1"),
+            Line2D([], [], color="gray", marker="^", mfc="none", ls="", label=f"batch {batch}"),
+            Line2D([], [], color="black", ls=":", lw=1.0, label="no gain over BN folding")]
+    _legend(fig, colours, keys)
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {"depth_vs_accuracy": depth_vs_accuracy, "accuracy_vs_sparsity": accuracy_vs_sparsity,
-           "entropy_heatmap": entropy_heatmap, "cost": cost}
+           "entropy_heatmap": entropy_heatmap, "cost": cost, "latency_vs_depth": latency_vs_depth}
 
 
 def all_figures(frame: pd.DataFrame, out: str | Path) -> list[Path]:

@@ -65,6 +65,25 @@ class Row:
     latency_iqr_ms_bn_uncollapsed: float = col("p75 - p25 of the timed blocks")
     latency_iqr_ms_bn_bn_folded: float = col("p75 - p25 of the timed blocks")
     latency_iqr_ms_bn_collapsed: float = col("p75 - p25 of the timed blocks")
+    latency_ms_b1_uncollapsed_compile: float = col("median ms at batch 1 in torch.compile: the kept model")
+    latency_ms_b1_bn_folded_compile: float = col("the same with only batch norms folded")
+    latency_ms_b1_collapsed_compile: float = col("the same collapsed")
+    latency_ms_bn_uncollapsed_compile: float = col("median ms at the largest batch in torch.compile: the kept model")
+    latency_ms_bn_bn_folded_compile: float = col("the same with only batch norms folded")
+    latency_ms_bn_collapsed_compile: float = col("the same collapsed")
+    latency_ms_b1_uncollapsed_onnxruntime: float = col("median ms at batch 1 in ONNX Runtime: the kept model")
+    latency_ms_b1_bn_folded_onnxruntime: float = col("the same with only batch norms folded")
+    latency_ms_b1_collapsed_onnxruntime: float = col("the same collapsed")
+    latency_ms_bn_uncollapsed_onnxruntime: float = col("median ms at the largest batch in ONNX Runtime: the kept model")
+    latency_ms_bn_bn_folded_onnxruntime: float = col("the same with only batch norms folded")
+    latency_ms_bn_collapsed_onnxruntime: float = col("the same collapsed")
+    weight_layers_approximate: float = col("weight layers on the longest path with approximate merges (when built)")
+    macs_approximate: float = col("MACs with approximate merges")
+    approximate_test_acc: float = col("test top-1 of the network with approximate merges (its own)")
+    approximate_val_acc: float = col("its validation top-1")
+    finetuned_test_acc: float = col("test top-1 of the collapsed network fine-tuned (collapse.finetune)")
+    finetuned_val_acc: float = col("its validation top-1")
+    latency_ms_b1_approximate: float = col("median ms at batch 1 in eager PyTorch: the approximate network")
     collapsed_test_acc: float = col("test top-1 of the collapsed model, run precision (final rows only)")
     collapse_max_abs_diff: float = col("collapsed vs linearized reference")
     collapse_relative_diff: float = col("collapsed vs uncollapsed in the run's precision, / max |output|")
@@ -73,23 +92,40 @@ class Row:
 
 
 COLUMNS = [f.name for f in fields(Row)]
+FIELD_NAMES = set(COLUMNS)
 INTEGER_COLUMNS = ("seed", "round", "k", "N")
 NUMBER_COLUMNS = [f.name for f in fields(Row) if f.type == "float"]
 
 
 def _latency_fields(collapse: CollapseResult) -> dict:
-    latency, spread = collapse.latency_ms, collapse.latency_iqr_ms
-    if not latency:
+    eager = collapse.latency_ms.get("eager") or {}
+    if not eager:
         return {}
-    batches = sorted(int(k.removeprefix("batch_")) for k in latency["collapsed"])
+    batches = sorted(int(k.removeprefix("batch_")) for k in eager["collapsed"])
     fields_ = {"latency_batch": batches[-1], "latency_device": collapse.latency_device or "",
                "latency_threads": NAN if collapse.latency_threads is None else collapse.latency_threads,
                "latency_precision": collapse.latency_precision or "fp32"}
     for size, batch in (("b1", batches[0]), ("bn", batches[-1])):
+        for runtime, timings in collapse.latency_ms.items():
+            suffix = "" if runtime == "eager" else f"_{runtime}"
+            for model in TIMED:
+                fields_[f"latency_ms_{size}_{model}{suffix}"] = (timings.get(model) or {}).get(f"batch_{batch}", NAN)
+        spread = collapse.latency_iqr_ms.get("eager") or {}
         for model in TIMED:
-            fields_[f"latency_ms_{size}_{model}"] = (latency.get(model) or {}).get(f"batch_{batch}", NAN)
             fields_[f"latency_iqr_ms_{size}_{model}"] = (spread.get(model) or {}).get(f"batch_{batch}", NAN)
-    return fields_
+    fields_["latency_ms_b1_approximate"] = (eager.get("approximate") or {}).get(f"batch_{batches[0]}", NAN)
+    return {k: v for k, v in fields_.items() if k in FIELD_NAMES}
+
+
+def _network_fields(collapse: CollapseResult) -> dict:
+    values = {}
+    if collapse.approximate is not None:
+        a = collapse.approximate
+        values.update(weight_layers_approximate=a.cost.weight_layers_on_longest_path, macs_approximate=a.cost.macs,
+                      approximate_test_acc=a.test_acc, approximate_val_acc=a.val_acc)
+    if collapse.finetuned is not None:
+        values.update(finetuned_test_acc=collapse.finetuned.test_acc, finetuned_val_acc=collapse.finetuned.val_acc)
+    return values
 
 
 def _final_fields(summary: Summary, kept_test_acc: float, precision: str) -> dict:
@@ -105,6 +141,7 @@ def _final_fields(summary: Summary, kept_test_acc: float, precision: str) -> dic
                       macs_collapsed=cost.collapsed.macs, params_collapsed=cost.collapsed.params)
     if collapse is not None:
         values.update(_latency_fields(collapse))
+        values.update(_network_fields(collapse))
         reduced = collapse.relative_diff_run_precision is not None  # fp32 runs: the run's precision is fp32
         values.update(
             collapsed_test_acc=collapse.test_acc, collapse_max_abs_diff=collapse.max_abs_diff,

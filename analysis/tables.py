@@ -94,6 +94,18 @@ def kept_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return final
 
 
+OTHER_RUNTIMES = {"compile": "compile", "onnxruntime": "ONNX Runtime"}
+
+
+def has_values(frame: pd.DataFrame, column: str) -> bool:
+    """The column exists (a runs.csv written before it was added lacks it) and holds a number somewhere."""
+    return column in frame.columns and frame[column].notna().any()
+
+
+def present_runtimes(frame: pd.DataFrame) -> list[str]:
+    return [r for r in OTHER_RUNTIMES if has_values(frame, f"latency_ms_b1_collapsed_{r}")]
+
+
 def table1(frame: pd.DataFrame) -> pd.DataFrame:
     """One numeric row per (model, dataset, method) over the seeds' kept rounds."""
     rows = []
@@ -116,6 +128,13 @@ def table1(frame: pd.DataFrame) -> pd.DataFrame:
             row[f"latency_b1_{model_name}_ms"] = float(g[f"latency_ms_b1_{model_name}"].median())
             row[f"latency_b1_{model_name}_iqr_ms"] = float(g[f"latency_iqr_ms_b1_{model_name}"].median())
         row["collapse_speedup_over_bn_folded"] = row["latency_b1_bn_folded_ms"] / row["latency_b1_collapsed_ms"]
+        for runtime in present_runtimes(g):  # compile and ONNX Runtime, where the runs measured them
+            for model_name in ("uncollapsed", "bn_folded", "collapsed"):
+                row[f"latency_b1_{model_name}_{runtime}_ms"] = float(g[f"latency_ms_b1_{model_name}_{runtime}"].median())
+        if has_values(g, "weight_layers_approximate"):  # the approximate opt-in: its own depth and accuracy
+            for name, column in (("weight_layers_approximate", "weight_layers_approximate"),
+                                 ("approximate_top1", "approximate_test_acc"), ("finetuned_top1", "finetuned_test_acc")):
+                row[f"{name}_mean"], row[f"{name}_std"] = _stats(g[column])
         row["latency_device"] = ",".join(sorted(set(g["latency_device"].dropna().astype(str))))
         threads = g["latency_threads"].dropna()
         row["latency_threads"] = int(threads.iloc[0]) if len(threads) else np.nan
@@ -135,7 +154,7 @@ def table1_display(table: pd.DataFrame) -> pd.DataFrame:
     for _, r in table.iterrows():
         k = f"{r.k_mean:.0f}" if np.isnan(r.k_std) or r.k_std == 0 else f"{r.k_mean:.1f}"
         latency = "/".join(_num(r[f"latency_b1_{m}_ms"], 3) for m in ("uncollapsed", "bn_folded", "collapsed"))
-        rows.append({
+        row = {
             "Model": label("model", r.model), "Dataset": label("dataset", r.dataset),
             "Method": label("method", r.method), "Seeds": str(r.seeds), "Kept (seed:round)": r.kept_rounds,
             "Dense top-1 (%)": _pm(r.dense_top1_mean, r.dense_top1_std), "Top-1 (%)": _pm(r.top1_mean, r.top1_std),
@@ -149,7 +168,20 @@ def table1_display(table: pd.DataFrame) -> pd.DataFrame:
             "Precision": r.precision,
             "Published top-1 (%)": "—" if np.isnan(r.published_top1)
             else f"{r.published_top1:.2f} ({r.published_source})",
-        })
+        }
+        for runtime, name in OTHER_RUNTIMES.items():
+            if f"latency_b1_collapsed_{runtime}_ms" in table.columns:
+                row[f"{name} b1 (ms) uncoll./BN-fold./coll."] = "/".join(
+                    _num(r.get(f"latency_b1_{m}_{runtime}_ms", np.nan), 3)
+                    for m in ("uncollapsed", "bn_folded", "collapsed"))
+        if "weight_layers_approximate_mean" in table.columns:
+            tuned = "" if np.isnan(r.get("finetuned_top1_mean", np.nan)) else \
+                f", fine-tuned {_pm(r.finetuned_top1_mean, r.finetuned_top1_std)}"
+            row["Approximate merges: layers, top-1 (%)"] = (
+                "—" if np.isnan(r.get("weight_layers_approximate_mean", np.nan)) else
+                f"{_num(r.weight_layers_approximate_mean, 0)}, {_pm(r.approximate_top1_mean, r.approximate_top1_std)}"
+                f"{tuned}")
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -266,7 +298,9 @@ def write_table(numeric: pd.DataFrame, display: pd.DataFrame, stem: str | Path,
 
 
 TABLE1_NUMERIC = ["Seeds", "Dense top-1 (%)", "Top-1 (%)", "k/N", "Sparsity (%)", "Layers", "MACs (M)",
-                  "Latency b1 (ms) uncoll./BN-fold./coll.", "Collapsed top-1 (%)", "Published top-1 (%)"]
+                  "Latency b1 (ms) uncoll./BN-fold./coll.", "Collapsed top-1 (%)", "Published top-1 (%)",
+                  "compile b1 (ms) uncoll./BN-fold./coll.", "ONNX Runtime b1 (ms) uncoll./BN-fold./coll.",
+                  "Approximate merges: layers, top-1 (%)"]
 
 
 def write_all(frame: pd.DataFrame, out: str | Path) -> dict[str, pd.DataFrame]:
@@ -274,7 +308,7 @@ def write_all(frame: pd.DataFrame, out: str | Path) -> dict[str, pd.DataFrame]:
     out = Path(out)
     t1 = table1(frame)
     shown = {"table1": table1_display(t1)}
-    write_table(t1, shown["table1"], out / "table1", TABLE1_NUMERIC)
+    write_table(t1, shown["table1"], out / "table1", [c for c in TABLE1_NUMERIC if c in shown["table1"].columns])
     methods = [label("method", m) for m in method_order(frame["method"])]
     for name, numeric, level, heading, fmt in (
             ("matched_k", matched_k(frame), "k", "k", lambda v: f"{int(v)}"),

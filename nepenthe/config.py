@@ -21,6 +21,7 @@ from .entropy import LAYER_MEANS, POOLINGS, ZERO_STATES, check_choice
 from .errors import ConfigError, unknown_name
 from .models import is_known_model, list_models
 from .pruning.budget import check_ratio, check_rounding
+from .records import RUNTIMES
 from .pruning.registry import ENTROPY_BUDGET_METHODS, METHODS, method_options
 
 
@@ -115,9 +116,20 @@ class StopConfig:
 
 
 @dataclass
+class CollapseFinetuneConfig:
+    epochs: int = 0  # > 0: fine-tune the collapsed network itself (the approximate one when there is one)
+    lr: Optional[float] = None  # None: finetune.lr, else train.lr (the run's optimizer settings otherwise)
+
+
+@dataclass
 class CollapseConfig:
     enabled: bool = True  # collapse → verify → report at the end of the run
-    merge: str = "cost"  # cost (exact merges that lower MACs) | always (every exact merge) | never | approximate
+    merge: str = "cost"  # cost (merges that lower MACs) | depth (alias always: every merge that removes a layer) |
+    #                      never | approximate (cost with approximate_merges)
+    approximate_merges: bool = False  # also build the network with border-ring merges; measured, never verified equal
+    finetune: CollapseFinetuneConfig = field(default_factory=CollapseFinetuneConfig)
+    onnx: bool = True  # export collapsed.onnx, verified in ONNX Runtime (the deploy extra; skipped with why otherwise)
+    runtimes: list[str] = field(default_factory=lambda: ["eager", "compile", "onnxruntime"])  # latency measured in
     tolerance: float = 1e-4  # allowed |collapsed − linearized| / max |output| for the exact steps (relative, no floor)
     approximate_activations: bool = False  # replace always-ON ReLU6/GELU by the identity (measured error reported)
     verify_batch: int = 256  # test images the collapse is verified on (and the per-position constants sized for)
@@ -216,6 +228,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.hardware.threads is not None:
         _positive("hardware.threads", cfg.hardware.threads)
     check_choice("collapse.merge", cfg.collapse.merge, MERGES)
+    for runtime in cfg.collapse.runtimes:
+        check_choice("collapse.runtimes[]", runtime, RUNTIMES)
+    _positive("collapse.finetune.epochs", cfg.collapse.finetune.epochs, allow_zero=True)
+    if cfg.collapse.finetune.lr is not None:
+        _positive("collapse.finetune.lr", cfg.collapse.finetune.lr)
     _positive("collapse.tolerance", cfg.collapse.tolerance)
     if cfg.collapse.tolerance >= 1:
         raise ConfigError(f"collapse.tolerance={cfg.collapse.tolerance!r} must be < 1: it is a bound relative to the "

@@ -138,20 +138,19 @@ def chosen_round(run_dir: Path, requested: int | None) -> int:
     return load_checkpoint(latest).round
 
 
-def restore_run(run_dir: str | Path, round_index: int | None = None, *, merge=None, tolerance=None,
-                verify_batch=None, device=None, data_root=None, approximate_activations=None
-                ) -> tuple[Experiment, RoundRecord]:
+def restore_run(run_dir: str | Path, round_index: int | None = None, *, device=None, data_root=None,
+                **collapse_settings) -> tuple[Experiment, RoundRecord]:
     """Rebuild a run from its directory with one round's checkpoint loaded: ``(experiment, that round's record)``.
-    Keyword arguments left at None keep the run's own settings."""
+    ``collapse_settings`` are ``collapse.*`` keys (merge, tolerance, onnx, runtimes, ...); those left at None, and
+    ``device`` / ``data_root`` left at None, keep the run's own settings."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise NepentheError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass the folder train.py wrote")
     cfg = load_run_config(run_dir / CONFIG_FILE)
-    c = cfg.collapse
-    cfg.collapse = replace(c, merge=merge or c.merge, tolerance=tolerance or c.tolerance,
-                           verify_batch=verify_batch or c.verify_batch,
-                           approximate_activations=c.approximate_activations if approximate_activations is None
-                           else approximate_activations)
+    finetune = collapse_settings.pop("finetune_epochs", None)
+    cfg.collapse = replace(cfg.collapse, **{k: v for k, v in collapse_settings.items() if v is not None})
+    if finetune is not None:
+        cfg.collapse.finetune = replace(cfg.collapse.finetune, epochs=finetune)
     cfg.hardware = replace(cfg.hardware, device=device or cfg.hardware.device)
     cfg.dataset = replace(cfg.dataset, root=data_root or cfg.dataset.root)
     cfg.progress = False

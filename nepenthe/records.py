@@ -19,6 +19,7 @@ from typing import Any, Optional
 from .errors import NepentheError
 
 SCHEMA_VERSION = 2  # 1: records written before this module existed (no "schema" key); 2: typed records
+RUNTIMES = ("eager", "compile", "onnxruntime")  # where latency is measured (nepenthe.collapse.measure)
 
 
 class RecordError(NepentheError):
@@ -41,6 +42,11 @@ class Record:
     OVERFLOW: typing.ClassVar[str | None] = None
     #: written with a "schema" key (top-level records only; nested parts inherit their parent's)
     TOP_LEVEL: typing.ClassVar[bool] = False
+
+    @classmethod
+    def upgrade(cls, data: dict, version: int) -> dict:
+        """Reshape an older schema's values (renames are in RENAMED)."""
+        return data
 
     def to_dict(self) -> dict:
         data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -67,6 +73,7 @@ class Record:
             if cls.OVERFLOW is not None:
                 extra = {k: data.pop(k) for k in list(data) if k not in names}
                 data.setdefault(cls.OVERFLOW, {}).update(extra)
+        data = cls.upgrade(data, version)
         unknown = sorted(set(data) - names)
         if unknown and not strict:
             data = {k: v for k, v in data.items() if k in names}
@@ -177,7 +184,7 @@ class CollapseReport(Record):
     """What ``nepenthe.collapse.collapse`` did and measured on the verification batch; differences are max |a − b|
     over the outputs, ``*_relative_diff`` divides by the reference output's max |value|."""
 
-    merge: str = doc("merge mode: cost | always | depth | never | approximate", "cost")
+    merge: str = doc("merge mode of the exact collapse: cost | depth (alias always) | never", "cost")
     input_shape: list[int] = doc("shape of the verification batch (the collapsed model accepts only this size, "
                                  "any batch)", factory=list)
     tolerance: float = doc("allowed relative difference of the exact steps", 1e-4)
@@ -210,12 +217,41 @@ class CollapseReport(Record):
 
 
 @dataclass
+class ShippedNetwork(Record):
+    """A network a run measures on its own besides the exact collapsed one: the collapse with approximate merges
+    (border-ring merges, opt-in), or that network fine-tuned (``collapse.finetune.epochs``). Never verified equal to
+    the kept model: its error and accuracy are measured and reported."""
+
+    cost: Cost = doc("its cost per input", factory=Cost)
+    test_acc: Optional[float] = doc("its test top-1 (the test split, measured on it)", None)
+    val_acc: Optional[float] = doc("its validation top-1", None)
+    relative_diff: Optional[float] = doc("max |its output - the exact collapsed output| / max |exact output| on the "
+                                         "verification batch", None)
+    operations: list[dict[str, Any]] = doc("the merges that made it (merge records: layers, exact, macs_before/after, "
+                                           "weight_layers_before/after, measured errors)", factory=list)
+    epochs: int = doc("fine-tuning epochs it was trained for (0: not fine-tuned)", 0)
+    val_acc_before: Optional[float] = doc("fine-tuned: validation top-1 before fine-tuning", None)
+    test_acc_before: Optional[float] = doc("fine-tuned: test top-1 before fine-tuning", None)
+    file: Optional[str] = doc("its torch.export program in the run directory", None)
+    onnx_file: Optional[str] = doc("its ONNX file in the run directory (when exported)", None)
+
+
+@dataclass
 class CollapseResult(CollapseReport):
     """The summary's ``collapse`` section (also ``collapse.json`` of ``python -m nepenthe.collapse``): the report,
     then what the run measured on the collapsed model."""
 
     TOP_LEVEL = True  # collapse.json stands alone
     RENAMED = {"uncollapsed_test_acc": "kept_test_acc"}
+
+    @classmethod
+    def upgrade(cls, data: dict, version: int) -> dict:
+        """Schema 1 timed eager PyTorch only: ``latency_ms`` was {model: {batch: ms}}."""
+        for key in ("latency_ms", "latency_iqr_ms"):
+            timings = data.get(key)
+            if version < 2 and timings and not set(timings) & set(RUNTIMES):
+                data[key] = {"eager": timings}
+        return data
 
     test_acc: Optional[float] = doc("test top-1 of the collapsed model, in the run's precision", None)
     val_acc: Optional[float] = doc("validation top-1 of the collapsed model", None)
@@ -228,9 +264,20 @@ class CollapseResult(CollapseReport):
                                                      "float32", None)
     uncollapsed_val_acc_fp32: Optional[float] = doc("reduced-precision runs: the kept model's validation top-1 in "
                                                     "float32", None)
-    latency_ms: dict[str, dict[str, float]] = doc("{uncollapsed, bn_folded, collapsed}: {batch_<n>: median ms}, "
-                                                  "measured side by side in one process", factory=dict)
-    latency_iqr_ms: dict[str, dict[str, float]] = doc("the same keys: p75 - p25 of the timed blocks", factory=dict)
+    latency_ms: dict[str, dict[str, dict[str, float]]] = doc(
+        "{runtime: {model: {batch_<n>: median ms}}}: runtime eager | compile | onnxruntime, model uncollapsed | "
+        "bn_folded | collapsed | approximate | finetuned, every pair timed side by side in one process", factory=dict)
+    latency_iqr_ms: dict[str, dict[str, dict[str, float]]] = doc("the same keys: p75 - p25 of the timed blocks",
+                                                                 factory=dict)
+    runtimes: dict[str, str] = doc("{runtime: 'ok' or why it was not measured (not installed, export failed)}",
+                                   factory=dict)
+    onnx_file: Optional[str] = doc("the collapsed model as ONNX (verified in ONNX Runtime), when exported", None)
+    onnx_relative_diff: Optional[float] = doc("ONNX Runtime vs the torch collapsed model on the verification batch, / "
+                                              "max |output|; within tolerance, or no onnx_file", None)
+    approximate: Optional[ShippedNetwork] = doc("the collapse with approximate (border-ring) merges, when asked "
+                                                "(collapse.approximate_merges or merge=approximate)", None)
+    finetuned: Optional[ShippedNetwork] = doc("the approximate network (or the exact one) fine-tuned "
+                                              "collapse.finetune.epochs epochs, when asked", None)
     latency_repeats: Optional[int] = doc("timed blocks per median, at least", None)
     latency_threads: Optional[int] = doc("CPU threads while timing", None)
     latency_device: Optional[str] = doc("device the latency was measured on", None)
@@ -334,7 +381,8 @@ class FailureStatus(Record):
     job_id: Optional[str] = doc("the cluster job id, when the submitter wrote it", None)
 
 
-RECORDS = (RoundRecord, Summary, RoundBrief, TrajectoryPoint, Costs, Cost, CollapseResult, FailureStatus)
+RECORDS = (RoundRecord, Summary, RoundBrief, TrajectoryPoint, Costs, Cost, CollapseResult, ShippedNetwork,
+           FailureStatus)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .records import CollapseResult, RoundRecord, Summary
+from .records import CollapseResult, RoundRecord, ShippedNetwork, Summary
 
 
 def format_entropy(bits: float) -> str:
@@ -62,21 +62,42 @@ def format_collapse(section: CollapseResult, uncollapsed_test_acc: float) -> lis
                      f"{section.relative_diff_run_precision:.2g} of max |output| (rounding, not collapse); in fp32: "
                      f"test top-1 {section.test_acc_fp32:.2f}% collapsed vs "
                      f"{section.uncollapsed_test_acc_fp32:.2f}% uncollapsed")
-    latency = section.latency_ms
-    if latency:
-        parts = []
-        for key, ms in latency["uncollapsed"].items():
-            small = latency["collapsed"][key]
-            if "bn_folded" in latency:  # what collapse buys is measured against BN folding alone
-                folded = latency["bn_folded"][key]
-                parts.append(f"{key.replace('_', ' ')}: {ms:.3f} -> {folded:.3f} BN folded -> {small:.3f} ms collapsed "
-                             f"({folded / small:.2f}x over BN folding)")
-            else:
-                parts.append(f"{key.replace('_', ' ')}: {ms:.3f} -> {small:.3f} ms ({ms / small:.2f}x)")
-        lines.append(f"  latency (median) on {section.latency_device or '?'} ({section.latency_threads} "
-                     f"threads): " + "; ".join(parts))
+    if section.approximate is not None:
+        lines.append(format_network("with approximate merges", section.approximate, before))
+    if section.finetuned is not None:
+        lines.append(format_network(f"fine-tuned {section.finetuned.epochs} epochs", section.finetuned, before))
+    lines += format_latency(section)
     if section.file:
-        lines.append(f"  saved {section.file} (load with torch.export.load(path).module())")
+        files = section.file + (f" and {section.onnx_file} (ONNX Runtime matches it to "
+                                f"{section.onnx_relative_diff:.2g})" if section.onnx_file else "")
+        lines.append(f"  saved {files}; load with torch.export.load(path).module()")
+    return lines
+
+
+def format_network(what: str, network: ShippedNetwork, before) -> str:
+    text = (f"  {what}: weight layers {before.weight_layers_on_longest_path} -> "
+            f"{network.cost.weight_layers_on_longest_path}, MACs {network.cost.macs / 1e6:.2f} M, test top-1 "
+            f"{network.test_acc:.2f}% (val {network.val_acc:.2f}%)")
+    if network.epochs:
+        text += f", before fine-tuning {network.test_acc_before:.2f}% (val {network.val_acc_before:.2f}%)"
+    return text + f"; differs from the exact collapse by {network.relative_diff:.2g} of max |output|"
+
+
+def format_latency(section: CollapseResult) -> list[str]:
+    """One line per runtime: median ms per batch size, uncollapsed -> BN folded -> collapsed (and the others)."""
+    lines = []
+    for runtime, models in section.latency_ms.items():
+        parts = []
+        for key in models.get("collapsed", {}):
+            chain = " -> ".join(f"{models[m][key]:.3f}" for m in models)
+            folded, small = models.get("bn_folded", {}).get(key), models["collapsed"][key]
+            gain = f" ({folded / small:.2f}x over BN folding)" if folded else ""
+            parts.append(f"{key.replace('_', ' ')}: {chain} ms{gain}")
+        lines.append(f"  latency (median, {' -> '.join(models)}) in {runtime} on {section.latency_device or '?'} "
+                     f"({section.latency_threads} threads): " + "; ".join(parts))
+    skipped = {r: why for r, why in section.runtimes.items() if not why.startswith("ok")}
+    for runtime, why in skipped.items():
+        lines.append(f"  {runtime}: {why}")
     return lines
 
 

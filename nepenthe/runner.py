@@ -49,7 +49,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
         collapsed = None
         if cfg.collapse.enabled:
             small, report = collapse_kept(exp, kept.stats)  # exact collapse, each step verified on test images
-            collapsed = measure_collapsed(exp, small, report, run_dir)  # accuracy, latency side by side, saved
+            collapsed = measure_collapsed(exp, small, report, run_dir, warn=reporter.warning)  # accuracy, latency, files
         summary = summarize(exp, kept, collapsed)
 
         recorder.summary(summary)

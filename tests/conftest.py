@@ -20,6 +20,7 @@ FAST = [
     "finetune.epochs=1",
     "stop.max_rounds=3", "stop.max_drop=100", "progress=false", "hardware=cpu",
     "collapse.latency_min_run_time=0.02", "collapse.latency_rounds=1", "collapse.verify_batch=64",
+    "collapse.runtimes=[eager]", "collapse.onnx=false",  # ONNX and torch.compile: their own tests
 ]
 
 

@@ -306,7 +306,7 @@ def test_bad_merge_value_and_untraceable_model_give_one_clear_error():
         def forward(self, x):
             return self.fc(x) if x.sum() > 0 else x
 
-    with pytest.raises(CollapseError, match=r"merge='sometimes' is not valid; choose one of cost, always, never, approximate"):
+    with pytest.raises(CollapseError, match=r"merge='sometimes' is not valid; choose one of cost, depth, always, never, approximate"):
         collapse(nn.Linear(4, 4), {}, torch.randn(2, 4), merge="sometimes")
     with pytest.raises(CollapseError, match="torch.fx cannot trace Branchy"):
         collapse(Branchy(), {}, torch.randn(2, 4))

@@ -42,7 +42,7 @@ def test_a_translation_by_v_gives_the_largest_projection_of_v():
     v = torch.tensor([3.0, -1.0] + [0.0] * 10, dtype=torch.float64)
     directions = random_projections(12, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     distance = nepenthe.max_sliced_wasserstein(source, source + v, projections=directions)
-    assert float(distance) == pytest.approx(float((directions.T @ v).abs().max()), rel=1e-12)
+    assert distance.item() == pytest.approx((directions.T @ v).abs().max().item(), rel=1e-12)
 
 
 def test_hand_computed_one_dimensional_case():
@@ -50,7 +50,7 @@ def test_hand_computed_one_dimensional_case():
     source = torch.tensor([[2.0], [0.0], [1.0]])
     target = torch.tensor([[5.0], [1.0], [3.0]])
     distance = nepenthe.max_sliced_wasserstein(source, target, projections=torch.ones(1, 1))
-    assert float(distance) == pytest.approx(math.sqrt(14 / 3), rel=1e-6)
+    assert distance.item() == pytest.approx(math.sqrt(14 / 3), rel=1e-6)
 
 
 def test_samples_are_flattened_to_points_and_random_directions_follow_the_generator():

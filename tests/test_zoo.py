@@ -20,11 +20,12 @@ from nepenthe.units import RECTIFIERS, Unit, activation_modules, unit_layouts
 ZOO = [
     ("compact_cnn", {"width": 8}, (1, 28, 28), 7),
     ("resnet18_cifar", {}, (3, 32, 32), 17),
+    ("resnet18_cifar", {"width": 16}, (3, 32, 32), 17),  # the 17-unit study's quarter width: the same units
     ("resnet18_imagenet", {}, (3, 64, 64), 17),
     ("mobilenetv2_cifar", {}, (3, 32, 32), 35),
     ("mobilenetv2_imagenet", {}, (3, 64, 64), 35),
     ("swin_t", {}, (3, 64, 64), 12),
-    ("vgg16_bn", {}, (3, 32, 32), 15),
+    pytest.param("vgg16_bn", {}, (3, 32, 32), 15, marks=pytest.mark.slow),  # 138 M params: 13 s on 2 cores
     ("timm", {"arch": "resnet18"}, (3, 32, 32), 17),
     ("timm/convnext_atto", {}, (3, 32, 32), 12),
 ]
@@ -34,7 +35,11 @@ def test_zoo_lists_every_registered_model():
     assert {name for name, *_ in ZOO if not name.startswith("timm/")} == set(list_models())
 
 
-@pytest.mark.parametrize("name,kwargs,shape,expected_units", ZOO, ids=[z[0] for z in ZOO])
+IDS = ["compact_cnn", "resnet18_cifar", "resnet18_cifar/width16", "resnet18_imagenet", "mobilenetv2_cifar",
+       "mobilenetv2_imagenet", "swin_t", "vgg16_bn", "timm", "timm/convnext_atto"]
+
+
+@pytest.mark.parametrize("name,kwargs,shape,expected_units", ZOO, ids=IDS)
 def test_registered_model_units_probe_train_step_and_collapse(name, kwargs, shape, expected_units):
     torch.manual_seed(0)
     model = create_model(name, 10, shape[0], **kwargs)

@@ -9,8 +9,8 @@
 from .graph import CollapseError
 from .merge import MERGES
 from ..records import CollapseReport
-from .pipeline import collapse, fold_batchnorm_only
-from .saving import load_collapsed, save_collapsed
+from .pipeline import approximate_network, collapse, fold_batchnorm_only
+from .export import load_collapsed, save_collapsed
 
-__all__ = ["CollapseError", "CollapseReport", "MERGES", "collapse", "fold_batchnorm_only", "load_collapsed",
-           "save_collapsed"]
+__all__ = ["CollapseError", "CollapseReport", "MERGES", "approximate_network", "collapse", "fold_batchnorm_only",
+           "load_collapsed", "save_collapsed"]

@@ -1,11 +1,13 @@
 """Collapse a saved run's checkpoint into a shallower model, verify it and measure it.
 
     python -m nepenthe.collapse runs/quickstart/experiment=quickstart            # the run's kept round
-    python -m nepenthe.collapse RUN_DIR --round 2 --merge always --out /tmp/c    # another round, other options
+    python -m nepenthe.collapse RUN_DIR --round 2 --merge depth --out /tmp/c     # another round, other options
+    python -m nepenthe.collapse RUN_DIR --onnx --runtimes eager onnxruntime      # ship ONNX, time it in ORT
 
 Rebuilds the run from its ``config.yaml`` (data are read from the config's ``dataset.root`` unless ``--data-root``
 says otherwise), loads the checkpoint, probes the entropy again, collapses, verifies on the first test images,
-times the uncollapsed and collapsed models side by side, and writes ``collapsed.pt2`` and ``collapse.json``.
+times the uncollapsed, BN-folded and collapsed models side by side in each runtime, and writes ``collapsed.pt2``
+(``collapsed.onnx`` with ``--onnx``; the approximate and fine-tuned networks when asked) and ``collapse.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from ..errors import NepentheError
 from ..report import format_collapse
 from ..tracking import COLLAPSE_REPORT_FILE as REPORT_FILE, atomic_write_text
+from ..records import RUNTIMES
 from .merge import MERGES
 
 
@@ -31,6 +34,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: the run's collapse.tolerance)")
     parser.add_argument("--approximate-activations", action="store_true", default=None,
                         help="replace always-ON ReLU6/GELU units by the identity and report the measured error")
+    parser.add_argument("--approximate-merges", action="store_true", default=None,
+                        help="also build the network with border-ring merges and measure it on its own")
+    parser.add_argument("--finetune-epochs", type=int, default=None,
+                        help="fine-tune the collapsed (approximate) network this many epochs")
+    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                        help="export collapsed.onnx, verified in ONNX Runtime (default: the run's collapse.onnx)")
+    parser.add_argument("--runtimes", nargs="+", default=None, choices=RUNTIMES,
+                        help="where latency is measured (default: the run's collapse.runtimes)")
     parser.add_argument("--verify-batch", type=int, default=None, help="test images to verify on")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: the run's hardware.device)")
     parser.add_argument("--data-root", default=None, help="where the dataset lives (default: the run's dataset.root)")
@@ -42,13 +53,16 @@ def run(args: argparse.Namespace):
     from ..deploy import collapse_kept, measure_collapsed  # import the data and model registries; only needed here
     from ..experiment import restore_run
 
-    exp, record = restore_run(args.run_dir, args.round, merge=args.merge, tolerance=args.tolerance,
-                              verify_batch=args.verify_batch, device=args.device, data_root=args.data_root,
-                              approximate_activations=args.approximate_activations)
+    exp, record = restore_run(args.run_dir, args.round, device=args.device, data_root=args.data_root,
+                              merge=args.merge, tolerance=args.tolerance, verify_batch=args.verify_batch,
+                              approximate_activations=args.approximate_activations, onnx=args.onnx,
+                              runtimes=args.runtimes, approximate_merges=args.approximate_merges,
+                              finetune_epochs=args.finetune_epochs)
     out = args.out or args.run_dir
     out.mkdir(parents=True, exist_ok=True)
     small, report = collapse_kept(exp, exp.probe())
-    result = measure_collapsed(exp, small, report, out)
+    result = measure_collapsed(exp, small, report, out, warn=lambda message: print(f"warning: {message}",
+                                                                                   file=sys.stderr))
     result.run_dir, result.round, result.kept_test_acc = str(args.run_dir), record.round, record.test_acc
     result.k, result.N = record.k, record.N
     atomic_write_text(out / REPORT_FILE, json.dumps(result.to_dict(), indent=2) + "\n")

@@ -11,9 +11,12 @@ The weight part is exact when the second conv never reads its zero padding (``p2
 only padding outside its output range (a 1×1 stride-1 conv); otherwise (k×k∘k×k) the merged conv sees real values
 where the chain saw zero padding, and the difference sits on a border ring: each merge measures and reports it.
 
-``merge`` chooses: ``cost`` (default) takes exact merges that lower MACs; ``always`` takes every exact merge (fewest
-layers, even at more MACs); ``approximate`` also takes inexact border-ring merges that lower MACs and reports their
-measured error; ``never`` merges nothing.
+``merge`` chooses: ``cost`` (default) takes merges that lower MACs; ``depth`` (alias ``always``) takes every merge that
+shortens the chain, also when the merged kernel has more MACs than the pair (what lowers latency where per-layer
+overhead dominates; the latency measurement shows whether it pays); ``never`` merges nothing. Only exact merges are
+taken unless the caller allows inexact ones (``exact_only=False``: the approximate opt-in, whose network is measured
+on its own); ``approximate`` is ``cost`` with that opt-in. Every merge records MACs and the network's weight layers on
+the longest path before and after it.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from ..metrics import weight_layers_on_longest_path
 from .constants import FOLDABLE_ADDS, shrink_uniform
 from .graph import (add_buffer, conv_geometry, dense_conv_weight, exclusive_modules, fetch_attr, insert_after,
                     call_macs, module, only_user, shape)
 
-MERGES = ("cost", "always", "never", "approximate")
+MERGES = ("cost", "depth", "always", "never", "approximate")
+DEPTH_FIRST = ("depth", "always")  # fewest layers, whatever the MACs
 
 
 @dataclass
@@ -134,7 +139,7 @@ def plan_merges(gm: fx.GraphModule, chain: list[Link], merge: str, exact_only: b
 
     def key(option):
         (layers, macs), merged = option
-        return (layers, macs) if merge == "always" else (macs, len(merged))  # ties: merge less
+        return (layers, macs) if merge in DEPTH_FIRST else (macs, len(merged))  # ties: merge less
 
     best: list[tuple | None] = [None] * (n + 1)
     best[0] = ((0, 0), [])
@@ -154,7 +159,7 @@ def plan_merges(gm: fx.GraphModule, chain: list[Link], merge: str, exact_only: b
             if best[end] is None or key(option) < key(best[end]):
                 best[end] = option
     segments = best[n][1]
-    return [seg for seg in segments if merge == "always" or seg.macs_after < seg.macs_before]
+    return [seg for seg in segments if merge in DEPTH_FIRST or seg.macs_after < seg.macs_before]
 
 
 @torch.no_grad()
@@ -236,7 +241,8 @@ def merge_chains(gm: fx.GraphModule, merge: str, exact_only: bool, example: Tens
         head, tail = seg.links[0], seg.links[-1]
         merged, constant = merged_layer(gm, seg, in_shape)
         record = {"op": "merge", "layers": [link.node.target for link in seg.links], "exact": seg.exact,
-                  "macs_before": seg.macs_before, "macs_after": seg.macs_after}
+                  "macs_before": seg.macs_before, "macs_after": seg.macs_after,
+                  "weight_layers_before": _depth(gm)}
         if isinstance(merged, nn.Conv2d):
             record.update(kernel=list(merged.kernel_size), stride=list(merged.stride), padding=list(merged.padding))
         remaining_map = _attach_constant(merged, constant)
@@ -250,8 +256,13 @@ def merge_chains(gm: fx.GraphModule, merge: str, exact_only: bool, example: Tens
             new_out = insert_after(gm, const, "call_function", torch.add, (head.node, const))
         tail.out.replace_all_uses_with(new_out)
         gm.graph.eliminate_dead_code()
+        record["weight_layers_after"] = _depth(gm)
         done.append(record)
     return done
+
+
+def _depth(gm: fx.GraphModule) -> int:
+    return weight_layers_on_longest_path(gm)
 
 
 @torch.no_grad()

@@ -65,7 +65,8 @@ def fold_batchnorm_only(model: nn.Module, example_input: Tensor, tolerance: floa
 
 @torch.no_grad()
 def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: Tensor, merge: str = "cost", *,
-             layouts: Mapping[str, str] | None = None, tolerance: float = 1e-4, approximate_activations: bool = False):
+             layouts: Mapping[str, str] | None = None, tolerance: float = 1e-4, approximate_activations: bool = False,
+             approximate_merges: bool = False):
     """A shallower copy of ``model`` and a :class:`CollapseReport`; ``model`` itself is left untouched.
 
     ``stats`` are the probe's statistics per activation module path (units absent from it are left alone).
@@ -74,7 +75,9 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
     folding, the original with each unit replaced by its decision (:class:`~.activations.ReducedActivation`) for
     every later step. A step whose outputs differ in shape or dtype, or by more than ``tolerance`` × max |output|,
     raises :class:`CollapseError`. Approximations happen only when asked: ``approximate_activations`` (ReLU6/GELU
-    replaced where the probe saw them ON) and ``merge='approximate'`` (border-ring merges); both report their error.
+    replaced where the probe saw them ON) and ``approximate_merges=True`` (border-ring merges, with ``merge`` cost or
+    depth; ``merge='approximate'`` is cost with them); both report their error. :func:`approximate_network` builds
+    the approximate network beside the exact one instead.
     """
     check_merge(merge)
     if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
@@ -114,6 +117,7 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
     report.relative_diff = check_step("linearize", changed, outputs(gm, x), linearized, tolerance)
 
     exact_merge = "cost" if merge == "approximate" else merge
+    approximate_merges = approximate_merges or merge == "approximate"
     for name, run in (("drop_identity", drop_pass_through), ("fold_constant", fold_constants),
                       ("remove_channels", remove_dead_channels),
                       ("merge", lambda g: merge_chains(g, exact_merge, exact_only=True, example=x))):
@@ -121,9 +125,9 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
     collapsed = outputs(gm, x)
     report.max_abs_diff = abs_diff(collapsed[0], linearized[0])
 
-    if merge == "approximate":
+    if approximate_merges and exact_merge != "never":
         record_shapes(gm, x)
-        report.operations += merge_chains(gm, merge, exact_only=False, example=x)
+        report.operations += merge_chains(gm, exact_merge, exact_only=False, example=x)
         tidy(gm)
         collapsed = outputs(gm, x)
         problem = mismatch(collapsed, linearized)
@@ -137,3 +141,24 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
     report.removed_layers = sorted(layers_before - {n.target for n in weight_nodes(gm)})
     guard_input_size(gm, x)
     return gm, report
+
+
+@torch.no_grad()
+def approximate_network(exact: fx.GraphModule, example_input: Tensor, merge: str = "cost"
+                        ) -> tuple[fx.GraphModule, list[dict], float]:
+    """A copy of an exact collapse with the border-ring merges ``merge`` (cost or depth) allows also taken:
+    ``(network, the merges made, max |its output − the exact output| / max |exact output| on example_input)``. The
+    exact network is left as it is; the copy is never verified equal to it, only measured."""
+    mode = "cost" if merge == "approximate" else check_merge(merge)
+    gm = copy.deepcopy(exact)
+    x = example_input
+    if mode == "never":
+        return gm, [], 0.0
+    record_shapes(gm, x)
+    operations = merge_chains(gm, mode, exact_only=False, example=x)
+    tidy(gm)
+    expected, got = outputs(exact, x), outputs(gm, x)
+    problem = mismatch(got, expected)
+    if problem:
+        raise CollapseError(f"collapse step 'merge' (approximate) changed the output's form: {problem}")
+    return gm, operations, relative_diff(got[0], expected[0])
