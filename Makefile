@@ -55,8 +55,8 @@ bench: install
 
 # Table 1: the sweep preset of SCALE (smoke: conf/experiment/table1_smoke.yaml, CPU, ~35 min; published:
 # conf/experiment/table1.yaml, GPUs), then collect -> tables -> figures into $(RESULTS)/$(SCALE)/. ONLY="seed=0"
-# narrows a sweep, EXTRA adds overrides, LAUNCHER=slurm|slurm_cpu|local runs the jobs through
-# hydra-submitit-launcher (conf/hydra/launcher/); SWEEP=0 only renders the run directories already under $(RUNS).
+# narrows a sweep, EXTRA adds overrides, LAUNCHER=slurm|local runs the jobs through
+# hydra-submitit-launcher (conf/hydra/launcher/; a Slurm job asks for a GPU only when its hardware.device does); SWEEP=0 only renders the run directories already under $(RUNS).
 # What a scale needs (CUDA, datasets, weights) is checked before anything is launched.
 reproduce-table1: install
 	$(PYTHON) -m analysis.reproduce --scale $(SCALE) --runs-root $(RUNS) --results $(RESULTS) --launcher $(LAUNCHER) \

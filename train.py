@@ -10,8 +10,6 @@ from the overrides, so re-running a command resumes from its last completed roun
 
 from __future__ import annotations
 
-import hashlib
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -21,28 +19,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nepenthe.config import RunConfig, is_non_semantic, load_run_config
+from nepenthe.config import RunConfig, load_run_config
 from nepenthe.errors import NepentheError
+from nepenthe.interrupt import StopRequested
 from nepenthe.report import ConsoleReporter
 from nepenthe.runlock import RunDirBusy
 from nepenthe.runner import run_experiment
 from nepenthe.store import CHECKPOINT_DIR
 from nepenthe.tracking import CONFIG_FILE, write_failure
-from nepenthe_cli.rundir import Preexisting, remove_unused_run_dir
-
-
-def run_id(task_overrides) -> str:
-    """Directory name for a job's overrides (``hydra:overrides.task``): the semantic ones (config.NON_SEMANTIC_KEYS
-    are left out, so changing how a run is watched never renames it), sorted and joined as Hydra's override_dirname
-    joins them; readable, filesystem-safe, bounded in length."""
-    semantic = sorted(line for line in task_overrides if not is_non_semantic(line.split("=", 1)[0]))
-    overrides = ",".join(semantic)
-    if not overrides:
-        return "default"
-    safe = re.sub(r"[^A-Za-z0-9=,._+-]", "_", overrides)
-    if len(safe) <= 200:  # well under the usual 255-byte file-name limit
-        return safe
-    return safe[:180] + "-" + hashlib.sha256(overrides.encode()).hexdigest()[:12]
+from nepenthe_cli import signals
+from nepenthe_cli.launchers import slurm_resource
+from nepenthe_cli.rundir import Preexisting, remove_unused_run_dir, run_id
 
 
 def visible_gpus() -> int:
@@ -53,6 +40,7 @@ def visible_gpus() -> int:
 
 
 OmegaConf.register_new_resolver("nepenthe_run_id", run_id, replace=True)
+OmegaConf.register_new_resolver("nepenthe_slurm", slurm_resource, replace=True)
 OmegaConf.register_new_resolver("nepenthe_visible_gpus", visible_gpus, replace=True)
 
 
@@ -76,8 +64,11 @@ def main(cfg: DictConfig):
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    signals.install()  # SIGUSR2/SIGTERM: stop at the next batch, save, then requeue (submitit) or exit
     try:
         return execute(to_run_config(cfg), run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+    except StopRequested as stop:  # never a failure: the run saved its place and resumes there
+        signals.leave(stop, str(run_dir / CHECKPOINT_DIR))
     except KeyboardInterrupt:
         print(f"\ninterrupted; run the same command again to resume from the last completed epoch in "
               f"{run_dir / CHECKPOINT_DIR}", file=sys.stderr)

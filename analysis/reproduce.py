@@ -7,8 +7,8 @@
     python -m analysis.reproduce --scale published --launcher slurm --extra hydra.launcher.partition=gpu
 
 A sweep is a Hydra preset (conf/experiment/<name>.yaml with ``hydra.sweeper.params``): ``--only KEY=V1,V2`` replaces a
-swept key's values, ``--extra`` adds overrides, ``--launcher`` picks conf/hydra/launcher (``slurm``, ``slurm_cpu``,
-``local``; default: one job after another here). Before launching anything, every job of the sweep is composed and
+swept key's values, ``--extra`` adds overrides, ``--launcher`` picks conf/hydra/launcher (``slurm``: its
+resources follow each job's ``hardware.device``; ``local``; default: one job after another here). Before launching anything, every job of the sweep is composed and
 what it needs is checked (a GPU where it asks for CUDA, its dataset on disk, its initial weights): a missing piece is
 one line naming the fix. Outputs go to ``RESULTS/<scale or experiment>/``: runs.csv,
 {table1,matched_k,matched_sparsity,matched_macs}.{md,tex,csv}, figures/*.png|pdf. ``--no-sweep`` renders the run
@@ -29,7 +29,7 @@ from . import collect, plots, tables
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALES = {"smoke": "table1_smoke", "published": "table1"}  # make reproduce-table1 SCALE=... -> conf/experiment
-LAUNCHERS = ("basic", "local", "slurm", "slurm_cpu")
+LAUNCHERS = ("basic", "local", "slurm")
 
 
 def _compose(overrides: list[str], hydra_config: bool = False):

@@ -61,6 +61,7 @@ class HardwareConfig:
     threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
     compile: bool = False  # torch.compile the training step's model (recompiled when a round changes the masks)
     data_on_device: bool = True  # in-memory datasets live on the training device; batches are built there
+    sync_batchnorm: bool = False  # a distributed run: batch norm statistics over the global batch
 
 
 @dataclass
@@ -227,6 +228,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         _positive("finetune.lr", cfg.finetune.lr)
     if cfg.hardware.threads is not None:
         _positive("hardware.threads", cfg.hardware.threads)
+    if cfg.hardware.sync_batchnorm and cfg.hardware.device == "cpu":
+        raise ConfigError("hardware.sync_batchnorm=true needs CUDA (torch's SyncBatchNorm runs on GPUs only); on CPU "
+                          "each process normalises its own part of the global batch")
     check_choice("collapse.merge", cfg.collapse.merge, MERGES)
     for runtime in cfg.collapse.runtimes:
         check_choice("collapse.runtimes[]", runtime, RUNTIMES)

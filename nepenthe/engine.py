@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed, interrupt
 from .errors import ConfigError, NonFiniteLossError
 
 SCHEDULES = ("cosine", "multistep", "constant")
@@ -114,15 +115,29 @@ class TrainingPlan:
     first_epoch: int = 0  # offsets the loader's epoch counter so that every round draws its own shuffles and crops
 
 
+class _Stopped(Exception):
+    """Raised inside an epoch at the batch boundary where a stop was requested; carries the epoch's partial sums."""
+
+    def __init__(self, signum: int, batches: int, sums: dict):
+        self.signum, self.batches, self.sums = signum, batches, sums
+
+
 def train_one_epoch(model, loader, optimizer, *, device, amp_dtype=None, channels_last=False, progress=False,
-                    desc="train", check_every=50, loss_term: LossTerm | None = None) -> dict:
+                    desc="train", check_every=50, loss_term: LossTerm | None = None, skip: int = 0,
+                    sums: dict | None = None) -> dict:
+    """One epoch. ``skip`` batches are drawn (the loader's random stream advances as before) but not trained on, and
+    ``sums`` continue an epoch that stopped there. A stop requested by a signal (:mod:`nepenthe.interrupt`) ends the
+    epoch after the batch in progress with :class:`_Stopped`."""
     model.train()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    term_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    sums = sums or {}
+    loss_sum = torch.tensor(sums.get("loss", 0.0), device=device, dtype=torch.float64)
+    term_sum = torch.tensor(sums.get("term", 0.0), device=device, dtype=torch.float64)
+    correct = torch.tensor(sums.get("correct", 0), device=device, dtype=torch.long)
+    seen = int(sums.get("seen", 0))
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, initial=skip)
     for step, (x, y) in enumerate(bar):
+        if step < skip:
+            continue  # trained before the stop: drawn again so that the rest of the epoch sees the same batches
         x, y = _to_device(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
@@ -144,12 +159,20 @@ def train_one_epoch(model, loader, optimizer, *, device, amp_dtype=None, channel
                 raise NonFiniteLossError(f"{desc}: loss became {value} at step {step + 1}; lower train.lr "
                                          f"(now {optimizer.param_groups[0]['lr']:.3g}){_precision_hint(amp_dtype)}")
             bar.set_postfix(loss=f"{value:.3f}")
-    mean_loss = float(loss_sum) / max(seen, 1)
+        signum = interrupt.requested()
+        if signum is not None and step + 1 < len(loader):
+            raise _Stopped(signum, step + 1, {"loss": float(loss_sum), "term": float(term_sum),
+                                              "correct": int(correct), "seen": seen})
+    totals = torch.stack([loss_sum, term_sum, correct.double(), torch.tensor(float(seen), device=device,
+                                                                             dtype=torch.float64)])
+    distributed.all_reduce_sum([totals])  # a distributed run: every process's part of the epoch
+    loss_total, term_total, correct_total, seen = (float(v) for v in totals)
+    mean_loss = loss_total / max(seen, 1)
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError(f"{desc}: mean loss is {mean_loss}; lower train.lr{_precision_hint(amp_dtype)}")
-    result = {"loss": mean_loss, "acc": 100.0 * float(correct) / max(seen, 1)}
+    result = {"loss": mean_loss, "acc": 100.0 * correct_total / max(seen, 1)}
     if loss_term is not None:
-        result["term"] = float(term_sum) / max(seen, 1)
+        result["term"] = term_total / max(seen, 1)
     return result
 
 
@@ -158,18 +181,18 @@ def evaluate(model, loader, *, device, amp_dtype=None, channels_last=False) -> d
     """Top-1 accuracy (%) and mean cross-entropy; the model's train/eval mode is restored afterwards."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for x, y in loader:
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, seen
+    for x, y in distributed.own_batches(loader):  # a distributed run: whole batches dealt round-robin, sums added
         x, y = _to_device(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
-        seen += y.shape[0]
+        sums[0] += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+        sums[1] += (logits.argmax(1) == y).sum()
+        sums[2] += y.shape[0]
     model.train(was_training)
-    return {"loss": float(loss_sum) / max(seen, 1), "acc": 100.0 * float(correct) / max(seen, 1)}
+    distributed.all_reduce_sum([sums])
+    loss, correct, seen = (float(v) for v in sums)
+    return {"loss": loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1)}
 
 
 def rng_state() -> dict:
@@ -189,44 +212,61 @@ def set_rng_state(state: dict) -> None:
 
 
 def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epoch_end=None,
-        loss_term: LossTerm | None = None) -> dict:
+        loss_term: LossTerm | None = None, wrap=None) -> dict:
     """Train ``plan.epochs`` epochs with a fresh optimizer and schedule; returns ``train_loss``, ``train_acc``,
     ``epochs`` (and ``train_term``, the loss term's mean over the last epoch, when there is one).
 
     ``on_epoch_end(state)`` receives, after every epoch, what continuing needs besides the model's own state
     (epochs done, optimizer, scheduler, RNG streams, last metrics); ``resume=state`` continues from it, and the model
-    (loaded by the caller) then ends exactly where an uninterrupted call would. ``loss_term`` is attached to the model
-    for this fit and its value added to every batch's loss.
+    (loaded by the caller) then ends exactly where an uninterrupted call would. A stop requested by a signal
+    (:mod:`nepenthe.interrupt`) hands ``on_epoch_end`` the same state at the batch boundary where training stopped
+    (``batch``: the batches of the epoch in progress already trained, with their sums), then raises
+    :class:`~nepenthe.interrupt.StopRequested`; resuming from that state trains the rest of that epoch. ``loss_term``
+    is attached to the model for this fit and its value added to every batch's loss. ``wrap(model)`` gives the module
+    that trains (``DistributedDataParallel`` in a distributed run); the state always belongs to ``model``.
     """
     if plan.epochs < 0:
         raise ConfigError(f"epochs={plan.epochs} must be >= 0")
     optimizer = make_optimizer(model, plan.lr, plan.momentum, plan.weight_decay, plan.nesterov, plan.optimizer,
                                plan.device)
     scheduler = make_scheduler(optimizer, plan.schedule, plan.epochs, plan.milestones, plan.gamma)
-    step_model = torch.compile(model) if plan.compile else model
+    step_model = wrap(model) if wrap is not None else model
+    step_model = torch.compile(step_model) if plan.compile else step_model
     last = {"loss": float("nan"), "acc": float("nan")}
-    start = 0
+    start, skip, sums = 0, 0, None
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         set_rng_state(resume["rng"])
         start, last = resume["epoch"], resume["last"]
+        skip, sums = resume.get("batch", 0), resume.get("sums")
     if loss_term is not None:
         loss_term.attach(model)
+
+    def state(epoch_done: int, **partial) -> dict:
+        # copies: the live optimizer buffers keep changing after this point
+        return {"epoch": epoch_done, "epochs": plan.epochs, "optimizer": copy.deepcopy(optimizer.state_dict()),
+                "scheduler": copy.deepcopy(scheduler.state_dict()), "rng": rng_state(), "last": dict(last), **partial}
+
     try:
         for epoch in range(start, plan.epochs):
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(plan.first_epoch + epoch)
-            last = train_one_epoch(step_model, loader, optimizer, device=plan.device, amp_dtype=plan.amp_dtype,
-                                   channels_last=plan.channels_last, progress=plan.progress,
-                                   desc=f"{plan.desc} {epoch + 1}/{plan.epochs}", loss_term=loss_term)
+            try:
+                last = train_one_epoch(step_model, loader, optimizer, device=plan.device, amp_dtype=plan.amp_dtype,
+                                       channels_last=plan.channels_last, progress=plan.progress,
+                                       desc=f"{plan.desc} {epoch + 1}/{plan.epochs}", loss_term=loss_term,
+                                       skip=skip, sums=sums)
+            except _Stopped as stop:
+                if on_epoch_end is not None:
+                    on_epoch_end(state(epoch, batch=stop.batches, sums=stop.sums))
+                interrupt.clear()
+                raise interrupt.StopRequested(stop.signum, f"in {plan.desc} at epoch {epoch + 1}/{plan.epochs}, "
+                                                           f"batch {stop.batches}/{len(loader)}") from None
+            skip, sums = 0, None
             scheduler.step()
             if on_epoch_end is not None:
-                # copies: the live optimizer buffers keep changing after this epoch
-                on_epoch_end({"epoch": epoch + 1, "epochs": plan.epochs,
-                              "optimizer": copy.deepcopy(optimizer.state_dict()),
-                              "scheduler": copy.deepcopy(scheduler.state_dict()), "rng": rng_state(),
-                              "last": dict(last)})
+                on_epoch_end(state(epoch + 1))
     finally:
         if loss_term is not None:
             loss_term.detach()

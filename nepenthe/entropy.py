@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .errors import ConfigError
 from .units import Unit, activation_modules, unit_layouts, units_without_rectifier
 
@@ -210,10 +211,16 @@ class EntropyProbe:
         return hook
 
     def stats(self) -> dict[str, LayerStats]:
+        """What the pass saw; in a distributed run the counts of every process are added first (each saw its own
+        batches), so the statistics are those of one process that saw them all."""
         result = {}
         for name, c in self._counters.items():
             if c.on is None:
                 raise ConfigError(f"activation {name!r} was never called during the probe pass; is it in the model?")
+            if distributed.active():
+                scalars = torch.tensor([float(c.positions), float(c.batches)], dtype=torch.float64)
+                distributed.all_reduce_sum([c.on, c.off, c.batch_entropy_sum, scalars])
+                c.positions, c.batches = int(scalars[0]), int(scalars[1])
             p_on = on_probability(c.on, c.off, c.positions - c.on - c.off, self.zero_state)
             if self.pooling == "batch":
                 value = c.batch_entropy_sum / c.batches
@@ -246,9 +253,8 @@ def measure_entropy(
     probe = EntropyProbe(activations, zero_state=zero_state, layer_mean=layer_mean, pooling=pooling, layouts=layouts)
     try:
         with probe:
-            for i, batch in enumerate(tqdm(batches, desc="entropy", leave=False, disable=not progress)):
-                if max_batches is not None and i >= max_batches:
-                    break
+            limited = (b for i, b in enumerate(batches) if max_batches is None or i < max_batches)
+            for batch in tqdm(distributed.own_batches(limited), desc="entropy", leave=False, disable=not progress):
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 x = x.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .config import RunConfig, create_method_from, load_run_config, validate
 from .data import create_data
 from .discovery import model_units
@@ -42,7 +43,10 @@ class Experiment:
         self.method.check(self.model)
         # in-memory splits copied to the training device once (a no-op on CPU); streamed ones decode into pinned memory
         self.data_device = self.device if cfg.hardware.data_on_device else None
-        self.train_loader = self.data.loader("train", cfg.train.batch_size, seed=cfg.seed, device=self.data_device)
+        if distributed.active():  # torchrun / srun: every process trains its part of each global batch
+            distributed.split_batch_size(cfg.train.batch_size)
+        self.train_loader = self.data.loader("train", cfg.train.batch_size, seed=cfg.seed, device=self.data_device,
+                                             shard=distributed.shard())
 
     def new_model(self) -> torch.nn.Module:
         """A freshly initialised model, the same for the same seed; the global random streams are left as they were."""
@@ -83,12 +87,17 @@ class Experiment:
             first_epoch=round_index * 10_000)
 
     def fit(self, round_index: int, checkpoints: EpochCheckpoints) -> dict:
-        """Train the round (the method's loss term included), saving after every epoch and resuming mid-round."""
+        """Train the round (the method's loss term included), saving after every epoch and resuming mid-round; in a
+        distributed run through DistributedDataParallel."""
         seed_everything(round_seed(self.cfg.seed, round_index))
         resume = checkpoints.restore(self.model)
-        return fit(self.model, self.train_loader, self.training_plan(round_index), resume=resume,
-                   on_epoch_end=lambda state: checkpoints.save(self.model, state),
-                   loss_term=self.method.loss_term(self.model))
+        try:
+            return fit(self.model, self.train_loader, self.training_plan(round_index), resume=resume,
+                       on_epoch_end=lambda state: checkpoints.save(self.model, state),
+                       loss_term=self.method.loss_term(self.model),
+                       wrap=distributed.wrapper(self.device, self.cfg.hardware.sync_batchnorm))
+        finally:
+            distributed.restore_batchnorm(self.model)  # SyncBatchNorm only while training
 
     def probe(self, model=None):
         e = self.cfg.entropy
@@ -99,7 +108,7 @@ class Experiment:
             autocast_dtype=self.amp, max_batches=e.max_batches, progress=self.cfg.progress)
 
     def method_stats(self, model=None) -> dict:
-        """What the method measures for its plan, on the validation split at the training batch size."""
+        """What the method measures for its plan, on the validation split at the (global) training batch size."""
         loader = self.data.loader("val", self.cfg.train.batch_size, device=self.data_device)
         return self.method.measure(model if model is not None else self.model, loader, self.device)
 

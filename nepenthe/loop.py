@@ -19,6 +19,7 @@ from typing import Protocol
 
 from torch import nn
 
+from . import distributed, interrupt
 from .config import StopConfig
 from .entropy import LayerStats
 from .errors import NepentheError
@@ -26,7 +27,7 @@ from .metrics import weight_layers_on_longest_path
 from .pruning.masks import overall_sparsity
 from .pruning.methods import Method, PruningPlan, apply_plan
 from .records import RoundRecord
-from .store import Checkpoint, EpochCheckpoints, MemoryStore, Store, check_same_run
+from .store import Checkpoint, EpochCheckpoints, MemoryStore, Store, check_same_run, compact_state
 from .tracking import RunRecorder
 from .units import Unit, find_module, weight_layer_names
 
@@ -171,6 +172,10 @@ class RoundLoop:
         if self.recorder is not None:
             self.recorder.round(record)
         self.reporter.round(record)
+        signum = interrupt.requested()  # asked to go while probing or evaluating: the round is saved, stop here
+        if signum is not None:
+            interrupt.clear()
+            raise interrupt.StopRequested(signum, f"after round {round_index}")
 
     def dense(self, resume: bool = True) -> list[RoundRecord]:
         """Round 0 (the dense model), or everything the latest checkpoint holds when there is one to resume."""
@@ -196,13 +201,15 @@ class RoundLoop:
         steps = self.steps
         while True:
             last = self.records[-1].round
-            plan = (steps.method.plan(steps.model, steps.units, self.stats, history=self.records)
-                    if last < self.stop.max_rounds else None)
+            plan = None
+            if last < self.stop.max_rounds:  # computed once (process 0 of a distributed run) and sent to every one
+                plan = distributed.outcome(steps.method.plan, steps.model, steps.units, self.stats, self.records)
             self.reason = stop_reason(self.stop, self.records, plan)
             if self.reason is not None:
                 return self.reason
             tick = time.perf_counter()
             apply_plan(steps.model, plan)
+            distributed.check_same(f"the masks of round {last + 1}", compact_state(steps.model)[1])
             self._finish_round(last + 1, plan, tick, self._fit(last + 1))
 
     def keep(self) -> LoopResult:

@@ -172,8 +172,10 @@ class ConsoleReporter:
         self._print(f"resumed after round {records[-1].round} from {where}")
 
     def resumed_in_round(self, round_index: int, fit_state: dict, where: str) -> None:
-        self._print(f"resuming round {round_index} after epoch {fit_state['epoch']}/{fit_state['epochs']} "
-                    f"from {where}")
+        batch = fit_state.get("batch")
+        position = (f"at epoch {fit_state['epoch'] + 1}/{fit_state['epochs']}, batch {batch} (a signal stopped it "
+                    f"there)" if batch else f"after epoch {fit_state['epoch']}/{fit_state['epochs']}")
+        self._print(f"resuming round {round_index} {position} from {where}")
 
     def round(self, record: RoundRecord) -> None:
         self._print(format_round_row(record, self.names))

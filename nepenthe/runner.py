@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
 import torch
 import torchvision
 
-from . import __version__
+from . import __version__, distributed
 from .config import HardwareConfig, RunConfig, config_hash, load_run_config, semantic_dict
 from .deploy import collapse_kept, measure_collapsed
 from .errors import NepentheError
@@ -20,22 +21,25 @@ from .metrics import cost_report
 from .records import CollapseResult, Costs, RoundBrief, Summary, TrajectoryPoint
 from .report import describe_run
 from .runlock import RunLock
-from .store import DirStore, check_same_run, load_in_round
+from .store import DirStore, FollowerStore, check_same_run, load_in_round
 from .tracking import CONFIG_FILE, RunRecorder, clear_failure, clear_run_outputs, read_summary
 
 
 def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None = None,
-                   reporter: Reporter | None = None) -> Summary:
+                   reporter: Reporter | None = None) -> Summary | None:
     """Run (or resume) one experiment into ``run_dir`` and return its summary (also written to summary.json).
     Every input error is raised (a :class:`~nepenthe.errors.NepentheError`) before any record is written, and a
-    directory that holds a run of another config is refused without a byte written into it."""
+    directory that holds a run of another config is refused without a byte written into it. In a distributed run
+    (torchrun, srun) process 0 does what is written here; the others follow in lockstep and return None."""
     run_dir, reporter = Path(run_dir), reporter or Reporter()
-    configure_process(cfg.hardware)  # the one place a run changes process-wide settings (threads)
+    configure_process(cfg.hardware)  # the one place a run changes process-wide settings (threads, process group)
+    if not distributed.is_main():  # torchrun / srun: process 0 writes, the others train their part
+        return _follow(cfg, run_dir)
     exp = Experiment(cfg)  # data, model, units, method: nothing trained yet
     identity = semantic_dict(cfg)
     with RunLock(run_dir):  # one writer per run directory; refused at once, naming the holder
         store = DirStore(run_dir)
-        done = previous_run(cfg, run_dir, store, identity)
+        done = distributed.outcome(previous_run, cfg, run_dir, store, identity)
         if done is not None:
             reporter.already_complete(run_dir, done)
             return done
@@ -43,9 +47,11 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
         recorder = open_records(cfg, run_dir, config_yaml, reporter)
 
         loop = RoundLoop(exp, cfg.stop, store=store, recorder=recorder, reporter=reporter, identity=identity)
-        loop.dense(resume=cfg.resume)  # round 0: train the dense model, probe, record (or resume)
-        loop.rounds()  # plan → prune → fine-tune → probe → record → checkpoint, until the stop rule
-        kept = loop.keep()  # back to the last round within max_drop of dense
+        with _peers_watched(run_dir):
+            loop.dense(resume=cfg.resume)  # round 0: train the dense model, probe, record (or resume)
+            loop.rounds()  # plan → prune → fine-tune → probe → record → checkpoint, until the stop rule
+            kept = loop.keep()  # back to the last round within max_drop of dense
+        distributed.finish()  # a distributed run's other processes are done: collapse and measure here alone
         collapsed = None
         if cfg.collapse.enabled:
             small, report = collapse_kept(exp, kept.stats)  # exact collapse, each step verified on test images
@@ -58,9 +64,41 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
 
 
 def configure_process(hardware: HardwareConfig) -> None:
-    """Process-wide settings a run asks for: the CPU thread count (None keeps torch's default)."""
+    """Process-wide settings a run asks for: the CPU thread count (None keeps torch's default), and the process group
+    when a distributed launch (torchrun, srun) started this process."""
     if hardware.threads:
         torch.set_num_threads(hardware.threads)
+    distributed.init_from_environment(hardware.device)
+
+
+def _follow(cfg: RunConfig, run_dir: Path) -> None:
+    """A process other than 0 of a distributed run: the same steps in lockstep, reading (never writing) process 0's
+    checkpoints; nothing to return (process 0 writes the summary)."""
+    exp = Experiment(cfg)
+    identity = semantic_dict(cfg)
+    store = FollowerStore(run_dir)
+    done = distributed.outcome(lambda *_: None)  # process 0 prepared the directory (or refused it, raised here too)
+    if done is not None:
+        return None
+    loop = RoundLoop(exp, cfg.stop, store=store, identity=identity)
+    with _peers_watched(run_dir):
+        loop.dense(resume=cfg.resume)
+        loop.rounds()
+        loop.keep()
+    distributed.finish()
+    return None
+
+
+@contextlib.contextmanager
+def _peers_watched(run_dir: Path):
+    """A collective that fails because another process of the run died becomes one line saying so."""
+    try:
+        yield
+    except RuntimeError as exc:
+        failure = distributed.peer_failure(exc, run_dir / "checkpoints")
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 def previous_run(cfg: RunConfig, run_dir: Path, store: DirStore, identity: dict) -> Summary | None:

@@ -270,6 +270,26 @@ class DirStore:
         return str(self.run_dir)
 
 
+class FollowerStore(DirStore):
+    """A distributed run's process other than 0: reads process 0's checkpoints (to resume, to reload the kept round)
+    and writes nothing."""
+
+    def save(self, round_index: int, model: nn.Module, records: list[RoundRecord], identity: dict) -> None:
+        pass
+
+    def latest(self) -> Checkpoint | None:
+        path = latest_checkpoint(self.run_dir)  # no clean-up of temporary files: that is process 0's
+        return None if path is None else load_checkpoint(path)
+
+    def epoch_checkpoints(self, round_index: int, identity: dict, on_restore=None) -> InRoundFile:
+        return _ReadOnlyInRound(self.run_dir, round_index, identity, on_restore)
+
+
+class _ReadOnlyInRound(InRoundFile):
+    def save(self, model: nn.Module, fit_state: dict) -> None:
+        pass
+
+
 class NoEpochCheckpoints:
     """A :class:`MemoryStore` round: nothing survives the process, so nothing is saved or restored."""
 

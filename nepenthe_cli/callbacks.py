@@ -13,7 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .rundir import HYDRA_SUBDIR, Preexisting, remove_unused_sweep_dir
-from nepenthe.tracking import read_status
+from nepenthe.tracking import STATUS_FILE, read_status
 
 
 class RecordPreexistingDirs(Callback):
@@ -35,7 +35,8 @@ class RecordPreexistingDirs(Callback):
 
 class SweepReport(Callback):
     """At the end of a sweep, list the jobs that failed (each recorded its error in its run directory's
-    ``status.json`` and let the others run) and exit non-zero when any did."""
+    ``status.json`` and let the others run; a job the cluster killed was recorded by the launcher) and exit non-zero
+    when any did."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.time() - 1.0  # file times have coarse resolution on some file systems
@@ -43,8 +44,11 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
-        jobs = [p.parent.parent for p in sweep_dir.glob(f"*/{HYDRA_SUBDIR}/overrides.yaml")
-                if p.stat().st_mtime >= self.started]  # this sweep's jobs, not an earlier sweep's
+        # this sweep's jobs, not an earlier sweep's: those that started (Hydra wrote their overrides) and those the
+        # cluster killed before they could (the launcher recorded them in status.json)
+        marks = [*sweep_dir.glob(f"*/{HYDRA_SUBDIR}/overrides.yaml"), *sweep_dir.glob(f"*/{STATUS_FILE}")]
+        jobs = sorted({p.parent.parent if p.name == "overrides.yaml" else p.parent for p in marks
+                       if p.stat().st_mtime >= self.started})
         failed = [(job, status) for job in sorted(jobs)
                   if (status := read_status(job)) is not None and status.status == "failed"]
         if not failed:

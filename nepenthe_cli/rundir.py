@@ -1,4 +1,5 @@
-"""Which folders a failed run may remove: only those this command created, never one that existed before it.
+"""Run directories: their names (:func:`run_id`, from a job's semantic overrides), and which folders a failed run may
+remove: only those this command created, never one that existed before it.
 
 Hydra creates a job's run directory before the job's code starts, so the job cannot tell by itself whether the
 folder was there already (``hydra.run.dir=.`` names the checkout). The command's launcher records, before Hydra
@@ -10,12 +11,16 @@ proves new: ``rmdir``, never a recursive delete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-ENV_VAR = "NEPENTHE_PREEXISTING"
+from nepenthe.config import is_non_semantic
+
+ENV_VAR = "NEPENTHE_PREEXISTING"  # how the launcher hands the snapshot to jobs in other processes
 HYDRA_SUBDIR, HYDRA_FILES = ".hydra", ("config.yaml", "hydra.yaml", "overrides.yaml")
 SWEEP_FILE = "multirun.yaml"  # what Hydra writes into a sweep folder before its jobs start
 _MAX_ENV_CHARS = 100_000  # under Linux's 128 KiB limit for one environment string
@@ -101,3 +106,23 @@ def remove_unused_sweep_dir(sweep_dir: str | Path, preexisting: Preexisting | No
         removed.append(folder)
         folder = folder.parent
     return removed
+
+
+def run_id(task_overrides) -> str:
+    """Directory name for a job's overrides (``hydra:overrides.task``): the semantic ones (config.NON_SEMANTIC_KEYS
+    are left out, so changing how a run is watched never renames it), sorted and joined as Hydra's override_dirname
+    joins them; readable, filesystem-safe, bounded in length."""
+    semantic = sorted(line for line in task_overrides if not is_non_semantic(line.split("=", 1)[0]))
+    overrides = ",".join(semantic)
+    if not overrides:
+        return "default"
+    safe = re.sub(r"[^A-Za-z0-9=,._+-]", "_", overrides)
+    if len(safe) <= 200:  # well under the usual 255-byte file-name limit
+        return safe
+    return safe[:180] + "-" + hashlib.sha256(overrides.encode()).hexdigest()[:12]
+
+
+def job_run_dir(sweep_dir: str | Path, job_overrides) -> Path:
+    """Where a sweep job writes (``hydra.sweep.dir`` / ``hydra.sweep.subdir`` of conf/config.yaml): what the
+    submitting side needs to record a job that never reported back."""
+    return Path(sweep_dir) / run_id(list(job_overrides))

@@ -1,10 +1,13 @@
 """The training engine's options: epoch callbacks that resume exactly, device-resident batches, torch.compile."""
 
+import signal
+
 import pytest
 import torch
 from torch.nn.utils import prune
 
 from nepenthe.data.loader import ArrayLoader, ImageSplit
+from nepenthe import interrupt
 from nepenthe.engine import TrainingPlan, fit
 from nepenthe.models import create_model
 
@@ -98,3 +101,43 @@ def test_the_nan_hint_suggests_fp32_only_to_bf16_runs():
     from nepenthe.engine import _precision_hint
 
     assert _precision_hint(None) == "" and _precision_hint(torch.bfloat16) == " or use hardware.precision=fp32"
+
+
+class StopAfter:
+    """A loader that asks training to stop (as a signal handler does) once ``after`` batches of ``epoch`` are out."""
+
+    def __init__(self, loader, epoch, after, signum):
+        self.loader, self.epoch, self.after, self.signum, self.current = loader, epoch, after, signum, 0
+
+    def set_epoch(self, epoch):
+        self.current = epoch
+        self.loader.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if self.current == self.epoch and i == self.after:
+                interrupt.request(self.signum)
+            yield batch
+
+
+def test_a_signal_stops_training_at_a_batch_boundary_and_the_rest_of_the_epoch_resumes_exactly():
+    reference = pruned_cnn()
+    expected = fit(reference, loader(), PLAN)
+
+    saved = []
+    model = pruned_cnn()
+    stopping = StopAfter(loader(), epoch=1, after=1, signum=signal.SIGUSR2)  # during the 2nd batch of epoch 2
+    with pytest.raises(interrupt.StopRequested, match=r"stopped by SIGUSR2 in fit at epoch 2/3, batch 2/3"):
+        fit(model, stopping, PLAN, on_epoch_end=lambda state: saved.append(
+            (state, {k: v.clone() for k, v in model.state_dict().items()})))
+    assert [(s["epoch"], s.get("batch")) for s, _ in saved] == [(1, None), (1, 2)]  # the epoch, then the stop
+    assert interrupt.requested() is None  # the request was honoured once
+    state, weights = saved[-1]
+    resumed = pruned_cnn()
+    resumed.load_state_dict(weights)
+    torch.manual_seed(999)  # whatever the streams are now: the saved ones come back
+    assert fit(resumed, loader(), PLAN, resume=state) == expected
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), reference.state_dict().values()))

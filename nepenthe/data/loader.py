@@ -79,6 +79,7 @@ class ArrayLoader:
         seed: int = 0,
         drop_last: bool = False,
         device: torch.device | str | None = None,
+        shard=None,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be a positive integer")
@@ -93,6 +94,7 @@ class ArrayLoader:
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
         self.shuffle, self.augment, self.crop_padding = shuffle, tuple(augment), crop_padding
         self.seed, self.epoch, self.drop_last = seed, 0, drop_last
+        self.shard = shard  # a distributed run: this process trains its part of every (global) batch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -112,4 +114,8 @@ class ArrayLoader:
                 x = random_crop(x, self.crop_padding, generator)
             if "flip" in self.augment:
                 x = random_flip(x, generator)
-            yield (x - self.mean) / self.std, self.split.labels[index]
+            y = self.split.labels[index]
+            if self.shard is not None:  # augmented as one batch, so every process draws what one process would
+                x = torch.tensor_split(x, self.shard.world)[self.shard.rank]
+                y = torch.tensor_split(y, self.shard.world)[self.shard.rank]
+            yield (x - self.mean) / self.std, y

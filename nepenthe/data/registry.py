@@ -40,11 +40,12 @@ class DataBundle:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
-    def loader(self, split: str, batch_size: int, *, seed: int = 0, device=None) -> ArrayLoader:
+    def loader(self, split: str, batch_size: int, *, seed: int = 0, device=None, shard=None) -> ArrayLoader:
         """``train`` shuffles and augments; ``train_aug`` is the augmented loader without shuffling (the reference
         codes' probe set); ``train_eval``/``val``/``test`` are plain ordered passes. With ``device`` an in-memory
         split is copied there once (kept for later loaders) and batches are built there; a streamed split decodes in
-        persistent workers into pinned memory and is normalised on ``device``."""
+        persistent workers into pinned memory and is normalised on ``device``. With ``shard`` (a distributed run's
+        training loader) each process gets its part of every batch of ``batch_size`` (the global batch)."""
         source = {"train": self.train, "train_aug": self.train, "train_eval": self.train, "val": self.val,
                   "test": self.test}
         if split not in source:
@@ -53,14 +54,15 @@ class DataBundle:
         data = source[split]
         if isinstance(data, FileSplit):  # decoded on the fly (ImageNet)
             return FileLoader(data, batch_size, self.mean, self.std, shuffle=split == "train",
-                              augment=augment, seed=seed, workers=self.extra.get("workers", 4), device=device)
+                              augment=augment, seed=seed, workers=self.extra.get("workers", 4), device=device,
+                              shard=shard)
         if device is not None and torch.device(device) != data.images.device:
             key = (id(data), str(torch.device(device)))
             if key not in self._resident:
                 self._resident[key] = data.to(device)
             data = self._resident[key]
         return ArrayLoader(data, batch_size, self.mean, self.std, shuffle=split == "train",
-                           augment=augment, crop_padding=self.crop_padding, seed=seed)
+                           augment=augment, crop_padding=self.crop_padding, seed=seed, shard=shard)
 
     def probe_loader(self, split: str, batch_size: int, *, seed: int = 0, device=None) -> ArrayLoader:
         """Entropy is measured on the training images without augmentation unless told otherwise."""

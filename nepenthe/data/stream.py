@@ -84,6 +84,10 @@ class _EpochOrder(Sampler):
         n = len(loader.split)
         generator = torch.Generator().manual_seed(loader.seed * 1_000_003 + loader.epoch)
         order = torch.randperm(n, generator=generator) if loader.shuffle else torch.arange(n)
+        if loader.shard is not None:  # this process's part of every global batch (each sample draws its own crops)
+            parts = [torch.tensor_split(order[i:i + loader.global_batch], loader.shard.world)[loader.shard.rank]
+                     for i in range(0, n, loader.global_batch)]
+            order = torch.cat(parts)
         return iter([(loader.epoch, i) for i in order.tolist()])
 
 
@@ -92,7 +96,7 @@ class FileLoader:
     persist across epochs (pinned memory when the batches go to a GPU, normalised there)."""
 
     def __init__(self, split: FileSplit, batch_size: int, mean, std, *, shuffle: bool = False,
-                 augment: tuple[str, ...] = (), seed: int = 0, workers: int = 4, device=None):
+                 augment: tuple[str, ...] = (), seed: int = 0, workers: int = 4, device=None, shard=None):
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be a positive integer")
         for name in augment:
@@ -103,6 +107,7 @@ class FileLoader:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
         self.seed, self.epoch, self.workers = seed, 0, workers
+        self.shard, self.global_batch = shard, batch_size  # a distributed run: this process's part of each batch
         self._batches: DataLoader | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -113,7 +118,8 @@ class FileLoader:
 
     def __iter__(self):
         if self._batches is None:  # built once: the workers outlive the epoch
-            self._batches = DataLoader(_Decoded(self.split, self.augment, self.seed), batch_size=self.batch_size,
+            per_process = self.batch_size // self.shard.world if self.shard is not None else self.batch_size
+            self._batches = DataLoader(_Decoded(self.split, self.augment, self.seed), batch_size=per_process,
                                        sampler=_EpochOrder(self), num_workers=self.workers,
                                        persistent_workers=self.workers > 0, pin_memory=self.device.type == "cuda")
         for x, y in self._batches:

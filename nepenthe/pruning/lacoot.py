@@ -31,6 +31,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from .. import distributed
 from ..errors import ConfigError
 from ..units import find_module
 from ..wasserstein import max_sliced_wasserstein
@@ -258,16 +259,21 @@ class Lacoot(Method):
         generator = torch.Generator().manual_seed(self.MEASURE_SEED)
         sums, count = torch.zeros(len(live), dtype=torch.float64), 0
         try:
-            for batch in batches:
+            for i, batch in enumerate(batches):
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 model(x.to(device))
-                sums += torch.stack([d.double().cpu() for d in
-                                     unit_distances(capture, live, self.n_projections, self.p, generator)])
+                # the directions of batch i are the i-th draws, whichever process evaluates it
+                distances = unit_distances(capture, live, self.n_projections, self.p, generator)
+                if distributed.active() and i % distributed.world() != distributed.rank():
+                    continue
+                sums += torch.stack([d.double().cpu() for d in distances])
                 count += 1
         finally:
             capture.remove()
             model.train(was_training)
-        return {"val_mswd": {u.module: float(v) for u, v in zip(live, sums / max(count, 1))}}
+        totals = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64)])
+        distributed.all_reduce_sum([totals])
+        return {"val_mswd": {u.module: float(v) for u, v in zip(live, totals[:-1] / max(float(totals[-1]), 1.0))}}
 
     def removal_order(self, model: nn.Module, history: Sequence) -> list[str]:
         names = [u.module for u in self.units(model)]

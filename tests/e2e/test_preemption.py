@@ -77,4 +77,44 @@ def test_a_run_killed_mid_fine_tune_resumes_after_its_last_epoch_and_matches_an_
     expected = read_rounds(run_dir_of(tmp_path / "reference"))
     assert [r.round for r in expected] == [0, 1, 2]
     assert strip(read_rounds(run_dir)) == strip(expected)  # bit for bit: accuracies, losses, entropies, sparsity
-    assert read_summary(run_dir)["final"] == read_summary(run_dir_of(tmp_path / "reference"))["final"]
+    assert read_summary(run_dir).final == read_summary(run_dir_of(tmp_path / "reference")).final
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR2, signal.SIGTERM])
+def test_a_requeue_or_preemption_signal_saves_at_the_next_batch_and_the_run_resumes_there(tmp_path, signum):
+    """What Slurm sends before a time limit (SIGUSR2, through submitit) or on preemption (SIGTERM): the run stops at
+    the next batch boundary, saves its place inside the epoch, says so in one line, and the same command resumes at
+    that batch with the records an uninterrupted run writes."""
+    victim = subprocess.Popen(command(tmp_path / "victim"), cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    sent = False
+    while not sent and victim.poll() is None and time.monotonic() < deadline:
+        run_dir = run_dir_of(tmp_path / "victim")
+        if run_dir is not None and in_round_path(run_dir).is_file():
+            saved = load_in_round(run_dir)
+            if saved is not None and saved["round"] == 1 and saved["fit"]["epoch"] == 1:  # inside epoch 2 now
+                time.sleep(0.3)
+                victim.send_signal(signum)
+                sent = True
+        time.sleep(0.02)
+    out, err = victim.communicate(timeout=120)
+    assert sent, "the run finished before the signal"
+    assert victim.returncode == 128 + signum, err[-2000:]
+    name = signal.Signals(signum).name
+    lines = [line for line in err.splitlines() if line.strip() and "Warning" not in line]
+    assert len(lines) == 1 and lines[0].startswith(f"stopped by {name} in round 1 ") and \
+        f"; saved {run_dir / 'checkpoints'}" in lines[0], err
+    saved = load_in_round(run_dir)
+    batch = saved["fit"].get("batch")
+    assert saved["round"] == 1 and batch and 0 < batch < 2000 // 32 + 1  # inside an epoch, not at its end
+    assert f"batch {batch}/" in lines[0]
+
+    resumed = subprocess.run(command(tmp_path / "victim"), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    epoch = saved["fit"]["epoch"] + 1
+    assert f"resuming round 1 at epoch {epoch}/{EPOCHS}, batch {batch} (a signal stopped it there)" in resumed.stdout
+    reference = subprocess.run(command(tmp_path / "reference"), cwd=tmp_path, capture_output=True, text=True,
+                               timeout=600)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    assert strip(read_rounds(run_dir)) == strip(read_rounds(run_dir_of(tmp_path / "reference")))  # bit for bit
