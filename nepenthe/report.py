@@ -142,11 +142,23 @@ def describe_run(exp, run_dir) -> list[str]:
     return [
         f"{cfg.model.name}: {params / 1e6:.2f} M params, {len(exp.units)} units, {start} | {cfg.dataset.name} "
         f"(train/val/test {sizes['train']:,}/{sizes['val']:,}/{sizes['test']:,}, root {cfg.dataset.root or '-'})",
-        f"{exp.device} {cfg.hardware.precision}, {torch.get_num_threads()} threads | {cfg.pruning.method} ratio "
+        f"{exp.device} {cfg.hardware.precision}, {torch.get_num_threads()} threads{_processes()} | "
+        f"{cfg.pruning.method} ratio "
         f"{cfg.pruning.ratio:g} | dense {dense} epochs, then up to {stop_rule.max_rounds} rounds of {per_round} "
         f"epochs; {stop} | at most {images:,} training images",
         f"run directory: {run_dir}",
     ]
+
+
+def _processes() -> str:
+    """`` x N processes (backend)`` in a distributed run, else nothing."""
+    from . import distributed
+
+    if not distributed.active():
+        return ""
+    import torch.distributed as dist
+
+    return f" x {distributed.world()} processes ({dist.get_backend()})"
 
 
 class ConsoleReporter:

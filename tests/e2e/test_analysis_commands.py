@@ -90,6 +90,34 @@ def test_make_reproduce_table1_smoke_on_a_tiny_subset(tmp_path):
     assert (out / "figures" / "depth_vs_accuracy.pdf").stat().st_size > 5000
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (make data)")
+def test_the_resnet18_study_sweep_runs_one_lacoot_seed_on_a_small_subset_through_its_sweep_file(tmp_path):
+    """experiments/results/fashion_mnist_resnet18 comes from conf/experiment/study_fashion_mnist_resnet18.yaml: one of
+    its jobs, on 600 images and one epoch per stage, through the same command, so the study cannot rot."""
+    prepare_fashion_mnist(tmp_path / "data")
+    extra = f"dataset.root={tmp_path / 'data'} dataset.kwargs.train_subset=600 dataset.kwargs.val_size=300 " \
+            "train.epochs=1 train.milestones=[] collapse.latency_rounds=1 collapse.latency_min_run_time=0.02"
+    result = subprocess.run(["make", "-o", "install", "reproduce", "EXPERIMENT=study_fashion_mnist_resnet18",
+                             f"RUNS={tmp_path / 'runs'}", f"RESULTS={tmp_path / 'results'}",
+                             "ONLY=pruning=lacoot seed=0", f"EXTRA={extra}"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "(1 jobs)" in result.stdout
+    frame = pd.read_csv(tmp_path / "results" / "study_fashion_mnist_resnet18" / "runs.csv")
+    assert set(frame["method"]) == {"lacoot"} and set(frame["model"]) == {"resnet18_cifar"}
+    assert set(frame["N"]) == {17}  # the papers' 17 rectifier units at a quarter of the width
+    final = frame[frame["is_final"]].iloc[0]
+    assert final["params_dense"] < 800_000  # width 16: 0.70 M parameters (the full width has 11.2 M)
+    assert final["weight_layers_dense"] == 18 and final["weight_layers_collapsed"] <= 18
+    # LaCoOT removes one block per round (two weight layers each) while it stays within its max_drop
+    removed_blocks = int(frame["round"].max())
+    assert final["weight_layers_collapsed"] == 18 - 2 * int(final["kept_round"])
+    assert 0 <= final["kept_round"] <= removed_blocks <= 4
+    assert (tmp_path / "results" / "study_fashion_mnist_resnet18" / "figures" / "depth_vs_accuracy.png").is_file()
+
+
 def test_a_failing_sweep_ends_in_its_summary_line_and_renders_what_finished(tmp_path):
     """make reproduce-table1 on a sweep where one job fails: the sweep's own summary, one error line, exit 1, no
     traceback, and the tables of the job that finished."""

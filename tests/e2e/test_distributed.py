@@ -119,6 +119,7 @@ def test_two_processes_record_what_one_process_records_with_the_same_global_batc
         assert x.val_loss == pytest.approx(y.val_loss, rel=1e-2)
         assert all(abs(x.entropy[u] - y.entropy[u]) < 0.02 for u in x.entropy)
     assert two.stdout.count("round sparsity") == 1  # process 0 alone printed the table (and wrote the records)
+    assert " x 2 processes (gloo) | " in two.stdout and " processes (" not in one.stdout  # the banner says so
     assert "disagree" not in two.stderr  # the masks were compared after every round
 
 

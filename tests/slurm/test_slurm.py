@@ -228,3 +228,23 @@ def test_make_reproduce_table1_smoke_submits_to_a_cpu_only_cluster_with_the_pres
     [submission] = (tmp_path / "runs" / "table1_smoke" / ".submitit").glob("*/*_submission.sh")
     script = submission.read_text()
     assert "#SBATCH --cpus-per-task=2" in script and "#SBATCH --mem=8GB" in script and "gpu" not in script
+
+
+def test_a_two_task_job_trains_one_run_data_parallel_through_srun(slurm_env, tmp_path):
+    """``tasks_per_node=2``: submitit starts both tasks with srun, the run joins them into one Gloo process group
+    from Slurm's variables (SLURM_PROCID, SLURM_NTASKS, the job's first node), and process 0 alone writes."""
+    runs = tmp_path / "runs"
+    vit = ["model=timm", "model.kwargs.arch=vit_tiny_patch16_224", "+model.kwargs.img_size=16",
+           "+model.kwargs.patch_size=4", "+model.kwargs.depth=2", "pruning=imp", "collapse.enabled=false"]
+    done = subprocess.run(sweep(runs, ["hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2",
+                                       "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", *TINY, *vit]),
+                          cwd=tmp_path, env=slurm_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run_dir] = run_dirs(runs)
+    assert read_summary(run_dir).status == "complete" and [r.round for r in read_rounds(run_dir)] == [0, 1]
+    [job_id] = array_job_ids(runs)
+    folder = runs / "sweep" / ".submitit" / job_id
+    task0, task1 = (folder / f"{job_id}_{task}_log.out" for task in (0, 1))
+    assert " x 2 processes (gloo) | " in task0.read_text()  # process 0: the banner and the round table
+    assert task1.is_file() and "round sparsity" not in task1.read_text()  # process 1 trained, printed nothing
+    assert accounting(job_id, slurm_env) == ["COMPLETED"]
