@@ -15,7 +15,8 @@ scenario per argument), ``--prune-conv1`` with the named blocks' ``conv1`` prune
 cap does to a low-entropy unit), both with random batch-norm statistics: latency depends on the structure only, so nothing is
 trained there and no accuracy is measured. The uncollapsed model is timed as deployed (pruning masks folded into
 plain weights once); "BN-folded" is the same model with only its batch norms folded, so that what the collapse adds
-is not credited with BN folding's gain. Every model of a scenario is timed in turn, ``--rounds`` times each
+is not credited with BN folding's gain; for a run, its dense round 0 is timed beside them (a LaCoOT run's kept
+model has its blocks swapped for identities already: only the dense network shows what the method removed). Every model of a scenario is timed in turn, ``--rounds`` times each
 (torch.utils.benchmark blocks pooled into a median), with ``--threads`` threads in every runtime.
 """
 
@@ -49,8 +50,12 @@ def run_scenarios(run_dir: str, merges: list[str]):
         removed = f", {len(record.replaced_by_identity)} replaced by identity" if record.replaced_by_identity else ""
         label = f"{record.method} run, round {record.round} (k/N {record.k}/{record.N}{removed}), merge={merge}"
         batch = exp.verify_batch()
-        networks = {"uncollapsed": make_permanent(detached_copy(exp.model)).eval(),
-                    "bn_folded": fold_batchnorm_only(exp.model, batch), "collapsed": small}
+        networks = {}
+        if record.round != 0:  # the dense network the run started from, timed beside what it became
+            dense, _ = restore_run(run_dir, 0, device="cpu")
+            networks["dense"] = make_permanent(detached_copy(dense.model)).eval()
+        networks.update(uncollapsed=make_permanent(detached_copy(exp.model)).eval(),
+                        bn_folded=fold_batchnorm_only(exp.model, batch), collapsed=small)
         scenarios.append((label, networks, report, batch[:1]))
     return scenarios
 
@@ -101,13 +106,20 @@ def pruned_conv1_scenarios(model_name: str, specs: list[str], merges: list[str],
                             lambda blocks: f"conv1 pruned to 100 % in {', '.join(blocks) or 'no block'}")
 
 
+NAMES = {"dense": "dense (round 0)", "uncollapsed": "uncollapsed", "bn_folded": "BN-folded", "collapsed": "collapsed"}
+
+
 def table(label, report, stats, notes, batches) -> list[str]:
     before, after = report.before, report.after
     lines = [f"### {label}", "",
              f"weight layers on the longest path {before.weight_layers_on_longest_path} → "
              f"{after.weight_layers_on_longest_path}; MACs {before.macs / 1e6:.2f} M → {after.macs / 1e6:.2f} M "
              f"({after.macs / before.macs:.3f}×); collapse max abs diff {report.max_abs_diff:.2g}", ""]
-    head = " | ".join(f"batch {b}: uncollapsed / BN-folded / collapsed ms (collapsed vs BN-folded)" for b in batches)
+    timed = next(iter(stats.values()), {})
+    names = [n for n in NAMES if n in timed]
+    against = [n for n in ("bn_folded", "dense") if n in names]  # what the collapsed network's speed-up is over
+    head = " | ".join(f"batch {b}: {' / '.join(NAMES[n] for n in names)} ms (collapsed speed-up over "
+                      f"{', '.join(NAMES[n] for n in against)})" for b in batches)
     lines += [f"| runtime | {head} |", "|---" * (1 + len(batches)) + "|"]
     for runtime, note in notes.items():
         if note != "ok":
@@ -115,10 +127,9 @@ def table(label, report, stats, notes, batches) -> list[str]:
             continue
         cells = []
         for b in batches:
-            ms = {name: stats[runtime][name][f"batch_{b}"]["median"] for name in ("uncollapsed", "bn_folded",
-                                                                                  "collapsed")}
-            cells.append(f"{ms['uncollapsed']:.3f} / {ms['bn_folded']:.3f} / {ms['collapsed']:.3f} "
-                         f"({ms['bn_folded'] / ms['collapsed']:.2f}×)")
+            ms = {n: stats[runtime][n][f"batch_{b}"]["median"] for n in names}
+            speedups = ", ".join(f"{ms[n] / ms['collapsed']:.2f}×" for n in against)
+            cells.append(f"{' / '.join(f'{ms[n]:.3f}' for n in names)} ({speedups})")
         lines.append(f"| {runtime} | {' | '.join(cells)} |")
     return lines + [""]
 
