@@ -16,6 +16,7 @@ SWEEP ?= 1
 CSV ?= experiments/results/smoke/runs.csv
 OUT ?= results/notebook
 FORCE ?=
+OUT_NAME ?=
 
 .PHONY: install data quickstart test test-all test-slurm bench reproduce-table1 reproduce figures clean
 
@@ -62,11 +63,12 @@ reproduce-table1: install
 	$(PYTHON) -m analysis.reproduce --scale $(SCALE) --runs-root $(RUNS) --results $(RESULTS) --launcher $(LAUNCHER) \
 		$(if $(filter 0,$(SWEEP)),--no-sweep) $(if $(ONLY),--only $(ONLY)) $(if $(EXTRA),--extra $(EXTRA))
 
-# Any sweep preset: make reproduce EXPERIMENT=study_fashion_mnist_resnet18 (results into $(RESULTS)/$(EXPERIMENT)/).
+# Any sweep preset: make reproduce EXPERIMENT=study_fashion_mnist_resnet18 (results into $(RESULTS)/$(EXPERIMENT)/,
+# or $(RESULTS)/$(OUT_NAME)/).
 reproduce: install
 	$(PYTHON) -m analysis.reproduce --experiment $(EXPERIMENT) --runs-root $(RUNS) --results $(RESULTS) \
 		--launcher $(LAUNCHER) $(if $(filter 0,$(SWEEP)),--no-sweep) $(if $(ONLY),--only $(ONLY)) \
-		$(if $(EXTRA),--extra $(EXTRA))
+		$(if $(EXTRA),--extra $(EXTRA)) $(if $(OUT_NAME),--out-name $(OUT_NAME))
 
 # The notebook executed into OUT (tables, figures and the executed notebook); never into experiments/results
 # unless FORCE=1.

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .tables import by_validation, label, method_order, pair_label  # noqa: E402
+from .tables import by_validation, label, method_order, pair_label, plain_dense  # noqa: E402
 
 FADED = 0.25  # alpha of rounds past the stop rule
 
@@ -80,7 +80,7 @@ def _mean_at_common_k(ax, method_runs, colour):
 
 
 def _dense_line(ax, g):
-    dense = g[g["round"] == 0]["test_acc"].mean()
+    dense = plain_dense(g)["test_acc"].mean()  # LaCoOT's regularised round 0 is not the dense network
     ax.axhline(dense, color="black", ls=":", lw=1.2)
     return dense
 
@@ -120,7 +120,7 @@ def depth_vs_accuracy(frame: pd.DataFrame):
         kept = g[g["is_final"].astype(bool)]
         dense_layers = kept["weight_layers_dense"].dropna()
         if len(dense_layers):
-            right.plot(dense_layers.iloc[0], g[g["round"] == 0]["test_acc"].mean(), marker="s", color="black",
+            right.plot(dense_layers.iloc[0], plain_dense(g)["test_acc"].mean(), marker="s", color="black",
                        ms=7, lw=0)
         methods = sorted(kept["method"].unique())
         offsets = dict(zip(methods, np.linspace(-0.15, 0.15, len(methods)) if len(methods) > 1 else [0.0]))
@@ -243,7 +243,11 @@ def latency_vs_depth(frame: pd.DataFrame):
                              squeeze=False, sharey="row")
     for row, (model, dataset) in zip(axes, pairs):
         g = kept[(kept["model"] == model) & (kept["dataset"] == dataset)]
-        removed = g["weight_layers_dense"] - g["weight_layers_collapsed"]
+        # what the collapse removed from the model it was given (LaCoOT's blocks went before it, by the method;
+        # a runs.csv from before the kept column counts from dense)
+        before = g["weight_layers_kept"].fillna(g["weight_layers_dense"]) if "weight_layers_kept" in g.columns \
+            else g["weight_layers_dense"]
+        removed = before - g["weight_layers_collapsed"]
         methods = method_order(g["method"])
         offsets = dict(zip(methods, np.linspace(-0.15, 0.15, len(methods)) if len(methods) > 1 else [0.0]))
         for ax, runtime in zip(row, runtimes):

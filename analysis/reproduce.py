@@ -10,7 +10,7 @@ A sweep is a Hydra preset (conf/experiment/<name>.yaml with ``hydra.sweeper.para
 swept key's values, ``--extra`` adds overrides, ``--launcher`` picks conf/hydra/launcher (``slurm``: its
 resources follow each job's ``hardware.device``; ``local``; default: one job after another here). Before launching anything, every job of the sweep is composed and
 what it needs is checked (a GPU where it asks for CUDA, its dataset on disk, its initial weights): a missing piece is
-one line naming the fix. Outputs go to ``RESULTS/<scale or experiment>/``: runs.csv,
+one line naming the fix. Outputs go to ``RESULTS/<scale or experiment>/`` (``--out-name`` names another folder): runs.csv,
 {table1,matched_k,matched_sparsity,matched_macs}.{md,tex,csv}, figures/*.png|pdf. ``--no-sweep`` renders the run
 directories already there without running anything. A failed sweep still renders what finished, then exits 1.
 """
@@ -159,6 +159,8 @@ def main(argv=None) -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="extra overrides")
     parser.add_argument("--launcher", default="basic", help=f"one of {', '.join(LAUNCHERS)} (conf/hydra/launcher)")
     parser.add_argument("--no-sweep", action="store_true", help="render the run directories already there")
+    parser.add_argument("--out-name", default=None, help="the folder under --results (default: the scale, or the "
+                        "experiment's name)")
     args = parser.parse_args(argv)
     if args.experiment is None:
         scale = args.scale or "published"
@@ -167,7 +169,7 @@ def main(argv=None) -> None:
         experiment, out_name = SCALES[scale], scale
     else:
         experiment, out_name = args.experiment, args.experiment
-    reproduce(experiment, out_name, args.runs_root, args.results, args.only, args.extra, args.launcher,
+    reproduce(experiment, args.out_name or out_name, args.runs_root, args.results, args.only, args.extra, args.launcher,
               sweep=not args.no_sweep)
 
 

@@ -43,6 +43,8 @@ class Row:
     depth: str = col('"k/N"', "")
     entropy: str = col("JSON {unit: bits} for that round (empty when the source lacks it)", "")
     weight_layers_dense: float = col("weight layers on the longest path, dense (final rows only)")
+    weight_layers_kept: float = col("the same, the kept model before the collapse (LaCoOT's removed blocks are "
+                                    "already gone there) (final rows only)")
     weight_layers_collapsed: float = col("the same after the exact collapse (final rows only)")
     macs_dense: float = col("MACs per input, dense (final rows only)")
     macs_nonzero: float = col("MACs at non-zero weights of the kept model (final rows only)")
@@ -89,6 +91,8 @@ class Row:
     collapse_relative_diff: float = col("collapsed vs uncollapsed in the run's precision, / max |output|")
     test_acc_fp32: float = col("the kept model's test top-1 in float32")
     collapsed_test_acc_fp32: float = col("the collapsed model's test top-1 in float32")
+    regularised_dense: bool = col("round 0 trained with the method's regulariser (LaCoOT, lambda_reg > 0): not the "
+                                  "plain dense network the other methods start from", False)
 
 
 COLUMNS = [f.name for f in fields(Row)]
@@ -132,6 +136,7 @@ def _final_fields(summary: Summary, kept_test_acc: float, precision: str) -> dic
     cost, collapse = summary.cost, summary.collapse
     values = {
         "weight_layers_dense": cost.dense.weight_layers_on_longest_path, "macs_dense": cost.dense.macs,
+        "weight_layers_kept": cost.final.weight_layers_on_longest_path,
         "macs_nonzero": cost.final.macs_nonzero, "params_dense": cost.dense.params,
         # a reduced-precision run's fp32 accuracy is known only where collapse measured it (below)
         "test_acc_fp32": kept_test_acc if precision == "fp32" else NAN,
@@ -152,6 +157,13 @@ def _final_fields(summary: Summary, kept_test_acc: float, precision: str) -> dic
     return values
 
 
+def regularised_dense(config: dict) -> bool:
+    """Whether the run's dense round trains with a loss term of its method (LaCoOT's transport regulariser), so its
+    round 0 is not the plain dense network."""
+    pruning = config.get("pruning") or {}
+    return pruning.get("method") == "lacoot" and float(pruning.get("lambda_reg") or 0.0) > 0
+
+
 def run_rows(run_id: str, config: dict, records: list[RoundRecord], summary: Summary | None) -> list[Row]:
     """The rows of one run from its config, round records and summary. A summary whose status is not "complete" is
     ignored: its run has no kept round yet."""
@@ -159,6 +171,7 @@ def run_rows(run_id: str, config: dict, records: list[RoundRecord], summary: Sum
     final_round = summary.final_round if summary is not None else None
     kept = next((r for r in records if r.round == final_round), None)
     precision = (config.get("hardware") or {}).get("precision", "fp32")
+    regularised = regularised_dense(config)
     final = _final_fields(summary, kept.test_acc if kept else NAN, precision) if summary is not None else {}
     rows = []
     for r in sorted(records, key=lambda r: r.round):
@@ -167,7 +180,8 @@ def run_rows(run_id: str, config: dict, records: list[RoundRecord], summary: Sum
                   precision=precision, round=int(r.round), is_final=r.round == final_round,
                   kept_round=final_round if final_round is not None else NAN, sparsity=r.sparsity,
                   val_acc=r.val_acc, test_acc=NAN if r.test_acc is None else r.test_acc, k=int(r.k), N=int(r.N),
-                  depth=f"{int(r.k)}/{int(r.N)}", entropy=json.dumps(r.entropy) if r.entropy else "")
+                  depth=f"{int(r.k)}/{int(r.N)}", entropy=json.dumps(r.entropy) if r.entropy else "",
+                  regularised_dense=regularised)
         if row.is_final:
             for key, value in final.items():
                 setattr(row, key, NAN if value is None else value)

@@ -271,6 +271,34 @@ def test_figures_have_one_row_of_panels_per_model_and_dataset(grid, tmp_path):
     assert all(p.read_bytes()[:4] == (b"\x89PNG" if p.suffix == ".png" else b"%PDF") for p in paths)
 
 
+def test_lacoots_regularised_dense_round_is_marked_and_kept_out_of_the_dense_reference(tmp_path):
+    """LaCoOT trains its round 0 with the transport regulariser: its dense top-1 is its own (marked in Table 1), the
+    figures' dense line and marker come from plain dense training, and the latency figure counts the layers the
+    collapse removed from the kept model (LaCoOT's blocks were already gone)."""
+    config, records, summary = fake_run("lacoot", 0, [88.0, 88.0], [0, 2])
+    config["pruning"]["lambda_reg"] = 5.0
+    summary["cost"]["final"]["weight_layers_on_longest_path"] = 16  # one block removed by the method
+    runs = [fake_run("nepenthe", 0, [91.0, 90.0], [0, 1]), (config, records, summary)]
+    for i, run in enumerate(runs):
+        write_run_dir(tmp_path / "runs" / f"job{i}", *run)
+    frame = collect.to_frame(collect.local_runs([tmp_path / "runs"]))
+    assert frame.groupby("method")["regularised_dense"].all().to_dict() == {"lacoot": True, "nepenthe": False}
+    assert sorted(frame.loc[frame["is_final"], "weight_layers_kept"].tolist()) == [16, 18]
+    assert tables.plain_dense(frame)["test_acc"].tolist() == [91.0]  # not the mean with LaCoOT's 88.0
+    shown = tables.table1_display(tables.table1(frame)).set_index("Method")
+    assert shown.loc["LaCoOT", "Dense top-1 (%)"] == "88.00 (its own, trained with its regulariser)"
+    assert shown.loc["NEPENTHE", "Dense top-1 (%)"] == "91.00"
+    fig = plots.depth_vs_accuracy(frame)
+    dense = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == ":"]
+    assert len(dense) == 1 and dense[0].get_ydata()[0] == 91.0
+    fig = plots.latency_vs_depth(frame)
+    removed = sorted({round(x) for line in fig.axes[0].get_lines() for x in line.get_xdata() if line.get_marker() == "o"})
+    assert removed == [0, 2]  # LaCoOT: 16 kept -> 16 collapsed; NEPENTHE: 18 -> 16
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def test_collect_lists_failed_and_unfinished_runs_instead_of_dropping_them(runs_folder, tmp_path):
     from nepenthe.tracking import write_failure
 

@@ -192,6 +192,23 @@ def test_lacoot_keeps_the_longest_prefix_of_removals_within_its_max_drop(run_fas
     assert summary.final.k == records[2].k and len(records[2].replaced_by_identity) == 2
 
 
+def test_the_compact_cnns_one_unit_is_removed_and_fine_tuned_without_a_regulariser_left(run_fast):
+    """The compact CNN's only LaCoOT unit is a whole stage (layers.0.0): once it is an identity the unit list stays
+    the same (the table1_smoke sweep's LaCoOT jobs failed here), and a fine-tuning round has nothing left to
+    regularise, so it trains on the task loss alone."""
+    model = create_model("compact_cnn", 10, 1)
+    method = Lacoot(lambda_reg=5.0)
+    assert [u.module for u in method.units(model)] == ["layers.0.0"]
+    replace_by_identity(model, ["layers.0.0"])
+    assert [u.module for u in method.units(model)] == ["layers.0.0"] and method.loss_term(model) is None
+    summary, run_dir = run_fast("pruning=lacoot", "pruning.max_drop=100", "pruning.finetune_epochs=1",
+                                "pruning.n_projections=5", "collapse.enabled=false")
+    records = read_rounds(run_dir)
+    assert [r.replaced_by_identity for r in records] == [[], ["layers.0.0"]]
+    assert records[0].train_reg_loss > 0 and records[1].epochs == 1 and records[1].train_reg_loss is None
+    assert summary.status == "complete" and summary.final.k == records[1].k
+
+
 def test_create_method_lacoot_in_the_library_matches_the_cli_preset():
     cfg = nepenthe.load_run_config(compose_config(SYNTHETIC + FAST + ["pruning=lacoot"]))
     from nepenthe.config import create_method_from

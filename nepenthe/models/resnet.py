@@ -49,11 +49,13 @@ class ResidualCNN(nn.Module):
 
     def transport_units(self) -> list[str]:
         """LaCoOT's units (nepenthe.pruning.lacoot): the blocks after the first of each stage, as the reference's
-        ResNet-18 (``layerX.1``); a stage of one block offers that block when its shortcut is the identity."""
+        ResNet-18 (``layerX.1``); a stage of one block offers that block when its shortcut is the identity. The same
+        list once units are replaced by identities (a removed one-block stage was a unit: only those are removed)."""
         paths = []
         for s, stage in enumerate(self.layers):
             later = [f"layers.{s}.{b}" for b in range(1, len(stage))]
-            if not later and not len(stage[0].shortcut):
+            first = stage[0]
+            if not later and (isinstance(first, nn.Identity) or not len(first.shortcut)):
                 later = [f"layers.{s}.0"]
             paths += later
         return paths

@@ -244,7 +244,11 @@ class Lacoot(Method):
         self.units(model)
 
     def loss_term(self, model: nn.Module) -> TransportLoss | None:
-        return TransportLoss(self.units(model), self.lambda_reg, self.n_projections, self.p) if self.lambda_reg else None
+        """The regulariser while a unit is left to regularise (none once every unit is an identity, or λ = 0)."""
+        units = self.units(model)
+        if not self.lambda_reg or all(isinstance(find_module(model, u.module), nn.Identity) for u in units):
+            return None
+        return TransportLoss(units, self.lambda_reg, self.n_projections, self.p)
 
     @torch.no_grad()
     def measure(self, model: nn.Module, batches, device) -> dict:
