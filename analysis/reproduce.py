@@ -99,10 +99,18 @@ def requirements(jobs: list[list[str]]) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
-def reproduce(experiment: str, out_name: str, runs_root: str = "runs", results: str = "results", only=(),
-              extra=(), launcher: str = "basic", sweep: bool = True) -> Path:
+def sweep_command(experiment: str, runs_root: str, only=(), extra=(), launcher: str = "basic") -> list[str]:
+    """The ``train.py -m`` command that runs the sweep (``basic``: Hydra's own launcher, one job after another)."""
     if launcher not in LAUNCHERS:
         raise SystemExit(f"error: LAUNCHER={launcher!r} is not valid; choose one of {', '.join(LAUNCHERS)}")
+    chosen = [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
+    return [sys.executable, str(ROOT / "train.py"), "-m", f"experiment={experiment}", *chosen,
+            f"output_root={runs_root}", *only, *extra]
+
+
+def reproduce(experiment: str, out_name: str, runs_root: str = "runs", results: str = "results", only=(),
+              extra=(), launcher: str = "basic", sweep: bool = True) -> Path:
+    command = sweep_command(experiment, runs_root, only, extra, launcher)  # an unknown launcher stops here
     if not (ROOT / "conf" / "experiment" / f"{experiment}.yaml").is_file():
         known = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
         raise SystemExit(f"error: no sweep preset conf/experiment/{experiment}.yaml; known: {', '.join(known)}")
@@ -118,9 +126,6 @@ def reproduce(experiment: str, out_name: str, runs_root: str = "runs", results: 
             [p for p in requirements(jobs) if "CUDA" not in p]  # a cluster's nodes have the GPUs, not this one
         if missing:
             raise SystemExit("error: " + "\nerror: ".join(missing))
-        chosen = [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
-        command = [sys.executable, str(ROOT / "train.py"), "-m", f"experiment={experiment}", *chosen,
-                   f"output_root={runs_root}", *only, *extra]
         print(f"+ {' '.join(command)}   ({len(jobs)} jobs)", flush=True)
         code = subprocess.run(command, cwd=ROOT).returncode
         if code != 0:

@@ -1,5 +1,8 @@
 """hydra-submitit-launcher, made to survive a job that never reports back (conf/hydra/launcher/slurm.yaml, local.yaml).
 
+The launcher classes Hydra instantiates live in ``hydra_plugins/nepenthe_launchers`` (Hydra accepts a launcher only
+from the ``hydra_plugins`` namespace); what they do is here.
+
 The plugin's launcher waits for the jobs in order and raises at the first one without a result (``scancel``, an
 out-of-memory kill, a node failure, a time limit without requeue): the sweep command ends with a traceback, no
 summary, no record of the killed run, and stops waiting for the others. These launchers wait for every job; a job
@@ -17,8 +20,6 @@ import sys
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (LocalLauncher as PluginLocalLauncher,
-                                                                     SlurmLauncher as PluginSlurmLauncher)
 
 from nepenthe.tracking import read_status, write_failure
 
@@ -45,7 +46,7 @@ def cluster_state(job) -> str:
     return re.split(r"[\s:]", state.strip(), maxsplit=1)[0] or "UNKNOWN"
 
 
-class _CollectsEveryJob:
+class CollectsEveryJob:
     """The plugin's submission (one executor, one array of jobs), then a wait on every job that survives a job
     without a result."""
 
@@ -79,11 +80,19 @@ class _CollectsEveryJob:
     def _result(self, job, overrides, index: int) -> JobReturn:
         try:
             return job.results()[0]
-        except Exception as exc:  # UncompletedJobError, FailedJobError: the job never reported back
+        except Exception as exc:  # UncompletedJobError: killed; FailedJobError: raised outside the run (unpickling)
+            from submitit.core.utils import FailedJobError
+
             run_dir = job_run_dir(str(self.config.hydra.sweep.dir), overrides)
             state = cluster_state(job)
-            message = (f"job {job.job_id} ended {state} without a result (killed by the cluster: scancel, out of "
-                       f"memory, node failure or a time limit without requeue); run the sweep again to resume it")
+            if isinstance(exc, FailedJobError):
+                last = [line for line in str(exc).splitlines() if line.strip()]
+                message = (f"job {job.job_id} failed before its run could start: {last[-1] if last else exc} "
+                           f"(the job's log: {job.paths.stderr})")
+            else:
+                message = (f"job {job.job_id} ended {state} without a result (killed by the cluster: scancel, out "
+                           f"of memory, node failure or a time limit without requeue); run the sweep again to "
+                           f"resume it")
             recorded = read_status(run_dir)
             if recorded is None or recorded.written_by != "job":  # the job's own record of its error stays
                 run_dir.mkdir(parents=True, exist_ok=True)
@@ -94,10 +103,3 @@ class _CollectsEveryJob:
             result.overrides, result.status, result._return_value = list(overrides), JobStatus.COMPLETED, None
             return result
 
-
-class SlurmLauncher(_CollectsEveryJob, PluginSlurmLauncher):
-    """One Slurm array task per job (conf/hydra/launcher/slurm.yaml)."""
-
-
-class LocalLauncher(_CollectsEveryJob, PluginLocalLauncher):
-    """The jobs as parallel processes on this machine (conf/hydra/launcher/local.yaml)."""

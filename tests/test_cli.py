@@ -140,3 +140,41 @@ def test_the_banner_says_where_the_papers_start_swin_t(tmp_path):
     first = describe_run(exp, tmp_path)[0]
     assert first.startswith("swin_t: 27.5") and "12 units, from scratch (the published protocols start from ImageNet " \
         "weights: save them to weights/swin_t_imagenet.pth as the README shows" in first
+
+
+class _FakeJob:
+    """What the launcher reads from a submitit job that never reported back."""
+    job_id = "17_0"
+
+    def __init__(self, exc, state="CANCELLED by 0"):
+        self._exc, self.state = exc, state
+        self.paths = type("Paths", (), {"stderr": Path("/logs/17_0_log.err")})()
+
+    def results(self):
+        raise self._exc
+
+
+@pytest.mark.parametrize("exc_type, expected_type, expected", [
+    ("UncompletedJobError", "CANCELLED", "ended CANCELLED without a result (killed by the cluster"),
+    ("FailedJobError", "CANCELLED", "failed before its run could start: ModuleNotFoundError: No module named 'x'"),
+])
+def test_a_job_without_a_result_is_recorded_failed_by_the_submitter_and_the_sweep_goes_on(
+        tmp_path, capsys, exc_type, expected_type, expected):
+    from types import SimpleNamespace
+
+    import submitit.core.utils as submitit_utils
+    from hydra.core.utils import JobStatus
+
+    from nepenthe.tracking import read_status
+    from nepenthe_cli.launchers import CollectsEveryJob
+    from nepenthe_cli.rundir import job_run_dir
+
+    launcher = CollectsEveryJob()
+    launcher.config = SimpleNamespace(hydra=SimpleNamespace(sweep=SimpleNamespace(dir=str(tmp_path))))
+    exc = getattr(submitit_utils, exc_type)("Traceback ...\nModuleNotFoundError: No module named 'x'\n")
+    result = launcher._result(_FakeJob(exc), ["seed=1"], 3)
+    assert result.status == JobStatus.COMPLETED and result.return_value is None  # the sweep's summary counts it
+    status = read_status(job_run_dir(tmp_path, ["seed=1"]))
+    assert (status.written_by, status.type, status.job_id) == ("submitter", expected_type, "17_0")
+    assert expected in status.error
+    assert f"error: job 3 (" in capsys.readouterr().err

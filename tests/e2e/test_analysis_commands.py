@@ -119,15 +119,23 @@ def test_the_resnet18_study_sweep_runs_one_lacoot_seed_on_a_small_subset_through
 
 
 def test_a_failing_sweep_ends_in_its_summary_line_and_renders_what_finished(tmp_path):
-    """make reproduce-table1 on a sweep where one job fails: the sweep's own summary, one error line, exit 1, no
-    traceback, and the tables of the job that finished."""
-    tiny = ("dataset=synthetic dataset.kwargs.train_size=300 dataset.kwargs.val_size=100 dataset.kwargs.test_size=100 "
-            "model.kwargs.width=8 train.epochs=1 finetune.epochs=1 stop.max_rounds=1 collapse.latency_rounds=1 "
-            "collapse.latency_min_run_time=0.02 collapse.verify_batch=32")
-    result = subprocess.run(["make", "-o", "install", "reproduce-table1", "SCALE=smoke", f"RUNS={tmp_path / 'runs'}",
-                             f"RESULTS={tmp_path / 'results'}", "ONLY=pruning=nepenthe,imp seed=0",
-                             f"EXTRA={tiny} pruning.ratio=1.5"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
+    """make reproduce-table1 on a sweep whose jobs fail while they run (a diverging learning rate): the sweep's own
+    summary, one error line, exit 1, no traceback. A configuration error is refused before any job starts."""
+    tiny = ("dataset.kwargs.train_subset=300 dataset.kwargs.val_size=100 model.kwargs.width=8 train.epochs=1 "
+            "finetune.epochs=1 stop.max_rounds=1 collapse.latency_rounds=1 collapse.latency_min_run_time=0.02 "
+            "collapse.verify_batch=32")
+
+    def reproduce(extra):
+        return subprocess.run(["make", "-o", "install", "reproduce-table1", "SCALE=smoke", f"RUNS={tmp_path / 'runs'}",
+                               f"RESULTS={tmp_path / 'results'}", "ONLY=pruning=nepenthe,imp seed=0",
+                               f"EXTRA={tiny} {extra}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    refused = reproduce("pruning.ratio=1.5")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "pruning.ratio=1.5 must lie strictly between 0 and 1 (e.g. 0.5)" in refused.stderr
+    assert not (tmp_path / "runs").exists()  # checked before launching: no job started
+
+    result = reproduce("train.lr=1e12")
     assert result.returncode != 0
     assert "sweep finished: 2 of 2 jobs failed" in result.stderr and "Traceback" not in result.stderr
     assert "error: the sweep ended with exit code 1 (its summary is above)" in result.stderr

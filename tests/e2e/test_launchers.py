@@ -57,9 +57,14 @@ def test_the_slurm_launcher_composes_with_cluster_settings_from_the_command_line
         HydraConfig.instance().set_config(cfg)
         launcher = instantiate(cfg.hydra.launcher)
     assert type(launcher).__name__ == "SlurmLauncher"
+    # Hydra itself launches only a plugin it discovered in the hydra_plugins namespace (instantiate alone does not check)
+    from hydra.core.plugins import Plugins
+    target = cfg.hydra.launcher._target_
+    assert Plugins.instance().is_in_toplevel_plugins_module(target), target
+    assert Plugins.instance().class_name_to_class[target] is type(launcher)
     p = launcher.params
     assert (p["partition"], p["timeout_min"], p["gpus_per_node"], p["setup"]) == ("gpu", 720, 1, ["module load cuda"])
-    # a preempted or timed-out job gets SIGUSR1 and is requeued (submitit's checkpoint) up to max_num_timeout times
+    # a timed-out job gets SIGUSR2 and is requeued (submitit's checkpoint) up to max_num_timeout times
     assert p["max_num_timeout"] == 50 and p["signal_delay_s"] == 120
     assert p["submitit_folder"] == "/scratch/runs/table1/.submitit/%j"
     assert callable(getattr(launcher, "checkpoint"))
@@ -67,13 +72,11 @@ def test_the_slurm_launcher_composes_with_cluster_settings_from_the_command_line
 
 def test_make_reproduce_passes_the_launcher_to_the_sweep():
     import pytest
-    import yaml
 
-    from analysis.reproduce import SWEEPS, sweep_command
+    from analysis.reproduce import sweep_command
 
-    spec = yaml.safe_load(SWEEPS.read_text())["published"]
-    command = sweep_command(spec, "runs", [], [], "slurm")
-    assert command[2:4] == ["-m", "hydra/launcher=slurm"]
-    assert "hydra/launcher" not in " ".join(sweep_command(spec, "runs", [], [], "basic"))
+    command = sweep_command("table1", "runs", [], [], "slurm")
+    assert command[2:5] == ["-m", "experiment=table1", "hydra/launcher=slurm"]
+    assert "hydra/launcher" not in " ".join(sweep_command("table1", "runs", [], [], "basic"))
     with pytest.raises(SystemExit, match=r"LAUNCHER='pbs' is not valid; choose one of basic, local, slurm"):
-        sweep_command(spec, "runs", [], [], "pbs")
+        sweep_command("table1", "runs", [], [], "pbs")
