@@ -54,7 +54,7 @@ test-slurm: install
 bench: install
 	$(PYTHON) bench/entropy_overhead.py
 
-# Table 1: the sweep preset of SCALE (smoke: conf/experiment/table1_smoke.yaml, CPU, ~35 min; published:
+# Table 1: the sweep preset of SCALE (smoke: conf/experiment/table1_smoke.yaml, CPU, ~23 min on 2 cores; published:
 # conf/experiment/table1.yaml, GPUs), then collect -> tables -> figures into $(RESULTS)/$(SCALE)/. ONLY="seed=0"
 # narrows a sweep, EXTRA adds overrides, LAUNCHER=slurm|local runs the jobs through
 # hydra-submitit-launcher (conf/hydra/launcher/; a Slurm job asks for a GPU only when its hardware.device does); SWEEP=0 only renders the run directories already under $(RUNS).

@@ -213,6 +213,8 @@ class EntropyProbe:
     def stats(self) -> dict[str, LayerStats]:
         """What the pass saw; in a distributed run the counts of every process are added first (each saw its own
         batches), so the statistics are those of one process that saw them all."""
+        if distributed.active():
+            self._meet_the_other_processes()
         result = {}
         for name, c in self._counters.items():
             if c.on is None:
@@ -229,6 +231,22 @@ class EntropyProbe:
             result[name] = LayerStats(name=name, p_on=p_on.cpu(), entropy=float(value), positions=c.positions,
                                       neuron_dim=c.neuron_dim, input_ndim=c.input_ndim)
         return result
+
+
+    def _meet_the_other_processes(self) -> None:
+        """A process that saw none of the batches (fewer probe batches than processes) starts its counters at zero
+        with the widths the others saw, so that every process adds the same tensors; an activation no process saw
+        stays unseen (the error above, raised by every process)."""
+        seen = {name: (tuple(c.on.shape), c.neuron_dim, c.input_ndim) for name, c in self._counters.items()
+                if c.on is not None}
+        everyone = distributed.gather(seen)
+        for name, c in self._counters.items():
+            shapes = [other[name] for other in everyone if name in other]
+            if c.on is None and shapes:
+                shape, c.neuron_dim, c.input_ndim = shapes[0]
+                c.on = torch.zeros(shape, dtype=torch.int64)
+                c.off = torch.zeros(shape, dtype=torch.int64)
+                c.batch_entropy_sum = torch.zeros((), dtype=torch.float64)
 
 
 @torch.no_grad()

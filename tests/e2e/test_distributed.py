@@ -38,14 +38,14 @@ def _probe_worker(rank: int, store: str, batches, out: str) -> None:
     model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU())
     for pooling in ("dataset", "batch"):
         stats = measure_entropy(model, {"1": model[1], "3": model[3]}, batches, pooling=pooling, zero_state="off")
-        if rank == 0:
-            torch.save({n: (s.p_on, s.entropy, s.positions) for n, s in stats.items()}, f"{out}.{pooling}")
+        torch.save({n: (s.p_on, s.entropy, s.positions) for n, s in stats.items()}, f"{out}.{pooling}.{rank}")
     dist.destroy_process_group()
 
 
-def test_the_probe_counts_of_two_processes_are_the_single_process_counts(tmp_path):
+@pytest.mark.parametrize("n_batches", [5, 1])  # 5: 3 on rank 0, 2 on rank 1; 1: rank 1 sees none
+def test_the_probe_counts_of_two_processes_are_the_single_process_counts(tmp_path, n_batches):
     g = torch.Generator().manual_seed(3)
-    batches = [torch.randn(7, 1, 9, 9, generator=g) for _ in range(5)]  # 5 batches: 3 on rank 0, 2 on rank 1
+    batches = [torch.randn(7, 1, 9, 9, generator=g) for _ in range(n_batches)]
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_probe_worker, args=(r, str(tmp_path / "store"), batches, str(tmp_path / "out")))
              for r in range(2)]
@@ -58,11 +58,12 @@ def test_the_probe_counts_of_two_processes_are_the_single_process_counts(tmp_pat
     model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU())
     for pooling in ("dataset", "batch"):
         alone = measure_entropy(model, {"1": model[1], "3": model[3]}, batches, pooling=pooling, zero_state="off")
-        shared = torch.load(tmp_path / f"out.{pooling}")
-        for name, s in alone.items():
-            p_on, entropy, positions = shared[name]
-            assert torch.equal(p_on, s.p_on) and positions == s.positions  # the same counts, exactly
-            assert entropy == pytest.approx(s.entropy, abs=1e-12)
+        for rank in (0, 1):  # every process ends with the counts of all the batches
+            shared = torch.load(tmp_path / f"out.{pooling}.{rank}")
+            for name, s in alone.items():
+                p_on, entropy, positions = shared[name]
+                assert torch.equal(p_on, s.p_on) and positions == s.positions  # the same counts, exactly
+                assert entropy == pytest.approx(s.entropy, abs=1e-12)
 
 
 def _disagreeing_worker(rank: int, store: str, out: str) -> None:
