@@ -111,6 +111,19 @@ def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
         t.copy_(moved.to(t.device))
 
 
+def broadcast_buffers(model: torch.nn.Module, source: int = 0) -> None:
+    """Every buffer (batch norm's running statistics) as process ``source`` holds it, in place on every process.
+    DDP hands process 0's buffers to the others before each forward, so after the last step of an epoch each process
+    holds statistics updated by its own batches; without this, a sharded evaluation would score each shard with a
+    slightly different model, and none of them the one process 0 saves."""
+    if not active():
+        return
+    for buffer in model.buffers():
+        moved = buffer.to(_device())
+        dist.broadcast(moved, src=source)
+        buffer.copy_(moved.to(buffer.device))
+
+
 def own_batches(batches: Iterable) -> Iterable:
     """The batches this process evaluates: every world-th one, from its rank on (all of them when alone)."""
     if not active():

@@ -265,6 +265,7 @@ def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epo
                                                            f"batch {stop.batches}/{len(loader)}") from None
             skip, sums = 0, None
             scheduler.step()
+            distributed.broadcast_buffers(model)  # the model every process evaluates is the one process 0 saves
             if on_epoch_end is not None:
                 on_epoch_end(state(epoch + 1))
     finally:

@@ -66,6 +66,36 @@ def test_the_probe_counts_of_two_processes_are_the_single_process_counts(tmp_pat
                 assert entropy == pytest.approx(s.entropy, abs=1e-12)
 
 
+def _batchnorm_fit_worker(rank: int, store: str, out: str) -> None:
+    from nepenthe.engine import TrainingPlan, fit
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7 * 7, 3))
+    g = torch.Generator().manual_seed(10 + rank)  # each process trains on its own batches, as a shard would
+    loader = [(torch.randn(8, 1, 9, 9, generator=g) * (1 + rank), torch.randint(0, 3, (8,), generator=g))
+              for _ in range(3)]
+    fit(model, loader, TrainingPlan(epochs=2, lr=0.1, schedule="constant"), wrap=distributed.wrapper(
+        torch.device("cpu"), sync_batchnorm=False))
+    torch.save({name: b.clone() for name, b in model.named_buffers()}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_after_a_distributed_fit_every_process_holds_the_batch_norm_statistics_of_process_0(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_batchnorm_fit_worker, args=(r, str(tmp_path / "store"), str(tmp_path / "out")))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    zero, one = (torch.load(tmp_path / f"out.{r}") for r in (0, 1))
+    assert zero["1.running_mean"].abs().sum() > 0 and int(zero["1.num_batches_tracked"]) == 6  # it trained
+    for name in zero:
+        assert torch.equal(zero[name], one[name]), name
+
+
 def _disagreeing_worker(rank: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     mask = torch.ones(4, dtype=torch.bool)
