@@ -13,7 +13,6 @@ from nepenthe.records import (RECORDS, SCHEMA_VERSION, CollapseResult, Cost, Cos
 from nepenthe.tracking import read_rounds, read_status, read_summary
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE_RECORDS = ROOT / "experiments" / "results" / "smoke" / "records"
 
 
 def a_round(r=1) -> RoundRecord:
@@ -110,10 +109,17 @@ def test_the_design_doc_shows_the_fields_of_the_dataclasses_and_nothing_else():
         assert f"`{cls.__name__}`" in shown
 
 
-@pytest.mark.skipif(not SMOKE_RECORDS.is_dir(), reason="the committed smoke records are not in this checkout")
-def test_the_committed_smoke_records_read_back_as_typed_records():
-    runs = sorted(p.parent for p in SMOKE_RECORDS.rglob("summary.json"))
-    assert len(runs) >= 10  # five methods x two seeds
+@pytest.mark.parametrize("results", ["smoke", "fashion_mnist_resnet18"])
+def test_the_committed_records_read_back_as_typed_records_and_agree_with_their_runs_csv(results):
+    import pandas as pd
+
+    folder = ROOT / "experiments" / "results" / results
+    if not (folder / "records").is_dir():
+        pytest.skip(f"the committed {results} records are not in this checkout")
+    runs = sorted(p.parent for p in (folder / "records").rglob("summary.json"))
+    assert len(runs) == 10  # five methods x two seeds
+    table = pd.read_csv(folder / "runs.csv")
+    final = table[table["is_final"]].set_index(["method", "seed"])
     for run in runs:
         summary = read_summary(run)
         rounds = read_rounds(run)
@@ -122,3 +128,7 @@ def test_the_committed_smoke_records_read_back_as_typed_records():
         assert summary.final.test_acc == rounds[summary.final_round].test_acc
         assert summary.collapse.after.weight_layers_on_longest_path <= summary.cost.dense.weight_layers_on_longest_path
         assert read_status(run) is None
+        row = final.loc[(rounds[0].method, int(run.name.rsplit("seed=", 1)[1]))]  # the tables come from these records
+        assert (row["kept_round"], row["test_acc"], row["k"]) == (summary.final_round, summary.final.test_acc,
+                                                                 summary.final.k)
+        assert row["weight_layers_collapsed"] == summary.collapse.after.weight_layers_on_longest_path
