@@ -48,6 +48,8 @@ def collapsed_constants_and_merges(merge="cost"):
     return model, small, report, x
 
 
+@pytest.mark.slow  # 13 s of dynamo export: keeps `make test` under 3 minutes (the default tier still exports and
+# runs ONNX Runtime in test_latency_per_runtime_side_by_side_and_a_runtime_that_cannot_run_says_why)
 def test_onnx_runtime_equals_the_torch_collapsed_model_with_merges_and_folded_constants(tmp_path):
     model, small, report, x = collapsed_constants_and_merges("depth")
     assert ops(report, "fold_constant") and ops(report, "merge")  # the constant and the exact merge are there
