@@ -131,7 +131,8 @@ def table1(frame: pd.DataFrame) -> pd.DataFrame:
                                     ("weight_layers_collapsed", "weight_layers_collapsed", 1),
                                     ("macs_collapsed_m", "macs_collapsed", 1e-6)):
             row[f"{name}_mean"], row[f"{name}_std"] = _stats(g[column] * scale)
-        row["regularised_dense"] = bool(has_values(g, "regularised_dense") and g["regularised_dense"].astype(bool).any())
+        row["regularised_dense"] = bool(has_values(g, "regularised_dense")
+                                        and g["regularised_dense"].astype(bool).any())
         row["N"] = int(g["N"].iloc[0])
         row["weight_layers_dense"] = float(g["weight_layers_dense"].median())
         row["macs_dense_m"] = float(g["macs_dense"].median() * 1e-6)

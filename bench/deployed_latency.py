@@ -16,8 +16,9 @@ cap does to a low-entropy unit), both with random batch-norm statistics: latency
 trained there and no accuracy is measured. The uncollapsed model is timed as deployed (pruning masks folded into
 plain weights once); "BN-folded" is the same model with only its batch norms folded, so that what the collapse adds
 is not credited with BN folding's gain; for a run, its dense round 0 is timed beside them (a LaCoOT run's kept
-model has its blocks swapped for identities already: only the dense network shows what the method removed). Every model of a scenario is timed in turn, ``--rounds`` times each
-(torch.utils.benchmark blocks pooled into a median), with ``--threads`` threads in every runtime.
+model has its blocks swapped for identities already: only the dense network shows what the method removed). Every
+model of a scenario is timed in turn, ``--rounds`` times each (torch.utils.benchmark blocks pooled into a median),
+with ``--threads`` threads in every runtime.
 """
 
 from __future__ import annotations
@@ -43,17 +44,16 @@ def run_scenarios(run_dir: str, merges: list[str]):
     from nepenthe.deploy import collapse_kept
     from nepenthe.experiment import restore_run
 
-    scenarios = []
+    scenarios, dense = [], None
     for merge in merges:
         exp, record = restore_run(run_dir, device="cpu", merge=merge)
         small, report = collapse_kept(exp, exp.probe())
         removed = f", {len(record.replaced_by_identity)} replaced by identity" if record.replaced_by_identity else ""
         label = f"{record.method} run, round {record.round} (k/N {record.k}/{record.N}{removed}), merge={merge}"
         batch = exp.verify_batch()
-        networks = {}
-        if record.round != 0:  # the dense network the run started from, timed beside what it became
-            dense, _ = restore_run(run_dir, 0, device="cpu")
-            networks["dense"] = make_permanent(detached_copy(dense.model)).eval()
+        if dense is None and record.round != 0:  # the dense network the run started from, timed beside what it became
+            dense = make_permanent(detached_copy(restore_run(run_dir, 0, device="cpu")[0].model)).eval()
+        networks = {} if dense is None else {"dense": dense}
         networks.update(uncollapsed=make_permanent(detached_copy(exp.model)).eval(),
                         bn_folded=fold_batchnorm_only(exp.model, batch), collapsed=small)
         scenarios.append((label, networks, report, batch[:1]))

@@ -232,7 +232,6 @@ class EntropyProbe:
                                       neuron_dim=c.neuron_dim, input_ndim=c.input_ndim)
         return result
 
-
     def _meet_the_other_processes(self) -> None:
         """A process that saw none of the batches (fewer probe batches than processes) starts its counters at zero
         with the widths the others saw, so that every process adds the same tensors; an activation no process saw

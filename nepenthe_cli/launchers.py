@@ -102,4 +102,3 @@ class CollectsEveryJob:
             result = JobReturn()
             result.overrides, result.status, result._return_value = list(overrides), JobStatus.COMPLETED, None
             return result
-

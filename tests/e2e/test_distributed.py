@@ -32,6 +32,18 @@ RUN = ["dataset=synthetic", "dataset.kwargs.train_size=600", "dataset.kwargs.val
 TIMING = {"wall_time_s", "elapsed_s"}
 
 
+def two_processes(worker, tmp_path, *args, timeout: float = 120) -> list[int]:
+    """``worker(rank, store, *args, out)`` in two spawned processes joined through a file store; their exit codes."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=worker, args=(r, str(tmp_path / "store"), *args, str(tmp_path / "out")))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    return [p.exitcode for p in procs]
+
+
 def _probe_worker(rank: int, store: str, batches, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     torch.manual_seed(0)
@@ -46,14 +58,7 @@ def _probe_worker(rank: int, store: str, batches, out: str) -> None:
 def test_the_probe_counts_of_two_processes_are_the_single_process_counts(tmp_path, n_batches):
     g = torch.Generator().manual_seed(3)
     batches = [torch.randn(7, 1, 9, 9, generator=g) for _ in range(n_batches)]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_probe_worker, args=(r, str(tmp_path / "store"), batches, str(tmp_path / "out")))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert two_processes(_probe_worker, tmp_path, batches) == [0, 0]
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU())
     for pooling in ("dataset", "batch"):
@@ -82,14 +87,7 @@ def _batchnorm_fit_worker(rank: int, store: str, out: str) -> None:
 
 
 def test_after_a_distributed_fit_every_process_holds_the_batch_norm_statistics_of_process_0(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_batchnorm_fit_worker, args=(r, str(tmp_path / "store"), str(tmp_path / "out")))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert two_processes(_batchnorm_fit_worker, tmp_path) == [0, 0]
     zero, one = (torch.load(tmp_path / f"out.{r}") for r in (0, 1))
     assert zero["1.running_mean"].abs().sum() > 0 and int(zero["1.num_batches_tracked"]) == 6  # it trained
     for name in zero:
@@ -108,13 +106,7 @@ def _disagreeing_worker(rank: int, store: str, out: str) -> None:
 
 
 def test_processes_that_disagree_on_the_masks_are_stopped_naming_them(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_disagreeing_worker, args=(r, str(tmp_path / "store"), str(tmp_path / "out")))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
+    two_processes(_disagreeing_worker, tmp_path, timeout=60)  # each writes the error it caught
     for rank in (0, 1):
         assert (tmp_path / f"out.{rank}").read_text() == (
             "the processes disagree on the masks of round 3: rank(s) 1 differ from rank 0; they must hold the same "

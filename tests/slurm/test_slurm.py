@@ -98,7 +98,8 @@ def array_job_ids(root: Path) -> list[str]:
     submitted a single job."""
     import re
 
-    ids = {p.name for p in (root / "sweep" / ".submitit").iterdir() if p.is_dir() and re.fullmatch(r"\d+(_\d+)?", p.name)}
+    ids = {p.name for p in (root / "sweep" / ".submitit").iterdir()
+           if p.is_dir() and re.fullmatch(r"\d+(_\d+)?", p.name)}
     tasks = {i for i in ids if "_" in i} or ids  # an array also leaves a folder named by its own id
     return sorted(tasks, key=lambda i: [int(n) for n in i.split("_")])
 
@@ -249,8 +250,9 @@ def test_make_reproduce_table1_smoke_submits_to_a_cpu_only_cluster_with_the_pres
         pytest.skip("Fashion-MNIST is not prepared under data/ (make install does it)")
     shrink = ["dataset.kwargs.train_subset=600", "train.epochs=1", "finetune.epochs=1", "stop.max_rounds=1",
               "collapse.latency_min_run_time=0.02", "collapse.latency_rounds=1"]
-    done = subprocess.run(["make", "-s", "-o", "install", "reproduce-table1", "SCALE=smoke", "LAUNCHER=slurm", f"RUNS={tmp_path / 'runs'}",
-                           f"RESULTS={tmp_path / 'results'}", "ONLY=pruning=nepenthe seed=0", f"EXTRA={' '.join(shrink)}"],
+    done = subprocess.run(["make", "-s", "-o", "install", "reproduce-table1", "SCALE=smoke", "LAUNCHER=slurm",
+                           f"RUNS={tmp_path / 'runs'}", f"RESULTS={tmp_path / 'results'}",
+                           "ONLY=pruning=nepenthe seed=0", f"EXTRA={' '.join(shrink)}"],
                           cwd=ROOT, env=slurm_env, capture_output=True, text=True, timeout=800)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "hydra/launcher=slurm" in done.stdout and "(1 jobs)" in done.stdout
