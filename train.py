@@ -25,8 +25,8 @@ from nepenthe.interrupt import StopRequested
 from nepenthe.report import ConsoleReporter
 from nepenthe.runlock import RunDirBusy
 from nepenthe.runner import run_experiment
-from nepenthe.store import CHECKPOINT_DIR
-from nepenthe.tracking import CONFIG_FILE, write_failure
+from nepenthe.rundir import RunDir
+from nepenthe.tracking import write_failure
 from nepenthe_cli import signals
 from nepenthe_cli.launchers import slurm_resource
 from nepenthe_cli.rundir import Preexisting, remove_unused_run_dir, run_id
@@ -68,10 +68,10 @@ def main(cfg: DictConfig):
     try:
         return execute(to_run_config(cfg), run_dir, OmegaConf.to_yaml(cfg, resolve=True))
     except StopRequested as stop:  # never a failure: the run saved its place and resumes there
-        signals.leave(stop, str(run_dir / CHECKPOINT_DIR))
+        signals.leave(stop, str(RunDir(run_dir).checkpoints))
     except KeyboardInterrupt:
         print(f"\ninterrupted; run the same command again to resume from the last completed epoch in "
-              f"{run_dir / CHECKPOINT_DIR}", file=sys.stderr)
+              f"{RunDir(run_dir).checkpoints}", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
         if in_sweep:  # one job's failure is recorded in its directory and the sweep goes on (see SweepReport)
@@ -81,7 +81,7 @@ def main(cfg: DictConfig):
             return None
         if not isinstance(exc, NepentheError):
             raise  # a bug, not bad input: keep the traceback
-        if not (run_dir / CONFIG_FILE).exists():  # refused before writing a record: only what we created goes
+        if not RunDir(run_dir).config.exists():  # refused before writing a record: only what we created goes
             remove_unused_run_dir(run_dir, Preexisting.from_env())
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from nepenthe.tracking import CONFIG_FILE, ROUNDS_FILE, STATUS_FILE, read_rounds, read_status, read_summary
+from nepenthe.rundir import CONFIG_FILE, ROUNDS_FILE, STATUS_FILE, RunDir
+from nepenthe.tracking import read_rounds, read_status, read_summary
 
 from . import wandb_source
 from .rows import Row, run_rows, to_frame
@@ -33,10 +34,9 @@ def local_runs(folders: list[str | Path]) -> list[Row]:
     """Rows of every run directory (a folder holding config.yaml and rounds.jsonl) under ``folders``."""
     rows = []
     for folder in folders:
-        for config_file in sorted(Path(folder).rglob("config.yaml")):
+        for config_file in sorted(Path(folder).rglob(CONFIG_FILE)):
             run_dir = config_file.parent
-            rounds_file = run_dir / "rounds.jsonl"
-            if not rounds_file.is_file():
+            if not RunDir(run_dir).rounds.is_file():
                 continue
             config = yaml.safe_load(config_file.read_text())
             records = read_rounds(run_dir)  # a cut-off last line is skipped with a warning naming the file
@@ -52,12 +52,12 @@ def incomplete_runs(folders: list[str | Path]) -> list[tuple[Path, str]]:
     found = []
     for folder in folders:
         candidates = {p.parent for p in Path(folder).rglob(STATUS_FILE)}
-        candidates |= {p.parent for p in Path(folder).rglob("rounds.jsonl")}
+        candidates |= {p.parent for p in Path(folder).rglob(ROUNDS_FILE)}
         for run_dir in sorted(candidates):
             status = read_status(run_dir)
             if status is not None and status.status == "failed":
                 found.append((run_dir, f"failed: {status.error}"))
-            elif read_summary(run_dir) is None and (run_dir / "rounds.jsonl").is_file():
+            elif read_summary(run_dir) is None and RunDir(run_dir).rounds.is_file():
                 rounds = [r.round for r in read_rounds(run_dir)]
                 found.append((run_dir, f"unfinished: rounds {min(rounds)}..{max(rounds)}" if rounds
                               else "unfinished: no round yet"))
@@ -80,7 +80,7 @@ def run_folder(folder: str | Path) -> Path:
     if any(True for _ in folder.rglob(ROUNDS_FILE)):
         return folder
     for parent in folder.resolve().parents:
-        if (parent / CONFIG_FILE).is_file() and (parent / ROUNDS_FILE).is_file():
+        if RunDir(parent).config.is_file() and RunDir(parent).rounds.is_file():
             print(f"note: {folder} is inside the run directory {parent}; reading that", file=sys.stderr)
             return parent
     if any(folder.glob("*run-*")) or folder.name.startswith(("offline-run-", "run-")):

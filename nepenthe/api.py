@@ -9,14 +9,17 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .config import StopConfig
-from .entropy import probe_units
+from .config import StopConfig, check_stop
+from .entropy import LAYER_MEANS, POOLINGS, ZERO_STATES, check_choice, probe_units
 from .errors import ConfigError
+from .inputs import check_percent
 from .loop import LoopResult, Reporter, run_rounds
 from .pruning.methods import Method
-from .pruning.registry import create_method
+from .pruning.masks import make_permanent
+from .pruning.registry import build_method
 from .store import Checkpoint, DirStore, EpochCheckpoints, MemoryStore, restore_model
-from .tracking import RunRecorder, clear_run_outputs
+from .rundir import RunDir
+from .tracking import RunRecorder
 from .units import Unit
 
 
@@ -49,10 +52,11 @@ class ModelSteps:
 
     def assess(self, model=None) -> dict:
         result = self.evaluate(model if model is not None else self.model)
-        scores = dict(result) if isinstance(result, Mapping) else {"val_acc": float(result)}
+        scores = dict(result) if isinstance(result, Mapping) else {"val_acc": result}
         if "val_acc" not in scores:
             raise ConfigError(f"evaluate() must return the validation top-1 in % (a number) or a dict with "
                               f"'val_acc'; got keys {sorted(scores)}")
+        scores["val_acc"] = check_percent(scores["val_acc"])
         return scores
 
     def load_round(self, ckpt: Checkpoint) -> nn.Module:
@@ -75,25 +79,40 @@ def prune(model: nn.Module, *, train: Callable, evaluate: Callable, probe_batche
     that measures something to plan (LaCoOT: validation MSWD) measures it on ``method_batches`` (default
     ``probe_batches``); LaCoOT's training term is ``method.loss_term(model)``, which your ``train`` adds to its loss.
     Units are found on the model (:func:`~nepenthe.discovery.model_units`) unless given. With ``run_dir`` every round
-    is checkpointed and recorded there (``rounds.jsonl``) and a re-run resumes. Returns the kept round's model, its
-    probe (ready for :func:`~nepenthe.collapse.collapse`) and every record.
+    is checkpointed and recorded there (``rounds.jsonl``) and a re-run resumes. Returns the kept round's model (its
+    masks made permanent: plain weights holding their zeros, no ``weight_orig``/``weight_mask``), its probe (ready for
+    :func:`~nepenthe.collapse.collapse`) and every record. A refusal names the argument as passed here (``ratio=``).
     """
     from .discovery import model_units
 
-    units = model_units(model) if units is None else units
-    method = create_method(method, ratio) if isinstance(method, str) else method
-    method.check(model)
-    given = {"zero_state": zero_state, "layer_mean": layer_mean, "pooling": pooling}
-    entropy = {k: getattr(method.probe, k) if v is None else v for k, v in given.items()}
-    steps = ModelSteps(model, units, method, train=train, evaluate=evaluate, probe_batches=probe_batches,
-                       train_dense=train_dense, device=device, entropy_options=entropy, method_batches=method_batches)
-    stop = StopConfig(max_drop=max_drop, max_rounds=max_rounds, target_zero_units=target_zero_units)
-    identity = {"method": method.name, "ratio": method.ratio, "units": [u.name for u in units]}
-    store, recorder = MemoryStore(), None
-    if run_dir is not None:
-        if not resume:
-            clear_run_outputs(run_dir)
-        store, recorder = DirStore(run_dir), RunRecorder(run_dir)
-    return run_rounds(steps, stop, store=store, recorder=recorder, reporter=reporter, identity=identity,
-                      resume=resume)
+    try:
+        stop = check_stop(StopConfig(max_drop=max_drop, max_rounds=max_rounds, target_zero_units=target_zero_units))
+        method = build_method(method, ratio, {}) if isinstance(method, str) else method
+        units = model_units(model) if units is None else units
+        method.check(model)
+        given = {"zero_state": zero_state, "layer_mean": layer_mean, "pooling": pooling}
+        entropy = {k: getattr(method.probe, k) if v is None else v for k, v in given.items()}
+        for key, value in entropy.items():  # now, not after a dense training that may take hours
+            check_choice(f"entropy.{key}", value, ENTROPY_CHOICES[key])
+        steps = ModelSteps(model, units, method, train=train, evaluate=evaluate, probe_batches=probe_batches,
+                           train_dense=train_dense, device=device, entropy_options=entropy,
+                           method_batches=method_batches)
+        identity = {"method": method.name, "ratio": method.ratio, "units": [u.name for u in units]}
+        store, recorder = MemoryStore(), None
+        if run_dir is not None:
+            if not resume:
+                RunDir(run_dir).clear()
+            store, recorder = DirStore(run_dir), RunRecorder(run_dir)
+        result = run_rounds(steps, stop, store=store, recorder=recorder, reporter=reporter, identity=identity,
+                            resume=resume)
+        result.model = make_permanent(result.model)  # plain weights with their zeros: no weight_orig/weight_mask left
+        return result
+    except ConfigError as exc:
+        raise exc.for_caller(API_NAMES) from None
 
+
+ENTROPY_CHOICES = {"zero_state": ZERO_STATES, "layer_mean": LAYER_MEANS, "pooling": POOLINGS}
+# What prune()'s arguments are called in the config, so that a refusal names the argument the caller passed
+API_NAMES = {"pruning.ratio": "ratio", "stop.max_drop": "max_drop", "stop.max_rounds": "max_rounds",
+             "stop.target_zero_units": "target_zero_units", "entropy.zero_state": "zero_state",
+             "entropy.layer_mean": "layer_mean", "entropy.pooling": "pooling", "output_root": "run_dir"}

@@ -18,7 +18,7 @@ from .data import list_data
 from .data.registry import PROBE_SPLITS
 from .engine import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
 from .entropy import LAYER_MEANS, POOLINGS, ZERO_STATES, check_choice
-from .errors import ConfigError, unknown_name
+from .errors import ConfigError, bad_option, unknown_name
 from .models import is_known_model, list_models
 from .pruning.budget import check_ratio, check_rounding
 from .records import RUNTIMES
@@ -174,8 +174,15 @@ def is_non_semantic(key: str) -> bool:
 
 def _positive(option: str, value, allow_zero: bool = False) -> None:
     if value is None or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{option}={value!r} must be {bound}")
+        raise bad_option(option, value, "must be >= 0" if allow_zero else "must be > 0")
+
+
+def check_stop(stop: StopConfig) -> StopConfig:
+    _positive("stop.max_drop", stop.max_drop, allow_zero=True)
+    _positive("stop.max_rounds", stop.max_rounds, allow_zero=True)
+    if stop.target_zero_units is not None:
+        _positive("stop.target_zero_units", stop.target_zero_units)
+    return stop
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -215,8 +222,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _positive("entropy.batch_size", cfg.entropy.batch_size)
     if cfg.entropy.max_batches is not None:
         _positive("entropy.max_batches", cfg.entropy.max_batches)
-    _positive("stop.max_drop", cfg.stop.max_drop, allow_zero=True)
-    _positive("stop.max_rounds", cfg.stop.max_rounds, allow_zero=True)
+    check_stop(cfg.stop)
     if cfg.finetune.epochs is not None:
         _positive("finetune.epochs", cfg.finetune.epochs, allow_zero=True)
     if cfg.finetune.total_epochs is not None:
@@ -271,10 +277,10 @@ def pruning_method_keys() -> tuple[str, ...]:
 
 def create_method_from(pruning: PruningConfig):
     """The configured method with the options it takes (``rounding`` for nepenthe/egp, LaCoOT's own)."""
-    from .pruning.registry import create_method
+    from .pruning.registry import build_method
 
     options = {k: getattr(pruning, k) for k in pruning_method_keys() if k in method_options(pruning.method)}
-    return create_method(pruning.method, pruning.ratio, **options)
+    return build_method(pruning.method, pruning.ratio, options)
 
 
 def semantic_dict(cfg: RunConfig) -> dict:

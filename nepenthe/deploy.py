@@ -29,10 +29,9 @@ from .errors import NepentheError, NonFiniteLossError
 from .metrics import cost_report
 from .pruning.masks import make_permanent
 from .records import CollapseReport, CollapseResult, ShippedNetwork
-from .tracking import COLLAPSED_FILE
+from .rundir import RunDir
 from .units import unit_layouts
 
-FILES = {"collapsed": COLLAPSED_FILE, "approximate": "collapsed_approximate.pt2", "finetuned": "collapsed_finetuned.pt2"}
 FINETUNE_SEED_OFFSET = 777_777  # the collapsed network's fine-tuning draws, apart from every round's
 
 
@@ -80,7 +79,7 @@ def measure_collapsed(exp, small: nn.Module, report: CollapseReport, out_dir: st
                                                 relative_diff=_relative(tuned, small, batch))
             networks["finetuned"] = shipped["finetuned"] = tuned
     if out_dir is not None:
-        save_files(exp, shipped, batch, Path(out_dir), result, warn)
+        save_files(exp, shipped, batch, RunDir(out_dir), result, warn)
     measure_latency(exp, networks, batch, result)
     return result
 
@@ -113,16 +112,17 @@ def finetune_collapsed(exp, network: nn.Module) -> nn.Module:
     return tuned.eval()
 
 
-def save_files(exp, shipped: dict[str, nn.Module], batch: torch.Tensor, out_dir: Path, result: CollapseResult,
+def save_files(exp, shipped: dict[str, nn.Module], batch: torch.Tensor, out_dir: RunDir, result: CollapseResult,
                warn) -> None:
     """``<name>.pt2`` for every shipped network, and ``<name>.onnx`` verified in ONNX Runtime when collapse.onnx."""
     c = exp.cfg.collapse
+    out_dir.clear_networks()  # an older collapse's files (an .onnx this one does not write) must not stay beside
     for name, network in shipped.items():
-        path = out_dir / FILES[name]
+        path = out_dir.network(name)
         save_collapsed(network, batch, path)
         onnx_file = None
         if c.onnx:
-            onnx_file = ship_onnx(network, batch, path.with_suffix(".onnx"), c.tolerance, result, name, warn)
+            onnx_file = ship_onnx(network, batch, out_dir.network(name, ".onnx"), c.tolerance, result, name, warn)
         if name == "collapsed":
             result.file, result.onnx_file = path.name, onnx_file
         else:

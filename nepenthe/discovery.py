@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from .errors import ConfigError
+from .inputs import check_activations
 from .units import RECTIFIERS, WEIGHT_LAYERS, Unit, shared_rectifiers
 
 PASS_BACK_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.Identity,
@@ -34,6 +35,13 @@ def trace_for_units(model: nn.Module) -> fx.GraphModule:
             f"{type(model).__name__} declares no units() and torch.fx cannot trace it to find them "
             f"({type(exc).__name__}: {exc}); add a units() method returning nepenthe.units.Unit objects"
         ) from exc
+
+
+def _trace_or_none(model: nn.Module) -> fx.GraphModule | None:
+    try:
+        return trace_for_units(model)
+    except ConfigError:
+        return None
 
 
 def _feeding_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[str, str] | None:
@@ -102,12 +110,16 @@ def distinct_activations(model: nn.Module) -> nn.Module:
 
 
 def model_units(model: nn.Module) -> list[Unit]:
-    """The model's declared units (a ``units()`` method), else those found on its fx graph; checked either way."""
+    """The model's declared units (a ``units()`` method), else those found on its fx graph; checked either way, and
+    refused when the probe could not see the model's rectifiers (:func:`nepenthe.inputs.check_activations`)."""
     declare = getattr(model, "units", None)
     if callable(declare):
         units = list(declare())
+        graph = _trace_or_none(model)  # only to look for rectifiers called as functions
     else:
-        units = discover_units(model)
+        graph = trace_for_units(model)
+        units = discover_units(graph)
+    check_activations(model, units, graph)
     modules = dict(model.named_modules())
     seen: set[str] = set()
     for unit in units:

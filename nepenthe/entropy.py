@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteInputError, bad_option
+from .inputs import input_mismatch
 from .units import Unit, activation_modules, unit_layouts, units_without_rectifier
 
 ZERO_STATES = ("off", "on", "drop")
@@ -30,7 +31,7 @@ _LN2 = math.log(2.0)
 
 def check_choice(option: str, value: str, valid: tuple[str, ...]) -> str:
     if value not in valid:
-        raise ConfigError(f"{option}={value!r} is not valid; choose one of {', '.join(valid)}")
+        raise bad_option(option, value, f"is not valid; choose one of {', '.join(valid)}")
     return value
 
 
@@ -134,6 +135,8 @@ class _Counter:
         self.positions = 0
         self.batch_entropy_sum: Tensor | None = None
         self.batches = 0
+        self.nonfinite: Tensor | None = None  # NaN/Inf inputs seen: compared neither > 0 nor < 0, they would pass
+        #                                       for zeros; counted on the device and checked once, in stats()
 
     def add(self, z: Tensor, zero_state: str, layer_mean: str, per_batch: bool) -> None:
         cdim = channel_dim(z.dim(), self.layout)
@@ -151,6 +154,7 @@ class _Counter:
             self.on = torch.zeros_like(on, dtype=torch.int64)
             self.off = torch.zeros_like(off, dtype=torch.int64)
             self.batch_entropy_sum = torch.zeros((), dtype=torch.float64, device=z.device)
+            self.nonfinite = torch.zeros((), dtype=torch.int64, device=z.device)
         elif self.on.shape != on.shape:
             raise ConfigError(
                 f"activation width changed from {self.on.numel()} to {on.numel()} neurons between batches; "
@@ -158,6 +162,7 @@ class _Counter:
             )
         self.on += on
         self.off += off
+        self.nonfinite += z.numel() - torch.isfinite(z).sum()
         self.positions += positions
         if per_batch:
             p = on_probability(on, off, positions - on - off, zero_state)
@@ -221,8 +226,13 @@ class EntropyProbe:
                 raise ConfigError(f"activation {name!r} was never called during the probe pass; is it in the model?")
             if distributed.active():
                 scalars = torch.tensor([float(c.positions), float(c.batches)], dtype=torch.float64)
-                distributed.all_reduce_sum([c.on, c.off, c.batch_entropy_sum, scalars])
+                distributed.all_reduce_sum([c.on, c.off, c.batch_entropy_sum, c.nonfinite, scalars])
                 c.positions, c.batches = int(scalars[0]), int(scalars[1])
+            if int(c.nonfinite):
+                raise NonFiniteInputError(
+                    f"the input of activation {name!r} held {int(c.nonfinite)} NaN/Inf value(s) of "
+                    f"{c.positions * c.on.numel()} during the probe pass: the probe batches or the model's weights "
+                    f"(a NaN training loss?) are not finite, so its entropy is undefined")
             p_on = on_probability(c.on, c.off, c.positions - c.on - c.off, self.zero_state)
             if self.pooling == "batch":
                 value = c.batch_entropy_sum / c.batches
@@ -246,6 +256,7 @@ class EntropyProbe:
                 c.on = torch.zeros(shape, dtype=torch.int64)
                 c.off = torch.zeros(shape, dtype=torch.int64)
                 c.batch_entropy_sum = torch.zeros((), dtype=torch.float64)
+                c.nonfinite = torch.zeros((), dtype=torch.int64)
 
 
 @torch.no_grad()
@@ -271,11 +282,18 @@ def measure_entropy(
     try:
         with probe:
             limited = (b for i, b in enumerate(batches) if max_batches is None or i < max_batches)
-            for batch in tqdm(distributed.own_batches(limited), desc="entropy", leave=False, disable=not progress):
+            batches = tqdm(distributed.own_batches(limited), desc="entropy", leave=False, disable=not progress)
+            for i, batch in enumerate(batches):
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 x = x.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    model(x)
+                    if i:
+                        model(x)
+                        continue
+                    try:  # the first batch tells whether the batches fit the model at all
+                        model(x)
+                    except (RuntimeError, TypeError, ValueError) as exc:
+                        raise input_mismatch(model, x, exc) from exc
     finally:
         model.train(was_training)
     return probe.stats()

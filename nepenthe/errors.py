@@ -1,12 +1,32 @@
 """One exception family so callers (train.py, tests) can tell user errors from bugs."""
 
+from __future__ import annotations
+
 
 class NepentheError(Exception):
     """A bad input or state, described in one line that names the value and what would be valid."""
 
 
 class ConfigError(NepentheError, ValueError):
-    """A configuration value is unknown or out of range."""
+    """A configuration value is unknown or out of range. ``option`` is the config key the message starts with
+    (``pruning.ratio``), so that a caller who passed it under another name (``prune(ratio=...)``) can say that name:
+    :meth:`for_caller`."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+    def for_caller(self, names: dict[str, str]) -> "ConfigError":
+        """The same error in the caller's words: ``{"pruning.ratio": "ratio"}`` turns ``pruning.ratio=2.0 must``
+        into ``ratio=2.0 must``; an error about an option the caller did not name stays as it is."""
+        if self.option not in names:
+            return self
+        return ConfigError(str(self).replace(self.option, names[self.option], 1), names[self.option])
+
+
+def bad_option(option: str, value, requirement: str) -> ConfigError:
+    """``pruning.p=0.5 must be >= 1 (...)``: the one shape of an out-of-range option's error."""
+    return ConfigError(f"{option}={value!r} {requirement}", option)
 
 
 class DataError(NepentheError, FileNotFoundError):
@@ -25,6 +45,10 @@ def storage_error(action: str, path, exc: OSError) -> StorageError:
 
 class NonFiniteLossError(NepentheError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
+
+
+class NonFiniteInputError(NepentheError, FloatingPointError):
+    """An activation saw NaN or infinite inputs while its entropy was measured."""
 
 
 def check_builder_kwargs(kind: str, name: str, builder, kwargs: dict, reserved=("root",)) -> None:

@@ -20,8 +20,9 @@ from .entropy import probe_units
 from .errors import NepentheError
 from .models import create_model
 from .records import RoundRecord
-from .store import Checkpoint, EpochCheckpoints, checkpoint_path, latest_checkpoint, load_checkpoint, restore_model
-from .tracking import CONFIG_FILE, read_summary
+from .rundir import RunDir
+from .store import Checkpoint, EpochCheckpoints, latest_checkpoint, load_checkpoint, restore_model
+from .tracking import read_summary
 
 
 def round_seed(seed: int, round_index: int) -> int:
@@ -153,9 +154,10 @@ def restore_run(run_dir: str | Path, round_index: int | None = None, *, device=N
     ``collapse_settings`` are ``collapse.*`` keys (merge, tolerance, onnx, runtimes, ...); those left at None, and
     ``device`` / ``data_root`` left at None, keep the run's own settings."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise NepentheError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass the folder train.py wrote")
-    cfg = load_run_config(run_dir / CONFIG_FILE)
+    config = RunDir(run_dir).config
+    if not config.is_file():
+        raise NepentheError(f"{run_dir} is not a run directory (no {config.name}); pass the folder train.py wrote")
+    cfg = load_run_config(config)
     finetune = collapse_settings.pop("finetune_epochs", None)
     cfg.collapse = replace(cfg.collapse, **{k: v for k, v in collapse_settings.items() if v is not None})
     if finetune is not None:
@@ -165,7 +167,7 @@ def restore_run(run_dir: str | Path, round_index: int | None = None, *, device=N
     cfg.progress = False
     validate(cfg)
     round_index = chosen_round(run_dir, round_index)
-    path = checkpoint_path(run_dir, round_index)
+    path = RunDir(run_dir).checkpoint(round_index)
     if not path.is_file():
         have = sorted(p.name for p in path.parent.glob("round_*.pt"))
         raise NepentheError(f"no checkpoint for round {round_index} in {path.parent}; found: {', '.join(have) or 'none'}")

@@ -16,9 +16,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .errors import NepentheError
-from .tracking import CONFIG_FILE
-
-LOCK_FILE, HOLDER_FILE = ".lock", ".lock.holder"
+from .rundir import RunDir
 
 
 class RunDirBusy(NepentheError):
@@ -29,33 +27,33 @@ class RunLock:
     """``with RunLock(run_dir):`` — refuses at once, naming the holder, when another live process holds it."""
 
     def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
+        self.run_dir = RunDir(run_dir)
         self._lock: FileLock | None = None
 
     def __enter__(self) -> "RunLock":
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(self.run_dir / LOCK_FILE)
+        self.run_dir.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.run_dir.lock)
         try:
             lock.acquire(timeout=0)
         except Timeout:
             raise RunDirBusy(
-                f"{self.run_dir} is being written by another process ({self.holder() or 'holder unknown'}); wait "
+                f"{self.run_dir.path} is being written by another process ({self.holder() or 'holder unknown'}); wait "
                 f"for it to finish or stop it, then run the command again (it resumes)") from None
         self._lock = lock
         since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        (self.run_dir / HOLDER_FILE).write_text(f"pid {os.getpid()} on {socket.gethostname()} since {since}\n")
+        self.run_dir.lock_holder.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {since}\n")
         return self
 
     def holder(self) -> str | None:
         try:
-            return (self.run_dir / HOLDER_FILE).read_text().strip() or None
+            return self.run_dir.lock_holder.read_text().strip() or None
         except OSError:
             return None
 
     def __exit__(self, *exc) -> None:
         if self._lock is not None:
-            (self.run_dir / HOLDER_FILE).unlink(missing_ok=True)
+            self.run_dir.lock_holder.unlink(missing_ok=True)
             self._lock.release()
             self._lock = None
-            if not (self.run_dir / CONFIG_FILE).exists():  # refused before writing: leave no trace of ours
-                (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
+            if not self.run_dir.config.exists():  # refused before writing: leave no trace of ours
+                self.run_dir.lock.unlink(missing_ok=True)

@@ -22,7 +22,8 @@ from .records import CollapseResult, Costs, RoundBrief, Summary, TrajectoryPoint
 from .report import describe_run
 from .runlock import RunLock
 from .store import DirStore, FollowerStore, check_same_run, load_in_round
-from .tracking import CONFIG_FILE, RunRecorder, clear_failure, clear_run_outputs, read_summary
+from .rundir import RunDir
+from .tracking import RunRecorder, read_summary
 
 
 def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None = None,
@@ -95,7 +96,7 @@ def _peers_watched(run_dir: Path):
     try:
         yield
     except RuntimeError as exc:
-        failure = distributed.peer_failure(exc, run_dir / "checkpoints")
+        failure = distributed.peer_failure(exc, RunDir(run_dir).checkpoints)
         if failure is None:
             raise
         raise failure from exc
@@ -106,23 +107,24 @@ def previous_run(cfg: RunConfig, run_dir: Path, store: DirStore, identity: dict)
     refused before anything is written; a finished run of this config returns its summary; ``resume=false`` clears
     the previous run's outputs; a failure recorded by an earlier attempt is cleared for this one."""
     if not cfg.resume:
-        clear_run_outputs(run_dir)
+        RunDir(run_dir).clear()
     else:
         for where, saved in identities_on_disk(run_dir, store):
             check_same_run(saved, identity, where)
         done = read_summary(run_dir)
         if done is not None and store.latest() is not None:
             return done
-    clear_failure(run_dir)
+    RunDir(run_dir).clear_failure()
     return None
 
 
 def identities_on_disk(run_dir: Path, store: DirStore) -> list[tuple[str, dict]]:
     """The semantic configs that ``run_dir``'s config.yaml and checkpoints were written with."""
     found = []
-    if (run_dir / CONFIG_FILE).is_file():
+    config = RunDir(run_dir).config
+    if config.is_file():
         try:
-            found.append((str(run_dir / CONFIG_FILE), semantic_dict(load_run_config(run_dir / CONFIG_FILE))))
+            found.append((str(config), semantic_dict(load_run_config(config))))
         except NepentheError:
             pass  # an unreadable or outdated config.yaml: the checkpoints below still tell
     latest = store.latest()

@@ -3,7 +3,7 @@
 round in progress an epoch-checkpoint object (:meth:`Store.epoch_checkpoints`), so training code never asks which
 kind of store it has.
 
-Files of a :class:`DirStore` (``RUN_DIR/checkpoints/``):
+Files of a :class:`DirStore` (``RUN_DIR/checkpoints/``, named by :class:`~nepenthe.rundir.RunDir`):
   ``round_NNN.pt``  weights with masks applied, boolean masks, every round record so far, the run's identity, and a
                     SHA-256 over all of it (a damaged weight still unpickles; only the hash tells);
   ``in_round.pt``   the round in progress after its last completed epoch (or at the batch where a requeue signal
@@ -31,13 +31,11 @@ from .config import config_diff
 from .errors import ConfigError, NepentheError, StorageError
 from .pruning.masks import pruned_layer_names
 from .records import RoundRecord
-from .tracking import atomic_write_bytes
+from .atomic import atomic_write_bytes
+from .rundir import RunDir
 from .units import replace_by_identity
 
-CHECKPOINT_DIR = "checkpoints"
-IN_ROUND_FILE = "in_round.pt"
-_NAME = re.compile(r"round_(\d{3,})\.pt$")
-_TEMP = re.compile(r"^\.(round_\d{3,}\.pt|in_round\.pt|rounds\.jsonl|summary\.json|config\.yaml)\.\w+$")
+_NAME = re.compile(r"^round_(\d{3,})\.pt$")
 
 
 @dataclass
@@ -74,7 +72,7 @@ def check_same_run(saved_config: dict | None, identity: dict, where) -> None:
     diffs = config_diff(saved_config or {}, identity) if saved_config is not None else []
     if diffs:
         raise ConfigError(f"{where} holds a run of another config ({'; '.join(diffs)}); use another output_root "
-                          f"or resume=false to start it over")
+                          f"or resume=false to start it over", "output_root")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -123,21 +121,13 @@ def content_hash(state: dict, masks: dict, meta: dict) -> str:
 # files
 
 
-def checkpoint_path(run_dir: str | Path, round_index: int) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR / f"round_{round_index:03d}.pt"
-
-
-def in_round_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR / IN_ROUND_FILE
-
-
 def save_checkpoint(run_dir: str | Path, round_index: int, model: nn.Module, records: list[RoundRecord],
                     identity: dict) -> Path:
     state, masks = compact_state(model)
     meta = {"round": round_index, "records": [r.to_dict() for r in records], "config": identity}
     buffer = io.BytesIO()
     torch.save({**meta, "state": state, "masks": masks, "sha256": content_hash(state, masks, meta)}, buffer)
-    path = checkpoint_path(run_dir, round_index)
+    path = RunDir(run_dir).checkpoint(round_index)
     atomic_write_bytes(path, buffer.getvalue())  # temp + fsync + rename: the previous checkpoint stays intact
     return path
 
@@ -158,7 +148,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder = RunDir(run_dir).checkpoints
     if not folder.is_dir():
         return None
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.search(p.name))]
@@ -173,14 +163,14 @@ def save_in_round(run_dir: str | Path, round_index: int, model: nn.Module, fit_s
     blob = payload.getvalue()
     wrapped = io.BytesIO()
     torch.save({"sha256": hashlib.sha256(blob).hexdigest(), "payload": blob}, wrapped)
-    path = in_round_path(run_dir)
+    path = RunDir(run_dir).in_round
     atomic_write_bytes(path, wrapped.getvalue())
     return path
 
 
 def load_in_round(run_dir: str | Path) -> dict | None:
     """The in-round checkpoint, or None when there is none; a damaged one is an error naming it."""
-    path = in_round_path(run_dir)
+    path = RunDir(run_dir).in_round
     if not path.is_file():
         return None
     hint = "delete it and re-run the command to redo this round from its start"
@@ -189,16 +179,6 @@ def load_in_round(run_dir: str | Path) -> dict | None:
     if blob is None or hashlib.sha256(blob).hexdigest() != wrapped.get("sha256"):
         raise NepentheError(f"checkpoint {path} is corrupt (its content does not match its SHA-256); {hint}")
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
-
-
-def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
-    """Half-written temporary files (``.round_002.pt.XXXX``, ``.rounds.jsonl.XXXX``) that a killed process left."""
-    run_dir = Path(run_dir)
-    stale = [p for folder in (run_dir, run_dir / CHECKPOINT_DIR) if folder.is_dir()
-             for p in folder.iterdir() if _TEMP.match(p.name) and p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
 
 
 def _read(path: Path, hint: str):
@@ -215,7 +195,7 @@ def _fallback_hint(path: Path) -> str:
     match = _NAME.search(path.name)
     if match is None or int(match.group(1)) == 0:
         return "delete it and re-run the command to redo that round"
-    previous = checkpoint_path(path.parent.parent, int(match.group(1)) - 1)
+    previous = RunDir(path.parent.parent).checkpoint(int(match.group(1)) - 1)
     return f"delete it and re-run the command to resume from {previous.name} (the round before)"
 
 
@@ -237,10 +217,10 @@ class InRoundFile:
         saved = load_in_round(self.run_dir)
         if saved is None or saved["round"] != self.round_index:
             return None  # none, or left over from a round that completed
-        check_same_run(saved["config"], self.identity, in_round_path(self.run_dir))
+        check_same_run(saved["config"], self.identity, RunDir(self.run_dir).in_round)
         model.load_state_dict(saved["model"])
         if self.on_restore is not None:
-            self.on_restore(self.round_index, saved["fit"], str(in_round_path(self.run_dir)))
+            self.on_restore(self.round_index, saved["fit"], str(RunDir(self.run_dir).in_round))
         return saved["fit"]
 
 
@@ -253,13 +233,13 @@ class DirStore:
 
     def save(self, round_index: int, model: nn.Module, records: list[RoundRecord], identity: dict) -> None:
         save_checkpoint(self.run_dir, round_index, model, records, identity)
-        in_round_path(self.run_dir).unlink(missing_ok=True)  # the round is complete: its epoch checkpoint goes
+        RunDir(self.run_dir).in_round.unlink(missing_ok=True)  # the round is complete: its epoch checkpoint goes
 
     def load(self, round_index: int) -> Checkpoint:
-        return load_checkpoint(checkpoint_path(self.run_dir, round_index))
+        return load_checkpoint(RunDir(self.run_dir).checkpoint(round_index))
 
     def latest(self) -> Checkpoint | None:
-        remove_stale_temp_files(self.run_dir)
+        RunDir(self.run_dir).remove_temp_files()
         path = latest_checkpoint(self.run_dir)
         return None if path is None else load_checkpoint(path)
 

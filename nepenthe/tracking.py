@@ -1,40 +1,19 @@
 """Writing and reading a run's records: local files are the truth; W&B (optional, imported lazily) mirrors them.
 
-A run directory holds ``config.yaml`` (the resolved config, written first), ``rounds.jsonl`` (one
-:class:`~nepenthe.records.RoundRecord` per completed round, each appended whole), ``summary.json`` (the
-:class:`~nepenthe.records.Summary`, written last: its presence means the run finished), ``checkpoints/``
-(:mod:`nepenthe.store`) and ``collapsed.pt2``. A sweep job that failed leaves ``status.json`` (a
-:class:`~nepenthe.records.FailureStatus`) and ``error.txt`` (the traceback); the next attempt removes both. Every field
-is defined once, in :mod:`nepenthe.records`; this module only moves records to and from files.
+Where each file lives is :class:`~nepenthe.rundir.RunDir`'s, how it is written whole :mod:`nepenthe.atomic`'s, and
+every field is defined once, in :mod:`nepenthe.records`; this module only moves records to and from files.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
-from .errors import NepentheError, storage_error
+from .atomic import append_line, atomic_write_text
+from .errors import NepentheError
 from .records import FailureStatus, RecordError, RoundRecord, Summary, flatten
-
-ROUNDS_FILE, SUMMARY_FILE, CONFIG_FILE = "rounds.jsonl", "summary.json", "config.yaml"
-COLLAPSED_FILE, COLLAPSE_REPORT_FILE = "collapsed.pt2", "collapse.json"
-STATUS_FILE, ERROR_FILE = "status.json", "error.txt"  # a sweep job that failed: what, when, and the traceback
-# Everything a run writes besides config.yaml: ``resume=false`` clears these so nothing of an older run stays
-RUN_OUTPUT_FILES = (ROUNDS_FILE, SUMMARY_FILE, COLLAPSED_FILE, COLLAPSE_REPORT_FILE, STATUS_FILE, ERROR_FILE)
-RUN_OUTPUT_DIRS = ("checkpoints", "wandb")
-
-
-def clear_run_outputs(run_dir: str | Path) -> None:
-    """``resume=false``: every output of a previous run in ``run_dir`` goes (config.yaml is rewritten next)."""
-    run_dir = Path(run_dir)
-    for name in RUN_OUTPUT_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    for name in RUN_OUTPUT_DIRS:
-        shutil.rmtree(run_dir / name, ignore_errors=True)
+from .rundir import RunDir
 
 
 def write_failure(run_dir: str | Path, error: str, kind: str, details: str = "", *, written_by: str = "job",
@@ -46,80 +25,26 @@ def write_failure(run_dir: str | Path, error: str, kind: str, details: str = "",
     status = FailureStatus(error=error, type=kind, written_by=written_by, job_id=job_id,
                            when=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     try:
-        atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps(status.to_dict(), indent=2) + "\n")
+        atomic_write_text(RunDir(run_dir).status, json.dumps(status.to_dict(), indent=2) + "\n")
         if details:
-            atomic_write_text(Path(run_dir) / ERROR_FILE, details)
+            atomic_write_text(RunDir(run_dir).error, details)
     except NepentheError:
         pass
 
 
 def read_status(run_dir: str | Path) -> FailureStatus | None:
     """``status.json`` of a failed run, or None (none, or unreadable)."""
-    path = Path(run_dir) / STATUS_FILE
+    path = RunDir(run_dir).status
     try:
         return FailureStatus.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, RecordError):
         return None
 
 
-def clear_failure(run_dir: str | Path) -> None:
-    for name in (STATUS_FILE, ERROR_FILE):
-        (Path(run_dir) / name).unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, and rename over the target: readers see the old or the
-    new file, never half of one. Any OSError (disk full, I/O error) becomes one line naming the path and errno and
-    leaves the old file and no temporary file behind."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide records from collaborators
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise storage_error("write", path, exc) from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def append_line(path: str | Path, line: str) -> None:
-    """Append one whole line or nothing: short writes are continued, and on an error the file is cut back to where
-    it ended before, so it never ends in half a JSON object."""
-    data = line.encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise storage_error("append to", path, exc) from exc
-    try:
-        start = os.fstat(fd).st_size
-        written = 0
-        try:
-            while written < len(data):
-                written += os.write(fd, data[written:])
-            os.fsync(fd)
-        except OSError as exc:
-            if written:
-                os.ftruncate(fd, start)
-            raise storage_error("append to", path, exc) from exc
-    finally:
-        os.close(fd)
-
-
 def read_rounds(run_dir: str | Path) -> list[RoundRecord]:
     """The round records of a run. A cut-off last line (a write interrupted by a full disk or a kill) is skipped
     with a warning; a broken line before the end is an error naming the file and the line."""
-    path = Path(run_dir) / ROUNDS_FILE
+    path = RunDir(run_dir).rounds
     if not path.exists():
         return []
     lines = path.read_text().splitlines()
@@ -144,7 +69,7 @@ def read_rounds(run_dir: str | Path) -> list[RoundRecord]:
 
 
 def read_summary(run_dir: str | Path) -> Summary | None:
-    path = Path(run_dir) / SUMMARY_FILE
+    path = RunDir(run_dir).summary
     if not path.exists():
         return None
     try:
@@ -158,27 +83,27 @@ def read_summary(run_dir: str | Path) -> Summary | None:
 
 class RunRecorder:
     def __init__(self, run_dir: str | Path, *, wandb_settings: dict | None = None, config: dict | None = None):
-        self.run_dir = Path(run_dir)
+        self.run_dir = RunDir(run_dir)
         self.wandb_settings = wandb_settings
         self.config = config or {}
         self.warning: str | None = None  # why the W&B mirror runs offline or not at all
         self._wandb_run = None
 
     def write_config(self, yaml_text: str) -> None:
-        atomic_write_text(self.run_dir / CONFIG_FILE, yaml_text)
+        atomic_write_text(self.run_dir.config, yaml_text)
 
     def restore_rounds(self, records: list[RoundRecord]) -> None:
         """After a resume, make rounds.jsonl hold exactly the rounds the checkpoint knows (no dangling line)."""
-        atomic_write_text(self.run_dir / ROUNDS_FILE, "".join(json.dumps(r.to_dict()) + "\n" for r in records))
+        atomic_write_text(self.run_dir.rounds, "".join(json.dumps(r.to_dict()) + "\n" for r in records))
 
     def round(self, record: RoundRecord) -> None:
         data = record.to_dict()
-        append_line(self.run_dir / ROUNDS_FILE, json.dumps(data) + "\n")
+        append_line(self.run_dir.rounds, json.dumps(data) + "\n")
         self._mirror(lambda run: run.log(flatten(data), step=record.round))
 
     def summary(self, summary: Summary) -> None:
         data = summary.to_dict()
-        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(data, indent=2) + "\n")
+        atomic_write_text(self.run_dir.summary, json.dumps(data, indent=2) + "\n")
         self._mirror(lambda run: (run.summary.update(flatten(data)), run.finish()))
         self._wandb_run = None
 
@@ -197,7 +122,7 @@ class RunRecorder:
         if mode == "online":
             try:
                 self._wandb_run = self._init_wandb("offline")
-                self.warning = f"{first}; mirroring offline into {self.run_dir / 'wandb'} (sync later with `wandb sync`)"
+                self.warning = f"{first}; mirroring offline into {self.run_dir.wandb} (sync later with `wandb sync`)"
             except Exception as exc:
                 self.warning = f"{first}, nor offline ({type(exc).__name__}); W&B mirror off, local records kept"
         else:
@@ -211,7 +136,7 @@ class RunRecorder:
         s = self.wandb_settings
         return wandb.init(
             project=s.get("project"), entity=s.get("entity"), group=s.get("group"), tags=s.get("tags") or None,
-            mode=mode, dir=str(self.run_dir), config=self.config, name=self.run_dir.name, id=s.get("id"),
+            mode=mode, dir=str(self.run_dir.path), config=self.config, name=self.run_dir.path.name, id=s.get("id"),
             resume="allow", settings=wandb.Settings(init_timeout=s.get("init_timeout", 10)),
         )
 

@@ -13,7 +13,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .rundir import HYDRA_SUBDIR, Preexisting, remove_unused_sweep_dir
-from nepenthe.tracking import STATUS_FILE, read_status
+from nepenthe.rundir import STATUS_FILE
+from nepenthe.tracking import read_status
 
 
 class RecordPreexistingDirs(Callback):

@@ -16,7 +16,8 @@ from nepenthe.data.fashion_mnist import DEBIAN_DIR, prepare_fashion_mnist, raw_d
 from nepenthe.errors import ConfigError
 from nepenthe.experiment import Experiment
 from nepenthe.records import CollapseResult, RoundRecord, Summary
-from nepenthe.store import checkpoint_path, load_checkpoint
+from nepenthe.rundir import RunDir
+from nepenthe.store import load_checkpoint
 from nepenthe.tracking import read_rounds, read_summary
 
 UNITS_IN_ORDER = ["relu", "layers.0.0.relu1", "layers.0.0.relu2", "layers.1.0.relu1", "layers.1.0.relu2",
@@ -168,10 +169,25 @@ def test_resume_repairs_a_cut_off_last_line_and_removes_stale_temp_files(run_fas
 def test_resume_false_clears_every_output_of_the_previous_run(run_fast):
     _, run_dir = run_fast("stop.max_rounds=1")
     assert (run_dir / "collapsed.pt2").exists()
-    (run_dir / "collapse.json").write_text("{}")
+    # what an older run with other collapse settings shipped (ONNX, approximate and fine-tuned networks), its W&B
+    # mirror and a temporary file its kill left
+    older = ["collapse.json", "collapsed.onnx", "collapsed_approximate.pt2", "collapsed_approximate.onnx",
+             "collapsed_finetuned.pt2", "collapsed_finetuned.onnx", "wandb/run-1/x", ".summary.json.k2j4"]
+    for name in older:
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text("{}")
     run_fast("stop.max_rounds=1", "collapse.enabled=false", "resume=false", run_dir=run_dir)
-    assert not (run_dir / "collapsed.pt2").exists() and not (run_dir / "collapse.json").exists()
+    assert not (run_dir / "collapsed.pt2").exists() and not any((run_dir / name).exists() for name in older)
+    assert not (run_dir / "wandb").exists()
     assert read_summary(run_dir).status == "complete" and read_summary(run_dir).collapse is None
+
+
+def test_a_collapse_without_onnx_leaves_no_older_onnx_beside_its_network(run_fast):
+    _, run_dir = run_fast("stop.max_rounds=1")
+    (run_dir / "collapsed.onnx").write_text("an older run's network")
+    summary, _ = run_fast("stop.max_rounds=1", "resume=false", run_dir=run_dir)  # collapse.onnx=false (FAST)
+    assert summary.collapse.file == "collapsed.pt2" and summary.collapse.onnx_file is None
+    assert sorted(p.name for p in run_dir.glob("collapsed*")) == ["collapsed.pt2"]
 
 
 def test_bf16_autocast_and_channels_last_run_on_cpu(run_fast):
@@ -240,7 +256,7 @@ def test_an_easier_run_swaps_one_activation_per_round_and_collapse_drops_them(ru
     assert set(records[2].replaced_by_identity) <= dropped
     # a checkpoint reloads with its swaps: the restored model equals the run's model
     exp = Experiment(train.to_run_config(compose_config(list(SYNTHETIC) + FAST + ["pruning=easier"])))
-    model = exp.load_round(load_checkpoint(checkpoint_path(run_dir, 2)))
+    model = exp.load_round(load_checkpoint(RunDir(run_dir).checkpoint(2)))
     assert all(isinstance(model.get_submodule(n), torch.nn.Identity) for n in records[2].replaced_by_identity)
 
 

@@ -8,7 +8,8 @@ from nepenthe.errors import NepentheError
 from nepenthe.pruning.methods import Uniform, apply_plan
 from nepenthe.pruning.masks import remaining
 from nepenthe.records import RoundRecord
-from nepenthe.store import (DirStore, MemoryStore, checkpoint_path, compact_state, load_checkpoint, load_compact_state,
+from nepenthe.rundir import RunDir
+from nepenthe.store import (DirStore, MemoryStore, compact_state, load_checkpoint, load_compact_state,
                             restore_model, save_checkpoint)
 from test_methods import TwoUnitNet
 
@@ -33,7 +34,7 @@ def test_a_checkpoint_with_4kb_zeroed_inside_a_weight_is_refused_naming_the_fall
         load_checkpoint(path)
     assert str(info.value) == (f"checkpoint {path} is corrupt (its content does not match its SHA-256); delete it and "
                                f"re-run the command to resume from round_000.pt (the round before)")
-    assert load_checkpoint(checkpoint_path(tmp_path, 0)).round == 0
+    assert load_checkpoint(RunDir(tmp_path).checkpoint(0)).round == 0
 
 
 def test_compact_checkpoint_state_round_trips_masks_and_outputs():
@@ -78,7 +79,7 @@ def test_a_schema_1_checkpoint_still_loads(tmp_path):
     meta = {"round": 0, "records": [{"round": 0, "val_acc": 50.0, "linearized": ["act1"]}], "config": {"seed": 0}}
     buffer = io.BytesIO()
     torch.save({**meta, "state": state, "masks": masks, "sha256": content_hash(state, masks, meta)}, buffer)
-    checkpoint_path(tmp_path, 0).parent.mkdir(parents=True)
-    checkpoint_path(tmp_path, 0).write_bytes(buffer.getvalue())
-    ckpt = load_checkpoint(checkpoint_path(tmp_path, 0))
+    RunDir(tmp_path).checkpoint(0).parent.mkdir(parents=True)
+    RunDir(tmp_path).checkpoint(0).write_bytes(buffer.getvalue())
+    ckpt = load_checkpoint(RunDir(tmp_path).checkpoint(0))
     assert ckpt.records[0].replaced_by_identity == ["act1"] and ckpt.records[0].val_acc == 50.0

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ..errors import NepentheError
 from ..report import format_collapse
-from ..tracking import COLLAPSE_REPORT_FILE as REPORT_FILE, atomic_write_text
+from ..atomic import atomic_write_text
+from ..rundir import RunDir
 from ..records import RUNTIMES
 from .merge import MERGES
 
@@ -65,12 +66,12 @@ def run(args: argparse.Namespace):
                                                                                    file=sys.stderr))
     result.run_dir, result.round, result.kept_test_acc = str(args.run_dir), record.round, record.test_acc
     result.k, result.N = record.k, record.N
-    atomic_write_text(out / REPORT_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic_write_text(RunDir(out).collapse_report, json.dumps(result.to_dict(), indent=2) + "\n")
     print(f"round {record.round} of {args.run_dir}: zero-entropy units {record.k}/{record.N}, "
           f"sparsity {100 * record.sparsity:.1f}%")
     for line in format_collapse(result, record.test_acc):
         print(line)
-    print(f"report: {out / REPORT_FILE}")
+    print(f"report: {RunDir(out).collapse_report}")
     return result
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
+from ..atomic import write_via_temp
 from ..errors import NepentheError
 from .graph import CollapseError
 
@@ -38,27 +37,13 @@ def _batch_free() -> Dim:
     return Dim("batch", min=1, max=MAX_BATCH)
 
 
-def _atomic(path: Path, write) -> Path:
-    """``write(tmp)`` then rename over ``path``: readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_collapsed(model: nn.Module, example_input: Tensor, path: str | Path) -> Path:
     """Export ``model`` for ``example_input``'s sample shape with a free batch size; written atomically."""
     try:
         program = torch.export.export(model.eval(), (example_input,), dynamic_shapes=({0: _batch_free()},))
     except Exception as exc:
         raise CollapseError(f"torch.export could not export the collapsed model ({type(exc).__name__}: {exc})") from exc
-    return _atomic(Path(path), lambda tmp: torch.export.save(program, tmp))
+    return write_via_temp(path, lambda tmp: torch.export.save(program, tmp))
 
 
 def load_collapsed(path: str | Path) -> nn.Module:
@@ -107,7 +92,7 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: str | Path) -> Pa
         onnx.checker.check_model(onnx.load(tmp))
 
     try:
-        return _atomic(Path(path), write)
+        return write_via_temp(path, write)
     except OnnxUnavailable:
         raise
     except Exception as exc:

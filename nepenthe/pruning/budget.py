@@ -20,12 +20,12 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, bad_option
 
 
 def check_ratio(ratio: float) -> float:
     if not (isinstance(ratio, (int, float)) and 0.0 < ratio < 1.0):
-        raise ConfigError(f"pruning.ratio={ratio!r} must lie strictly between 0 and 1 (e.g. 0.5)")
+        raise bad_option("pruning.ratio", ratio, "must lie strictly between 0 and 1 (e.g. 0.5)")
     return float(ratio)
 
 
@@ -44,7 +44,7 @@ ROUNDINGS = ("nearest", "floor")
 
 def check_rounding(rounding: str) -> str:
     if rounding not in ROUNDINGS:
-        raise ConfigError(f"pruning.rounding={rounding!r} is not valid; choose one of {', '.join(ROUNDINGS)}")
+        raise bad_option("pruning.rounding", rounding, f"is not valid; choose one of {', '.join(ROUNDINGS)}")
     return rounding
 
 

@@ -32,7 +32,7 @@ import torchvision
 from torch import Tensor, nn
 
 from .. import distributed
-from ..errors import ConfigError
+from ..errors import ConfigError, bad_option
 from ..units import find_module
 from ..wasserstein import max_sliced_wasserstein
 from .methods import Method, PruningPlan
@@ -214,17 +214,17 @@ class Lacoot(Method):
                  finetune_epochs: int = 0):
         self.ratio = ratio  # unused: LaCoOT prunes no weights
         if not (isinstance(lambda_reg, (int, float)) and lambda_reg >= 0):
-            raise ConfigError(f"pruning.lambda_reg={lambda_reg!r} must be >= 0 (the reference uses 0.1 to 9)")
+            raise bad_option("pruning.lambda_reg", lambda_reg, "must be >= 0 (the reference uses 0.1 to 9)")
         if not (isinstance(n_projections, int) and n_projections >= 1):
-            raise ConfigError(f"pruning.n_projections={n_projections!r} must be a positive integer (POT's default: 50)")
+            raise bad_option("pruning.n_projections", n_projections, "must be a positive integer (POT's default: 50)")
         if not (isinstance(p, (int, float)) and p >= 1):
-            raise ConfigError(f"pruning.p={p!r} must be >= 1 (the reference uses 2)")
+            raise bad_option("pruning.p", p, "must be >= 1 (the reference uses 2)")
         if order not in ORDERS:
-            raise ConfigError(f"pruning.order={order!r} is not valid; choose one of {', '.join(ORDERS)}")
+            raise bad_option("pruning.order", order, f"is not valid; choose one of {', '.join(ORDERS)}")
         if not (isinstance(max_drop, (int, float)) and max_drop >= 0):
-            raise ConfigError(f"pruning.max_drop={max_drop!r} must be >= 0 (validation accuracy points below dense)")
+            raise bad_option("pruning.max_drop", max_drop, "must be >= 0 (validation accuracy points below dense)")
         if not (isinstance(finetune_epochs, int) and finetune_epochs >= 0):
-            raise ConfigError(f"pruning.finetune_epochs={finetune_epochs!r} must be >= 0 (the reference: 0)")
+            raise bad_option("pruning.finetune_epochs", finetune_epochs, "must be >= 0 (the reference: 0)")
         self.lambda_reg, self.n_projections, self.p = float(lambda_reg), n_projections, float(p)
         self.finetune = finetune_epochs
         self.order, self.max_drop = order, float(max_drop)

@@ -18,7 +18,15 @@ def create_method(name: str, ratio: float = 0.5, **options) -> Method:
     """The method as its reference code runs it: ``create_method("egp")`` has EGP's probe settings
     (``method.probe``) and floor rounding. ``options`` are the method's own (``rounding`` for nepenthe/egp; LaCoOT's
     ``lambda_reg``, ``n_projections``, ``p``, ``units``, ``order``, ``max_drop``); an option a method lacks is an
-    error naming the ones it has."""
+    error naming the ones it has, and a bad value is named as it was passed here (``ratio=2``, ``lambda_reg=-1``)."""
+    try:
+        return build_method(name, ratio, options)
+    except ConfigError as exc:
+        raise exc.for_caller({"pruning.ratio": "ratio", **{f"pruning.{k}": k for k in options}}) from None
+
+
+def build_method(name: str, ratio: float, options: dict) -> Method:
+    """:func:`create_method` with errors in the config's words (``pruning.ratio``): what config validation uses."""
     if name not in METHODS:
         raise unknown_name("pruning method", name, METHODS)
     unknown = sorted(set(options) - set(method_options(name)))

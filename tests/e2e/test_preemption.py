@@ -10,7 +10,8 @@ import pytest
 import time
 from pathlib import Path
 
-from nepenthe.store import in_round_path, load_in_round
+from nepenthe.rundir import RunDir
+from nepenthe.store import load_in_round
 from nepenthe.tracking import read_rounds, read_summary
 
 from conftest import ROOT
@@ -50,7 +51,7 @@ def test_a_run_killed_mid_fine_tune_resumes_after_its_last_epoch_and_matches_an_
     deadline = time.monotonic() + 300
     while killed_at is None and victim.poll() is None and time.monotonic() < deadline:
         run_dir = run_dir_of(tmp_path / "victim")
-        if run_dir is not None and in_round_path(run_dir).is_file():
+        if run_dir is not None and RunDir(run_dir).in_round.is_file():
             saved = load_in_round(run_dir)
             # early in the round, so the kill lands well before the round completes even on a loaded machine
             if saved is not None and saved["round"] == 1 and 1 <= saved["fit"]["epoch"] <= 2:
@@ -69,8 +70,8 @@ def test_a_run_killed_mid_fine_tune_resumes_after_its_last_epoch_and_matches_an_
     lines = [line for line in resumed.stdout.splitlines() if line.startswith("resuming round 1 after epoch ")]
     assert len(lines) == 1, resumed.stdout
     assert killed_at <= int(lines[0].split("epoch ")[1].split("/")[0]) <= EPOCHS, (killed_at, lines)
-    assert f"/{EPOCHS} from {in_round_path(run_dir)}" in lines[0]
-    assert not in_round_path(run_dir).exists()  # removed once the round completed
+    assert f"/{EPOCHS} from {RunDir(run_dir).in_round}" in lines[0]
+    assert not RunDir(run_dir).in_round.exists()  # removed once the round completed
 
     out, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, out[-2000:]
@@ -91,7 +92,7 @@ def test_a_requeue_or_preemption_signal_saves_at_the_next_batch_and_the_run_resu
     sent = False
     while not sent and victim.poll() is None and time.monotonic() < deadline:
         run_dir = run_dir_of(tmp_path / "victim")
-        if run_dir is not None and in_round_path(run_dir).is_file():
+        if run_dir is not None and RunDir(run_dir).in_round.is_file():
             saved = load_in_round(run_dir)
             if saved is not None and saved["round"] == 1 and saved["fit"]["epoch"] == 1:  # inside epoch 2 now
                 time.sleep(0.3)

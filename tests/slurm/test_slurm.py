@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from analysis.collect import local_runs, to_frame
-from nepenthe.store import in_round_path, load_in_round
+from nepenthe.rundir import RunDir
+from nepenthe.store import load_in_round
 from nepenthe.tracking import read_rounds, read_status, read_summary
 
 from conftest import ROOT
@@ -125,7 +126,7 @@ def wait_for_training(run_dir_glob, deadline_s: float = 300, process=None) -> Pa
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         for run_dir in run_dir_glob():
-            if in_round_path(run_dir).is_file() and load_in_round(run_dir) is not None:
+            if RunDir(run_dir).in_round.is_file() and load_in_round(run_dir) is not None:
                 return run_dir
         if process is not None and process.poll() is not None:
             raise AssertionError(f"the sweep ended before training started: {process.stderr.read()[-3000:]}")
