@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nepenthe.config import RunConfig, load_run_config
 from nepenthe.errors import NepentheError
@@ -27,21 +27,8 @@ from nepenthe.runlock import RunDirBusy
 from nepenthe.runner import run_experiment
 from nepenthe.rundir import RunDir
 from nepenthe.tracking import write_failure
-from nepenthe_cli import signals
-from nepenthe_cli.launchers import slurm_resource
-from nepenthe_cli.rundir import Preexisting, remove_unused_run_dir, run_id
-
-
-def visible_gpus() -> int:
-    """CUDA devices this process sees: what a local-launcher job should be allowed to see (conf/hydra/launcher)."""
-    import torch
-
-    return torch.cuda.device_count()
-
-
-OmegaConf.register_new_resolver("nepenthe_run_id", run_id, replace=True)
-OmegaConf.register_new_resolver("nepenthe_slurm", slurm_resource, replace=True)
-OmegaConf.register_new_resolver("nepenthe_visible_gpus", visible_gpus, replace=True)
+from nepenthe_cli import hydra_config, signals  # noqa: F401  (hydra_config: the schema and resolvers conf/ uses)
+from nepenthe_cli.rundir import Preexisting, remove_unused_run_dir
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
@@ -49,9 +36,10 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     return load_run_config(cfg)
 
 
-def execute(cfg: RunConfig, run_dir: str | Path, config_yaml: str) -> dict:
-    """Run (or resume) one experiment into ``run_dir``, printing the round table and summary; return the summary."""
-    return run_experiment(cfg, run_dir, config_yaml, reporter=ConsoleReporter())
+def execute(cfg: RunConfig, run_dir: str | Path):
+    """Run (or resume) one experiment into ``run_dir``, printing the round table and summary; return the summary.
+    Its config.yaml is the validated config: every method option resolved to the value the run uses."""
+    return run_experiment(cfg, run_dir, reporter=ConsoleReporter())
 
 
 def one_line(exc: BaseException) -> str:
@@ -66,7 +54,7 @@ def main(cfg: DictConfig):
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     signals.install()  # SIGUSR2/SIGTERM: stop at the next batch, save, then requeue (submitit) or exit
     try:
-        return execute(to_run_config(cfg), run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+        return execute(to_run_config(cfg), run_dir)
     except StopRequested as stop:  # never a failure: the run saved its place and resumes there
         signals.leave(stop, str(RunDir(run_dir).checkpoints))
     except KeyboardInterrupt:

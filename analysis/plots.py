@@ -30,6 +30,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from nepenthe.pruning.registry import METHODS  # noqa: E402
+
 from .tables import by_validation, label, method_order, pair_label, plain_dense  # noqa: E402
 
 FADED = 0.25  # alpha of rounds past the stop rule
@@ -48,9 +50,9 @@ def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(frame.groupby(["model", "dataset"]).groups)
 
 
-def _colours(frame: pd.DataFrame) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(method_order(frame["method"]))}
+def _colours(frame: pd.DataFrame) -> dict[str, str]:
+    """Each method's colour of its registry entry (unknown ones gray), in the papers' order."""
+    return {m: METHODS[m].colour if m in METHODS else "tab:gray" for m in method_order(frame["method"])}
 
 
 def _runs(g: pd.DataFrame):

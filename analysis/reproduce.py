@@ -37,7 +37,7 @@ def _compose(overrides: list[str], hydra_config: bool = False):
     from hydra.core.global_hydra import GlobalHydra
 
     sys.path.insert(0, str(ROOT))
-    import train  # noqa: F401  (registers the resolvers the config interpolates)
+    import nepenthe_cli.hydra_config  # noqa: F401  (the schema and resolvers the config uses)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

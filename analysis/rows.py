@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 
 import pandas as pd
 
+from nepenthe.pruning.registry import METHODS
 from nepenthe.records import CollapseResult, RoundRecord, Summary
 
 NAN = math.nan
@@ -159,9 +160,10 @@ def _final_fields(summary: Summary, kept_test_acc: float, precision: str) -> dic
 
 def regularised_dense(config: dict) -> bool:
     """Whether the run's dense round trains with a loss term of its method (LaCoOT's transport regulariser), so its
-    round 0 is not the plain dense network."""
+    round 0 is not the plain dense network: the method's registry entry says, from its options in the config."""
     pruning = config.get("pruning") or {}
-    return pruning.get("method") == "lacoot" and float(pruning.get("lambda_reg") or 0.0) > 0
+    entry = METHODS.get(pruning.get("method"))
+    return entry is not None and entry.regularises_dense(entry.resolved(pruning))
 
 
 def run_rows(run_id: str, config: dict, records: list[RoundRecord], summary: Summary | None) -> list[Row]:

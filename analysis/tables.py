@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nepenthe.pruning.registry import METHODS
+
 REFERENCE = Path(__file__).resolve().parent.parent / "experiments" / "reference"
 DATASET_LABELS = {"cifar10": "CIFAR-10", "tiny_imagenet": "Tiny-ImageNet-200", "pacs": "PACS", "vlcs": "VLCS",
                   "flowers102": "Flowers-102", "dtd": "DTD", "fgvc_aircraft": "Aircraft",
@@ -31,21 +33,20 @@ DATASET_LABELS = {"cifar10": "CIFAR-10", "tiny_imagenet": "Tiny-ImageNet-200", "
 MODEL_LABELS = {"resnet18_cifar": "ResNet-18", "resnet18_imagenet": "ResNet-18", "mobilenetv2_cifar": "MobileNetV2",
                 "mobilenetv2_imagenet": "MobileNetV2", "swin_t": "Swin-T", "vgg16_bn": "VGG-16-bn",
                 "compact_cnn": "compact CNN"}
-METHOD_LABELS = {"nepenthe": "NEPENTHE", "egp": "EGP", "easier": "EASIER", "lacoot": "LaCoOT", "imp": "IMP",
-                 "uniform": "uniform", "layerwise": "layer-wise magnitude", "none": "no pruning"}
 GROUP = ["model", "dataset", "method"]
 SPARSITY_TARGETS = (0.25, 0.5, 0.75, 0.9)
 MAC_BUDGETS = (1.0, 0.9, 0.75, 0.5)
 
 
 def label(kind: str, name: str) -> str:
-    labels = {"model": MODEL_LABELS, "dataset": DATASET_LABELS, "method": METHOD_LABELS}[kind]
-    return labels.get(name, name)
+    if kind == "method":  # the method's registry entry names it
+        return METHODS[name].label if name in METHODS else name
+    return {"model": MODEL_LABELS, "dataset": DATASET_LABELS}[kind].get(name, name)
 
 
 def method_order(methods) -> list[str]:
     """Methods in the papers' order (NEPENTHE, EGP, EASIER, LaCoOT, IMP, ...), unknown ones after, alphabetically."""
-    known = list(METHOD_LABELS)
+    known = list(METHODS)  # the registry's rank order
     return sorted(set(methods), key=lambda m: (known.index(m) if m in known else len(known), m))
 
 

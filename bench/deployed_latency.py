@@ -34,7 +34,7 @@ from nepenthe.collapse.measure import latency_by_runtime
 from nepenthe.collapse.pipeline import detached_copy
 from nepenthe.models import create_model
 from nepenthe.pruning.masks import make_permanent
-from nepenthe.records import RUNTIMES
+from nepenthe.choices import RUNTIMES
 from nepenthe.units import replace_by_identity
 
 INPUTS = {"compact_cnn": (1, 28, 28), "resnet18_cifar": (3, 32, 32), "mobilenetv2_cifar": (3, 32, 32)}

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from .config import StopConfig, check_stop
-from .entropy import LAYER_MEANS, POOLINGS, ZERO_STATES, check_choice, probe_units
-from .errors import ConfigError
+from .choices import LAYER_MEANS, POOLINGS, ZERO_STATES
+from .entropy import probe_units
+from .errors import ConfigError, check_choice
 from .inputs import check_percent
 from .loop import LoopResult, Reporter, run_rounds
 from .pruning.methods import Method

@@ -13,16 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .collapse.merge import MERGES
+from .choices import (DEVICES, LAYER_MEANS, LOGGER_MODES, LOGGERS, MERGES, OPTIMIZERS, POOLINGS, PRECISIONS,
+                      PROBE_SPLITS, RUNTIMES, SCHEDULES, ZERO_STATES)
 from .data import list_data
-from .data.registry import PROBE_SPLITS
-from .engine import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
-from .entropy import LAYER_MEANS, POOLINGS, ZERO_STATES, check_choice
-from .errors import ConfigError, bad_option, unknown_name
+from .errors import ConfigError, bad_option, check_choice, unknown_name
 from .models import is_known_model, list_models
-from .pruning.budget import check_ratio, check_rounding
-from .records import RUNTIMES
-from .pruning.registry import ENTROPY_BUDGET_METHODS, METHODS, method_options
+from .pruning.budget import check_ratio
+from .pruning.registry import METHODS, STOP_KEYS, method_entry
 
 
 @dataclass
@@ -40,17 +37,20 @@ class DatasetConfig:
 
 @dataclass
 class PruningConfig:
+    """``method`` and ``ratio``, then every method's own options. An option left null takes its method's default
+    (the ``Options`` dataclass of its class, declared in nepenthe/pruning/registry.py); validation writes it in, so
+    the resolved config and the records say the value used. Setting an option the method lacks is refused."""
+
     method: str = "nepenthe"
     ratio: float = 0.5  # fraction of the remaining prunable weights removed per round
-    rounding: str = "nearest"  # nepenthe/egp shares -> counts: nearest (total kept) | floor (EGP code's int())
-    # LaCoOT (pruning=lacoot; nepenthe/pruning/lacoot.py)
-    lambda_reg: float = 5.0  # weight of the transport regulariser (the reference: 5 for ResNet-18 on CIFAR-10)
-    n_projections: int = 50  # random directions per MSWD (POT's default)
-    p: float = 2.0  # the Wasserstein order
-    units: Optional[list[Any]] = None  # null: the model's preset; else module paths or [module, output] pairs
-    order: str = "by_val_mswd"  # by_val_mswd | deepest_first
-    max_drop: float = 1.0  # removal stops before validation accuracy falls more than this below dense
-    finetune_epochs: int = 0  # fine-tuning after each removal (the reference: none)
+    rounding: Optional[str] = None  # nepenthe/egp: shares -> counts, nearest (nepenthe) | floor (egp: the code's int())
+    # LaCoOT (pruning=lacoot; nepenthe/pruning/lacoot.py LacootOptions says what each does)
+    lambda_reg: Optional[float] = None
+    n_projections: Optional[int] = None
+    p: Optional[float] = None
+    units: Optional[list[Any]] = None
+    order: Optional[str] = None
+    finetune_epochs: Optional[int] = None
 
 
 @dataclass
@@ -190,25 +190,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise unknown_name("model", cfg.model.name, list_models())
     if cfg.dataset.name not in list_data():
         raise unknown_name("dataset", cfg.dataset.name, list_data())
-    if cfg.pruning.method not in METHODS:
-        raise unknown_name("pruning method", cfg.pruning.method, METHODS)
-    if cfg.pruning.method not in ("none", "lacoot"):  # their ratio is unused
-        check_ratio(cfg.pruning.ratio)
-    check_rounding(cfg.pruning.rounding)
-    if cfg.pruning.rounding != "nearest" and cfg.pruning.method not in ENTROPY_BUDGET_METHODS:
-        raise ConfigError(f"pruning.rounding={cfg.pruning.rounding!r} applies to the entropy budget only "
-                          f"({', '.join(ENTROPY_BUDGET_METHODS)}); pruning.method={cfg.pruning.method!r} has none")
-    defaults = PruningConfig()
-    for key in pruning_method_keys():
-        if key not in method_options(cfg.pruning.method) and getattr(cfg.pruning, key) != getattr(defaults, key):
-            owners = [m for m in METHODS if key in method_options(m)]
-            raise ConfigError(f"pruning.{key}={getattr(cfg.pruning, key)!r} applies to {', '.join(owners)} only; "
-                              f"pruning.method={cfg.pruning.method!r} has no such option")
-    create_method_from(cfg.pruning)  # the method checks its own options (one message naming the value)
+    check_method_settings(cfg)
     check_choice("hardware.device", cfg.hardware.device, DEVICES)
-    check_choice("hardware.precision", cfg.hardware.precision, tuple(PRECISIONS))
-    check_choice("logger.name", cfg.logger.name, ("none", "wandb"))
-    check_choice("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
+    check_choice("hardware.precision", cfg.hardware.precision, PRECISIONS)
+    check_choice("logger.name", cfg.logger.name, LOGGERS)
+    check_choice("logger.mode", cfg.logger.mode, LOGGER_MODES)
     check_choice("train.schedule", cfg.train.schedule, SCHEDULES)
     check_choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
     check_choice("entropy.zero_state", cfg.entropy.zero_state, ZERO_STATES)
@@ -255,13 +241,64 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def check_method_settings(cfg: RunConfig) -> None:
+    """The chosen method's registry entry decides: a setting it does not honour (``pruning.ratio`` of a method that
+    prunes by no ratio, another method's option, a stop key its stop rule ignores) is refused, never ignored; its own
+    options are checked by building it, and their defaults are written into ``cfg.pruning``."""
+    pruning, entry = cfg.pruning, method_entry(cfg.pruning.method)
+    if entry.uses_ratio:
+        check_ratio(pruning.ratio)
+    elif pruning.ratio != PruningConfig.ratio:
+        raise ConfigError(f"pruning.ratio={pruning.ratio!r} does not apply to {entry.name}, which prunes by no ratio; "
+                          f"leave it at {PruningConfig.ratio}", "pruning.ratio")
+    for key in pruning_method_keys():
+        value = getattr(pruning, key)
+        if value is not None and key not in entry.option_names:
+            owners = [name for name, e in METHODS.items() if key in e.option_names]
+            raise ConfigError(f"pruning.{key}={value!r} applies to {', '.join(owners)} only; pruning.method="
+                              f"{pruning.method!r} has no such option", f"pruning.{key}")
+    for key in STOP_KEYS:
+        if key not in entry.stop_keys and getattr(cfg.stop, key) != getattr(StopConfig, key):
+            raise ConfigError(f"stop.{key}={getattr(cfg.stop, key)!r} does not apply to {entry.name}, whose stop rule "
+                              f"honours {', '.join(f'stop.{k}' for k in entry.stop_keys) or 'no stop key'}",
+                              f"stop.{key}")
+    options = entry.resolved({k: getattr(pruning, k) for k in entry.option_names})
+    for key in entry.option_names:
+        setattr(pruning, key, getattr(options, key))
+    create_method_from(pruning)  # the method checks its own options (one message naming the value)
+
+
+# What every run's config.yaml held for each method option before methods declared their own (so a run of another
+# method wrote LaCoOT's defaults too): such a value in a stored config means "not set" (upgrade_stored_config).
+_STORED_OPTION_DEFAULTS = {"rounding": "nearest", "lambda_reg": 5.0, "n_projections": 50, "p": 2.0, "units": None,
+                           "order": "by_val_mswd", "finetune_epochs": 0}
+
+
+def upgrade_stored_config(data: dict) -> dict:
+    """A config.yaml written before methods were declared once: other methods' option defaults become unset, and
+    LaCoOT's own ``pruning.max_drop`` (the only bound its removals honoured) becomes ``stop.max_drop``."""
+    pruning = data.get("pruning") or {}
+    max_drop = pruning.pop("max_drop", None)
+    if max_drop is not None and pruning.get("method") == "lacoot":
+        data.setdefault("stop", {})["max_drop"] = max_drop
+    method = pruning.get("method", PruningConfig.method)
+    takes = METHODS[method].option_names if method in METHODS else ()
+    for key, old in _STORED_OPTION_DEFAULTS.items():
+        if key in pruning and key not in takes and pruning[key] == old:
+            pruning[key] = None
+    return data
+
+
 def load_run_config(data) -> RunConfig:
-    """Type-check a config (a dict, DictConfig or YAML file path) against :class:`RunConfig` and validate it."""
+    """Type-check a config (a dict, DictConfig or YAML file path) against :class:`RunConfig` and validate it. A file
+    is a stored run's config.yaml: one written by an older version is upgraded first (:func:`upgrade_stored_config`)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        loaded = OmegaConf.load(data) if isinstance(data, (str, Path)) else data
+        if isinstance(data, (str, Path)):
+            data = upgrade_stored_config(OmegaConf.to_container(OmegaConf.load(data), resolve=True))
+        loaded = data
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), loaded)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)  # OmegaConf knows which key failed; its first line does not say
@@ -279,18 +316,21 @@ def create_method_from(pruning: PruningConfig):
     """The configured method with the options it takes (``rounding`` for nepenthe/egp, LaCoOT's own)."""
     from .pruning.registry import build_method
 
-    options = {k: getattr(pruning, k) for k in pruning_method_keys() if k in method_options(pruning.method)}
-    return build_method(pruning.method, pruning.ratio, options)
+    options = {k: getattr(pruning, k) for k in method_entry(pruning.method).option_names}
+    return build_method(pruning.method, pruning.ratio, {k: v for k, v in options.items() if v is not None})
 
 
 def semantic_dict(cfg: RunConfig) -> dict:
     """The config without the keys in :data:`NON_SEMANTIC_KEYS`, and without method options the chosen method does
     not take (they change nothing it does; runs written before those options existed keep their identity)."""
     data = asdict(cfg)
+    takes = method_entry(cfg.pruning.method).option_names
     for key in pruning_method_keys():
-        # rounding was in every run's identity before methods had options of their own: kept, so those runs resume
-        if key not in method_options(cfg.pruning.method) and key != "rounding":
+        if key not in takes and key != "rounding":
             data["pruning"].pop(key)
+    # rounding was in every run's identity before methods had options of their own (as "nearest" where the method
+    # has none): kept so, so that those runs resume
+    data["pruning"]["rounding"] = data["pruning"]["rounding"] or "nearest"
     for key in NON_SEMANTIC_KEYS:
         *parents, leaf = key.split(".")
         node = data

@@ -14,11 +14,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed, interrupt
+from .choices import DEVICES, OPTIMIZERS, SCHEDULES
 from .errors import ConfigError, NonFiniteLossError
 
-SCHEDULES = ("cosine", "multistep", "constant")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # hardware.precision (choices.PRECISIONS) -> autocast dtype
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,9 +40,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = False,

@@ -17,22 +17,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .errors import ConfigError, NonFiniteInputError, bad_option
+from .choices import LAYER_MEANS, LAYOUTS, POOLINGS, ZERO_STATES
+from .errors import ConfigError, NonFiniteInputError, check_choice
 from .inputs import input_mismatch
 from .units import Unit, activation_modules, unit_layouts, units_without_rectifier
 
-ZERO_STATES = ("off", "on", "drop")
-LAYER_MEANS = ("nonconstant", "all")
-POOLINGS = ("dataset", "batch")
-LAYOUTS = ("auto", "channels_first", "channels_last")
 
 _LN2 = math.log(2.0)
-
-
-def check_choice(option: str, value: str, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise bad_option(option, value, f"is not valid; choose one of {', '.join(valid)}")
-    return value
 
 
 def binary_entropy(p: Tensor) -> Tensor:

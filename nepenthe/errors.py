@@ -29,6 +29,12 @@ def bad_option(option: str, value, requirement: str) -> ConfigError:
     return ConfigError(f"{option}={value!r} {requirement}", option)
 
 
+def check_choice(option: str, value, valid: tuple[str, ...]):
+    if value not in valid:
+        raise bad_option(option, value, f"is not valid; choose one of {', '.join(valid)}")
+    return value
+
+
 class DataError(NepentheError, FileNotFoundError):
     """A data root is missing, incomplete or corrupt."""
 

@@ -16,10 +16,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .choices import RUNTIMES
 from .errors import NepentheError
 
 SCHEMA_VERSION = 2  # 1: records written before this module existed (no "schema" key); 2: typed records
-RUNTIMES = ("eager", "compile", "onnxruntime")  # where latency is measured (nepenthe.collapse.measure)
 
 
 class RecordError(NepentheError):

@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # train.py lives at the repository root
@@ -37,6 +36,6 @@ def run_fast(tmp_path):
     def run(*extra, run_dir=None, data=SYNTHETIC):
         cfg = compose_config(data + FAST + list(extra))
         target = run_dir or tmp_path / "run"
-        return train.execute(train.to_run_config(cfg), target, OmegaConf.to_yaml(cfg)), target
+        return train.execute(train.to_run_config(cfg), target), target
 
     return run

@@ -7,6 +7,7 @@ import train
 from conftest import ROOT, SYNTHETIC, compose_config
 from nepenthe.config import NON_SEMANTIC_KEYS, is_non_semantic, semantic_dict
 from nepenthe.errors import ConfigError
+from nepenthe_cli.rundir import run_id
 
 GROUPS = {group: sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
           for group in ("model", "dataset", "pruning", "hardware", "logger", "experiment", "protocol", "scale")}
@@ -125,10 +126,10 @@ def test_total_finetune_epochs_are_shared_evenly_over_the_rounds():
 
 
 def test_one_list_of_non_semantic_keys_names_the_run_directory_and_the_identity():
-    assert train.run_id([]) == "default"
-    assert train.run_id(["seed=1", "pruning=imp", "progress=false", "collapse.merge=never", "logger.mode=online",
+    assert run_id([]) == "default"
+    assert run_id(["seed=1", "pruning=imp", "progress=false", "collapse.merge=never", "logger.mode=online",
                          "hardware.threads=2"]) == "pruning=imp,seed=1"
-    long = train.run_id(["x=" + "a/" * 200])
+    long = run_id(["x=" + "a/" * 200])
     assert len(long) == 193 and "/" not in long
     cfg = train.to_run_config(compose_config(["collapse.merge=never", "progress=false"]))
     identity = semantic_dict(cfg)

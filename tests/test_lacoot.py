@@ -121,8 +121,9 @@ def test_removal_order_by_validation_mswd_or_deepest_first_one_unit_per_round():
     done = history(distances) + [RoundRecord(round=4, val_acc=80.0, replaced_by_identity=list(distances))]
     assert method.plan(model, [], {}, done).is_empty
     assert Lacoot(order="deepest_first").plan(model, [], {}, history({})).identities == ["layers.3.1"]
-    stop = Lacoot(max_drop=0.5).stop_rule(nepenthe.config.StopConfig(max_drop=100, max_rounds=9), model)
-    assert (stop.max_drop, stop.max_rounds) == (0.5, 4)  # its own stop: one round per unit, its own bound
+    stop = Lacoot().stop_rule(nepenthe.config.StopConfig(max_drop=0.5, max_rounds=9), model)
+    assert (stop.max_drop, stop.max_rounds) == (0.5, 4)  # stop.max_drop, and at most one round per unit
+    assert Lacoot().stop_rule(nepenthe.config.StopConfig(max_rounds=2), model).max_rounds == 2
 
 
 def test_validation_mswd_is_measured_per_live_unit_and_reproducible():
@@ -142,7 +143,7 @@ def test_validation_mswd_is_measured_per_live_unit_and_reproducible():
     ({"n_projections": 0}, "pruning.n_projections=0 must be a positive integer"),
     ({"p": 0.5}, "pruning.p=0.5 must be >= 1"),
     ({"order": "random"}, "pruning.order='random' is not valid; choose one of by_val_mswd, deepest_first"),
-    ({"max_drop": -2.0}, "pruning.max_drop=-2.0 must be >= 0"),
+    ({"max_drop": 1.0}, "pruning method 'lacoot' takes no option(s) max_drop"),  # stop.max_drop is its bound
     ({"finetune_epochs": -1}, "pruning.finetune_epochs=-1 must be >= 0"),
     ({"units": [3]}, "pruning.units entry 3 is not valid"),
 ])
@@ -155,7 +156,7 @@ def test_a_lacoot_run_removes_blocks_in_order_and_collapses_them_away(run_fast):
     """python train.py pruning=lacoot model=resnet18_cifar dataset=synthetic: trained with the regulariser, blocks
     replaced one per round by validation MSWD while accuracy holds, and the collapse removes their layers."""
     summary, run_dir = run_fast("pruning=lacoot", "model=resnet18_cifar", "model.kwargs.width=4",
-                                "pruning.max_drop=100", "pruning.lambda_reg=0.5", "pruning.n_projections=10",
+                                "stop.max_drop=100", "stop.max_rounds=4", "pruning.lambda_reg=0.5", "pruning.n_projections=10",
                                 "dataset.kwargs.image_size=16", "dataset.kwargs.in_chans=3")
     records = read_rounds(run_dir)
     order = sorted(RESNET_UNITS, key=lambda u: (records[0].method_stats["val_mswd"][u], RESNET_UNITS.index(u)))
@@ -184,7 +185,7 @@ def test_lacoot_keeps_the_longest_prefix_of_removals_within_its_max_drop(run_fas
         return {"val_acc": value, "test_acc": value, "val_loss": 0.0, "test_loss": 0.0}
 
     monkeypatch.setattr(Experiment, "assess", assess)
-    summary, run_dir = run_fast("pruning=lacoot", "pruning.max_drop=1.0", "model.kwargs.blocks=2",
+    summary, run_dir = run_fast("pruning=lacoot", "stop.max_drop=1.0", "model.kwargs.blocks=2",
                                 "collapse.enabled=false", "pruning.n_projections=5")
     records = read_rounds(run_dir)
     assert [r.val_acc for r in records] == [90.0, 89.8, 89.4, 88.5]  # stopped at the first removal beyond 1 point
@@ -201,7 +202,7 @@ def test_the_compact_cnns_one_unit_is_removed_and_fine_tuned_without_a_regularis
     assert [u.module for u in method.units(model)] == ["layers.0.0"]
     replace_by_identity(model, ["layers.0.0"])
     assert [u.module for u in method.units(model)] == ["layers.0.0"] and method.loss_term(model) is None
-    summary, run_dir = run_fast("pruning=lacoot", "pruning.max_drop=100", "pruning.finetune_epochs=1",
+    summary, run_dir = run_fast("pruning=lacoot", "stop.max_drop=100", "pruning.finetune_epochs=1",
                                 "pruning.n_projections=5", "collapse.enabled=false")
     records = read_rounds(run_dir)
     assert [r.replaced_by_identity for r in records] == [[], ["layers.0.0"]]

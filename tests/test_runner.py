@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from omegaconf import OmegaConf
 
 import train
 from conftest import FAST, SYNTHETIC, compose_config
@@ -302,7 +301,7 @@ def test_quickstart_final_model_collapses_with_accuracy_unchanged(tmp_path):
     prepare_fashion_mnist(tmp_path / "data")
     cfg = compose_config(["experiment=quickstart", "progress=false", "hardware=cpu", "hardware.threads=2",
                           f"dataset.root={tmp_path / 'data'}"])
-    summary = train.execute(train.to_run_config(cfg), tmp_path / "run", OmegaConf.to_yaml(cfg))
+    summary = train.execute(train.to_run_config(cfg), tmp_path / "run")
     section = summary.collapse
     assert summary.k >= 1
     assert abs(section.test_acc - summary.final.test_acc) <= 0.1
@@ -323,7 +322,7 @@ def test_a_paper_protocol_at_smoke_scale_runs_on_its_real_data_layout(tmp_path):
     run = train.to_run_config(cfg)
     assert (run.seed, run.model.name, run.train.optimizer, run.train.lr, run.train.epochs) == (
         43, "resnet18_cifar", "sgd", 0.1, 1)  # the published protocol, shrunk only where the smoke variant says
-    summary = train.execute(run, tmp_path / "run", OmegaConf.to_yaml(cfg))
+    summary = train.execute(run, tmp_path / "run")
     records = read_rounds(tmp_path / "run")
     assert [r.round for r in records] == [0, 1, 2]
     # two rounds of ratio 0.5 over the unit layers leave 25 % of them; shortcuts and the classifier stay dense

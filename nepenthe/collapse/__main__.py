@@ -21,8 +21,7 @@ from ..errors import NepentheError
 from ..report import format_collapse
 from ..atomic import atomic_write_text
 from ..rundir import RunDir
-from ..records import RUNTIMES
-from .merge import MERGES
+from ..choices import MERGES, RUNTIMES
 
 
 def parse_args(argv=None) -> argparse.Namespace:

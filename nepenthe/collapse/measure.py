@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import NepentheError
-from ..records import RUNTIMES
+from ..choices import RUNTIMES
 from .export import OnnxRuntimeModel, export_onnx
 
 

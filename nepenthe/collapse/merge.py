@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from ..choices import MERGES
 from ..metrics import weight_layers_on_longest_path
 from .constants import FOLDABLE_ADDS, shrink_uniform
 from .graph import (add_buffer, conv_geometry, dense_conv_weight, exclusive_modules, fetch_attr, insert_after,
                     call_macs, module, only_user, shape)
 
-MERGES = ("cost", "depth", "always", "never", "approximate")
 DEPTH_FIRST = ("depth", "always")  # fewest layers, whatever the MACs
 
 

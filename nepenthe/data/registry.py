@@ -8,12 +8,10 @@ from typing import Callable
 
 import torch
 
+from ..choices import PROBE_SPLITS
 from ..errors import ConfigError, check_builder_kwargs, unknown_name
 from .loader import ArrayLoader, ImageSplit
 from .stream import FileLoader, FileSplit
-
-PROBE_SPLITS = ("train", "train_aug", "val", "test")
-
 
 @dataclass
 class DataBundle:

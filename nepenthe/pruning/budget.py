@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..choices import ROUNDINGS
 from ..errors import ConfigError, bad_option
 
 
@@ -37,9 +38,6 @@ def round_preserving_total(shares: Sequence[float], total: int) -> list[int]:
     for i in order[: max(leftover, 0)]:
         floors[i] += 1
     return floors
-
-
-ROUNDINGS = ("nearest", "floor")
 
 
 def check_rounding(rounding: str) -> str:

@@ -4,7 +4,7 @@ Training adds ``λ · mean over units of MSWD(unit input, unit output)`` to the 
 the max-sliced Wasserstein distance of :func:`nepenthe.max_sliced_wasserstein` between the batch of inputs and the
 batch of outputs of each unit, one flattened sample per point, fresh random directions every step, nothing detached.
 Then units are replaced by identities one per round, in order of their validation MSWD (``by_val_mswd``, smallest
-first) or deepest first, as long as validation accuracy stays within ``max_drop`` of dense; the kept model is the
+first) or deepest first, as long as validation accuracy stays within ``stop.max_drop`` of dense; the kept model is the
 longest such prefix of removals, and the collapse runs on it as for every method.
 
 A unit is a module replaced by ``nn.Identity`` on removal; its distance compares that module's input with the output
@@ -32,13 +32,12 @@ import torchvision
 from torch import Tensor, nn
 
 from .. import distributed
+from ..choices import ORDERS
 from ..errors import ConfigError, bad_option
 from ..units import find_module
 from ..wasserstein import max_sliced_wasserstein
 from .methods import Method, PruningPlan
-
-ORDERS = ("by_val_mswd", "deepest_first")
-
+from .registry import register_method
 
 @dataclass(frozen=True)
 class TransportUnit:
@@ -198,21 +197,37 @@ class TransportLoss:
 # the method
 
 
+@dataclass(frozen=True)
+class LacootOptions:
+    lambda_reg: float = 5.0  # weight of the transport regulariser (the reference: 5 for ResNet-18 on CIFAR-10)
+    n_projections: int = 50  # random directions per MSWD (POT's default)
+    p: float = 2.0  # the Wasserstein order
+    units: Sequence | None = None  # None: the model's preset; else module paths or [module, output] pairs
+    order: str = "by_val_mswd"  # by_val_mswd | deepest_first
+    finetune_epochs: int = 0  # fine-tuning after each removal (the reference: none)
+
+
+@register_method("LaCoOT", "tab:red", uses_ratio=False, rank=4,
+                 regularises_dense=lambda options: float(options.lambda_reg) > 0)
 class Lacoot(Method):
     """LaCoOT: trains with :class:`TransportLoss`, then replaces one unit per round by the identity (no weight
-    pruning), ordered by validation MSWD (or deepest first), while validation accuracy stays within ``max_drop``.
+    pruning), ordered by validation MSWD (or deepest first), while validation accuracy stays within
+    ``stop.max_drop`` of dense.
 
-    Its stop rule is its own: at most one round per unit, the kept model the longest prefix of removals within
-    ``max_drop`` points of dense (``stop.max_rounds`` and ``stop.max_drop`` do not apply); each removal is
-    fine-tuned ``finetune_epochs`` epochs (0, as the reference; ``finetune.*`` sets the schedule)."""
+    At most one round per unit (``stop.max_rounds`` caps it further); the kept model is the longest prefix of
+    removals within ``stop.max_drop`` points of dense; each removal is fine-tuned ``finetune_epochs`` epochs (0, as
+    the reference; ``finetune.*`` sets the schedule)."""
 
     name = "lacoot"
+    Options: type = LacootOptions
     MEASURE_SEED = 20_406_089  # the validation MSWD's random directions: fixed, so records reproduce
 
-    def __init__(self, ratio: float = 0.5, *, lambda_reg: float = 5.0, n_projections: int = 50, p: float = 2.0,
-                 units: Sequence | None = None, order: str = "by_val_mswd", max_drop: float = 1.0,
-                 finetune_epochs: int = 0):
+    def __init__(self, ratio: float = 0.5, **options):
         self.ratio = ratio  # unused: LaCoOT prunes no weights
+        self.options = self.make_options(options)
+        o = self.options
+        lambda_reg, n_projections, p, order, finetune_epochs = (o.lambda_reg, o.n_projections, o.p, o.order,
+                                                                o.finetune_epochs)
         if not (isinstance(lambda_reg, (int, float)) and lambda_reg >= 0):
             raise bad_option("pruning.lambda_reg", lambda_reg, "must be >= 0 (the reference uses 0.1 to 9)")
         if not (isinstance(n_projections, int) and n_projections >= 1):
@@ -221,14 +236,12 @@ class Lacoot(Method):
             raise bad_option("pruning.p", p, "must be >= 1 (the reference uses 2)")
         if order not in ORDERS:
             raise bad_option("pruning.order", order, f"is not valid; choose one of {', '.join(ORDERS)}")
-        if not (isinstance(max_drop, (int, float)) and max_drop >= 0):
-            raise bad_option("pruning.max_drop", max_drop, "must be >= 0 (validation accuracy points below dense)")
         if not (isinstance(finetune_epochs, int) and finetune_epochs >= 0):
             raise bad_option("pruning.finetune_epochs", finetune_epochs, "must be >= 0 (the reference: 0)")
         self.lambda_reg, self.n_projections, self.p = float(lambda_reg), n_projections, float(p)
         self.finetune = finetune_epochs
-        self.order, self.max_drop = order, float(max_drop)
-        self.declared = parse_units(units) if units else None
+        self.order = order
+        self.declared = parse_units(o.units) if o.units else None
 
     def units(self, model: nn.Module) -> list[TransportUnit]:
         units = self.declared if self.declared is not None else preset_units(model)
@@ -296,7 +309,7 @@ class Lacoot(Method):
         return PruningPlan(identities=remaining[:1])
 
     def stop_rule(self, stop, model: nn.Module):
-        return replace(stop, max_drop=self.max_drop, max_rounds=len(self.units(model)), target_zero_units=None)
+        return replace(stop, max_rounds=min(stop.max_rounds, len(self.units(model))))
 
     def finetune_epochs(self, configured: int) -> int:
         return self.finetune  # after a removal: none by default, as the reference

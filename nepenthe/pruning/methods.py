@@ -6,7 +6,7 @@ A plan is data, so it can be recorded, tested against hand-computed numbers and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Mapping, Sequence
 
 from torch import nn
@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..units import RECTIFIERS, Unit, find_module, replace_by_identity, weight_layer_names
 from .budget import (check_ratio, check_rounding, global_magnitude_allocation, nepenthe_allocation, smallest_counts,
                      uniform_allocation)
+from .registry import register_method
 from .masks import mean_abs_nonzero, nonzero_remaining, prune_smallest, remaining, remaining_magnitudes
 
 
@@ -46,18 +47,44 @@ class ProbeSettings:
     batch_size: int | None = None  # None: the training batch size (per-batch pooling depends on it)
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """A method without options of its own."""
+
+
+@dataclass(frozen=True)
+class BudgetOptions:
+    """NEPENTHE's budget: shares → weight counts by ``nearest`` (the counts sum to the budget) or ``floor`` (the EGP
+    code's ``int()`` per layer)."""
+
+    rounding: str = "nearest"
+
+
+@dataclass(frozen=True)
+class EgpOptions(BudgetOptions):
+    rounding: str = "floor"
+
+
 class Method:
     """Turns (model, units, entropy stats, the records so far) into a :class:`PruningPlan`. A method may also add a
     term to the training loss (:meth:`loss_term`), measure what its plan needs (:meth:`measure`) and stop on its
-    own terms (:meth:`stop_rule`)."""
+    own terms (:meth:`stop_rule`). Its own options are the fields of ``Options`` (a dataclass: the one place their
+    defaults are written; ``pruning/registry.py`` declares the rest of what is known about the method)."""
 
     name = "base"
     probe = ProbeSettings()
+    Options: type = NoOptions
 
-    def __init__(self, ratio: float, **options):
+    def __init__(self, ratio: float = 0.5, **options):
         self.ratio = check_ratio(ratio)
-        if options:
-            raise ConfigError(f"pruning method {self.name!r} takes no option(s) {', '.join(sorted(options))}")
+        self.options = self.make_options(options)
+
+    @classmethod
+    def make_options(cls, options: dict):
+        unknown = sorted(set(options) - {f.name for f in fields(cls.Options)})
+        if unknown:
+            raise ConfigError(f"pruning method {cls.name!r} takes no option(s) {', '.join(unknown)}")
+        return cls.Options(**options)
 
     def plan(self, model: nn.Module, units: list[Unit], stats: Mapping[str, LayerStats],
              history: Sequence = ()) -> PruningPlan:
@@ -99,17 +126,18 @@ def split_over_layers(model: nn.Module, layers: tuple[str, ...], n: int) -> dict
     return dict(zip(layers, counts))
 
 
+@register_method("NEPENTHE", "tab:blue", rank=1)
 class Nepenthe(Method):
     """Entropy-guided budget (docs/DESIGN.md step 5); zero-entropy units are frozen. Remaining weights are counted as the
     EGP code does (alive and ``w != 0``), so a unit whose alive weights are all exactly zero is skipped. Entropy as the
     NEPENTHE paper specifies it, measured consistently: pooled over the whole clean training set."""
 
     name = "nepenthe"
-    default_rounding = "nearest"
+    Options: type = BudgetOptions
 
-    def __init__(self, ratio: float, rounding: str | None = None):
-        super().__init__(ratio)
-        self.rounding = check_rounding(rounding or self.default_rounding)
+    def __init__(self, ratio: float = 0.5, **options):
+        super().__init__(ratio, **options)
+        self.rounding = check_rounding(self.options.rounding)
 
     def prunable(self, model, units, stats) -> tuple[list[Unit], list[str]]:
         alive = [u for u in units if unit_nonzero(model, u) > 0]
@@ -134,16 +162,18 @@ class Nepenthe(Method):
         return plan
 
 
+@register_method("EGP", "tab:orange", rank=2)
 class Egp(Nepenthe):
     """EGP as its code runs: the same entropy-weighted budget with each share truncated by ``int()`` (floor), and
     its code's entropy: ON iff z > 0, mean over non-constant neurons, per-batch values averaged over the augmented
     training loader at the training batch size."""
 
     name = "egp"
-    default_rounding = "floor"
+    Options: type = EgpOptions
     probe = ProbeSettings(zero_state="off", layer_mean="nonconstant", pooling="batch", split="train_aug")
 
 
+@register_method("EASIER", "tab:green", uses_ratio=False, rank=3)
 class Easier(Method):
     """EASIER: no weight pruning; each round the lowest-entropy activation still in place becomes the identity —
     or, as in the EASIER code, every activation at exactly zero entropy at once when there are several."""
@@ -162,6 +192,7 @@ class Easier(Method):
         return PruningPlan(identities=[lowest.name])
 
 
+@register_method("IMP", "tab:purple", rank=5)
 class GlobalMagnitude(Method):
     """IMP: the ``ratio`` smallest surviving weights over every conv/linear layer (shortcuts, classifier too)."""
 
@@ -173,6 +204,7 @@ class GlobalMagnitude(Method):
         return PruningPlan(counts=dict(zip(layers, counts)))
 
 
+@register_method("uniform", "tab:brown", rank=6)
 class Uniform(Method):
     """Layer-wise magnitude pruning: the same ``ratio`` of surviving weights in every unit's layers."""
 
@@ -187,6 +219,7 @@ class Uniform(Method):
         return PruningPlan(counts=dict(zip(layers, counts)))
 
 
+@register_method("layer-wise magnitude", "tab:pink", rank=7)
 class LayerwiseMagnitude(Uniform):
     """Layer-wise magnitude pruning over every conv/linear layer (shortcuts and classifier included)."""
 
@@ -196,13 +229,15 @@ class LayerwiseMagnitude(Uniform):
         return weight_layer_names(model)
 
 
+@register_method("no pruning", "tab:gray", uses_ratio=False, rank=8)
 class NoPruning(Method):
     """Dense control: trains once and measures entropy, prunes nothing."""
 
     name = "none"
 
-    def __init__(self, ratio: float = 0.5):
+    def __init__(self, ratio: float = 0.5, **options):
         self.ratio = ratio  # unused: nothing is pruned
+        self.options = self.make_options(options)
 
     def plan(self, model, units, stats, history=()) -> PruningPlan:
         return PruningPlan()

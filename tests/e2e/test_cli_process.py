@@ -117,8 +117,8 @@ def test_run_dir_dot_in_a_checkout_keeps_every_file(tmp_path):
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     (tmp_path / "notes.md").write_text("mine")
-    result = run_train("hydra.run.dir=.", "seed=abc", cwd=tmp_path)
-    assert result.returncode == 2 and "seed: Value 'abc'" in result.stderr
+    result = run_train("hydra.run.dir=.", "pruning.ratio=1.5", cwd=tmp_path)
+    assert result.returncode == 2 and "pruning.ratio=1.5 must lie strictly between 0 and 1" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "notes.md"]
     assert (tmp_path / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
 
