@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from nepenthe.data.loader import ArrayLoader, ImageSplit
-from nepenthe.engine import make_optimizer, train_one_epoch
+from nepenthe.config import TrainConfig
+from nepenthe.engine import TrainingPlan, make_optimizer, train_one_epoch
 from nepenthe.models import create_model
 from nepenthe.units import WEIGHT_LAYERS
 
@@ -156,8 +157,8 @@ def bench_model(name: str, args) -> dict[str, float]:
         step_model = torch.compile(model) if compiled else model
 
         def run(model=step_model, optimizer=optimizer, channels_last=channels_last):
-            train_one_epoch(model, engine_loader, optimizer, device=device, amp_dtype=amp,
-                            channels_last=channels_last)
+            plan = TrainingPlan(TrainConfig(epochs=1), device=device, amp_dtype=amp, channels_last=channels_last)
+            train_one_epoch(model, engine_loader, optimizer, plan)
             return len(split)
 
         variants[label] = run

@@ -18,14 +18,14 @@ __version__ = "0.1.0"
 
 # the function is exported as collapse_model: the name ``nepenthe.collapse`` stays the subpackage, so that
 # ``import nepenthe.collapse.pipeline as p`` and ``python -m nepenthe.collapse`` keep working
-from .api import prune  # noqa: E402
+from .api import PruneSetup, prune  # noqa: E402
 from .collapse import CollapseError, load_collapsed, save_collapsed  # noqa: E402
 from .collapse import collapse as collapse_model  # noqa: E402
 from .collapse.measure import latency_ms, latency_stats  # noqa: E402
-from .config import RunConfig, load_run_config  # noqa: E402
+from .config import RunConfig, StopConfig, load_run_config  # noqa: E402
 from .data import create_data, list_data  # noqa: E402
 from .discovery import distinct_activations, model_units  # noqa: E402
-from .entropy import EntropyProbe, LayerStats, measure_entropy, probe_units  # noqa: E402
+from .entropy import EntropyProbe, LayerStats, ProbeSettings, measure_entropy, probe_units  # noqa: E402
 from .errors import ConfigError, DataError, NepentheError  # noqa: E402
 from .experiment import restore_run  # noqa: E402
 from .loop import LoopResult, Reporter, RoundLoop, run_rounds  # noqa: E402
@@ -41,8 +41,8 @@ from .wasserstein import max_sliced_wasserstein  # noqa: E402
 
 __all__ = [
     "CollapseError", "CollapseReport", "CollapseResult", "ConfigError", "ConsoleReporter", "DataError", "EntropyProbe",
-    "FailureStatus", "LayerStats", "LoopResult", "METHODS", "NepentheError", "PruningPlan", "Reporter", "RoundLoop",
-    "RoundRecord", "RunConfig", "Summary", "Unit", "activation_modules", "apply_plan", "collapse_model", "cost_report",
+    "FailureStatus", "LayerStats", "LoopResult", "METHODS", "NepentheError", "ProbeSettings", "PruneSetup",
+    "PruningPlan", "Reporter", "RoundLoop", "RoundRecord", "RunConfig", "StopConfig", "Summary", "Unit", "activation_modules", "apply_plan", "collapse_model", "cost_report",
     "create_data", "create_method", "create_model", "distinct_activations", "latency_ms", "latency_stats",
     "list_data", "list_models", "load_collapsed", "load_run_config", "max_sliced_wasserstein", "measure_entropy",
     "model_units", "probe_units", "prune", "register_model", "replace_by_identity", "restore_run", "run_experiment",

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from .choices import (DEVICES, LAYER_MEANS, LOGGER_MODES, LOGGERS, MERGES, OPTIMIZERS, POOLINGS, PRECISIONS,
                       PROBE_SPLITS, RUNTIMES, SCHEDULES, ZERO_STATES)
 from .data import list_data
+from .entropy import ProbeSettings
 from .errors import ConfigError, bad_option, check_choice, unknown_name
 from .models import is_known_model, list_models
 from .pruning.budget import check_ratio
@@ -99,16 +100,6 @@ class FinetuneConfig:
 
 
 @dataclass
-class EntropyConfig:
-    zero_state: str = "off"
-    layer_mean: str = "nonconstant"
-    pooling: str = "dataset"
-    split: str = "train"  # train (no augmentation) | train_aug (reference codes) | val | test
-    batch_size: int = 512
-    max_batches: Optional[int] = None
-
-
-@dataclass
 class StopConfig:
     max_drop: float = 1.0  # accuracy points below dense (validation) a kept round may lose
     max_rounds: int = 10
@@ -149,7 +140,7 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    entropy: EntropyConfig = field(default_factory=EntropyConfig)
+    entropy: ProbeSettings = field(default_factory=ProbeSettings)
     stop: StopConfig = field(default_factory=StopConfig)
     collapse: CollapseConfig = field(default_factory=CollapseConfig)
     eval_batch_size: int = 512
@@ -197,10 +188,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     check_choice("logger.mode", cfg.logger.mode, LOGGER_MODES)
     check_choice("train.schedule", cfg.train.schedule, SCHEDULES)
     check_choice("train.optimizer", cfg.train.optimizer, OPTIMIZERS)
-    check_choice("entropy.zero_state", cfg.entropy.zero_state, ZERO_STATES)
-    check_choice("entropy.layer_mean", cfg.entropy.layer_mean, LAYER_MEANS)
-    check_choice("entropy.pooling", cfg.entropy.pooling, POOLINGS)
-    check_choice("entropy.split", cfg.entropy.split, PROBE_SPLITS)
+    if cfg.entropy.batch_size is None:  # the training batch size, written in so the records say it
+        cfg.entropy.batch_size = cfg.train.batch_size
+    cfg.entropy.check()
     _positive("train.epochs", cfg.train.epochs, allow_zero=True)
     _positive("train.batch_size", cfg.train.batch_size)
     _positive("train.lr", cfg.train.lr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from .collapse.export import OnnxRuntimeModel, export_onnx, onnx_relative_diff
 from .collapse.measure import latency_by_runtime
 from .collapse.pipeline import detached_copy
 from .collapse.verify import outputs, relative_diff
-from .engine import TrainingPlan, fit, seed_everything
+from .engine import fit, seed_everything
 from .entropy import LayerStats
 from .errors import NepentheError, NonFiniteLossError
 from .metrics import cost_report
@@ -105,8 +106,8 @@ def finetune_collapsed(exp, network: nn.Module) -> nn.Module:
         parameter.requires_grad_(True)
     plan = exp.training_plan(1)
     lr = c.finetune.lr or cfg.finetune.lr or cfg.train.lr
-    plan = TrainingPlan(**{**vars(plan), "epochs": c.finetune.epochs, "lr": lr, "desc": "collapsed fine-tune",
-                           "compile": False, "milestones": ()})
+    plan = replace(plan, train=replace(plan.train, epochs=c.finetune.epochs, lr=lr, milestones=[]),
+                   desc="collapsed fine-tune", compile=False)
     seed_everything(cfg.seed * 1000 + FINETUNE_SEED_OFFSET)
     fit(tuned, exp.train_loader, plan)
     return tuned.eval()

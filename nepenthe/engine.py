@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, interrupt
 from .choices import DEVICES, OPTIMIZERS, SCHEDULES
+from .config import TrainConfig
 from .errors import ConfigError, NonFiniteLossError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # hardware.precision (choices.PRECISIONS) -> autocast dtype
@@ -90,18 +91,12 @@ class LossTerm(Protocol):
 
 @dataclass(frozen=True)
 class TrainingPlan:
-    """Everything one fit does: schedule, optimizer, where and in which precision (built by the caller once, e.g.
-    ``Experiment.training_plan``). A fresh optimizer and schedule per fit: the reference protocol rewinds both."""
+    """Everything one fit does: the optimizer and schedule settings (``train``, a
+    :class:`~nepenthe.config.TrainConfig`: the config's own type, its ``batch_size`` belongs to the loader) and where
+    and how it runs. Built by the caller once (``Experiment.training_plan``). A fresh optimizer and schedule per fit:
+    the reference protocol rewinds both."""
 
-    epochs: int
-    lr: float
-    optimizer: str = "sgd"  # sgd | adam | adamw
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "cosine"  # cosine | multistep | constant
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
+    train: TrainConfig
     device: torch.device = torch.device("cpu")
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
@@ -118,19 +113,20 @@ class _Stopped(Exception):
         self.signum, self.batches, self.sums = signum, batches, sums
 
 
-def train_one_epoch(model, loader, optimizer, *, device, amp_dtype=None, channels_last=False, progress=False,
-                    desc="train", check_every=50, loss_term: LossTerm | None = None, skip: int = 0,
-                    sums: dict | None = None) -> dict:
-    """One epoch. ``skip`` batches are drawn (the loader's random stream advances as before) but not trained on, and
-    ``sums`` continue an epoch that stopped there. A stop requested by a signal (:mod:`nepenthe.interrupt`) ends the
-    epoch after the batch in progress with :class:`_Stopped`."""
+def train_one_epoch(model, loader, optimizer, plan: TrainingPlan, *, desc: str | None = None, check_every=50,
+                    loss_term: LossTerm | None = None, skip: int = 0, sums: dict | None = None) -> dict:
+    """One epoch, where and how ``plan`` says (device, precision, memory format, progress bar). ``skip`` batches are
+    drawn (the loader's random stream advances as before) but not trained on, and ``sums`` continue an epoch that
+    stopped there. A stop requested by a signal (:mod:`nepenthe.interrupt`) ends the epoch after the batch in
+    progress with :class:`_Stopped`."""
+    device, amp_dtype, channels_last = plan.device, plan.amp_dtype, plan.channels_last
     model.train()
     sums = sums or {}
     loss_sum = torch.tensor(sums.get("loss", 0.0), device=device, dtype=torch.float64)
     term_sum = torch.tensor(sums.get("term", 0.0), device=device, dtype=torch.float64)
     correct = torch.tensor(sums.get("correct", 0), device=device, dtype=torch.long)
     seen = int(sums.get("seen", 0))
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, initial=skip)
+    bar = tqdm(loader, desc=desc or plan.desc, leave=False, disable=not plan.progress, initial=skip)
     for step, (x, y) in enumerate(bar):
         if step < skip:
             continue  # trained before the stop: drawn again so that the rest of the epoch sees the same batches
@@ -209,7 +205,7 @@ def set_rng_state(state: dict) -> None:
 
 def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epoch_end=None,
         loss_term: LossTerm | None = None, wrap=None) -> dict:
-    """Train ``plan.epochs`` epochs with a fresh optimizer and schedule; returns ``train_loss``, ``train_acc``,
+    """Train ``plan.train.epochs`` epochs with a fresh optimizer and schedule; returns ``train_loss``, ``train_acc``,
     ``epochs`` (and ``train_term``, the loss term's mean over the last epoch, when there is one).
 
     ``on_epoch_end(state)`` receives, after every epoch, what continuing needs besides the model's own state
@@ -221,11 +217,11 @@ def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epo
     is attached to the model for this fit and its value added to every batch's loss. ``wrap(model)`` gives the module
     that trains (``DistributedDataParallel`` in a distributed run); the state always belongs to ``model``.
     """
-    if plan.epochs < 0:
-        raise ConfigError(f"epochs={plan.epochs} must be >= 0")
-    optimizer = make_optimizer(model, plan.lr, plan.momentum, plan.weight_decay, plan.nesterov, plan.optimizer,
+    if plan.train.epochs < 0:
+        raise ConfigError(f"epochs={plan.train.epochs} must be >= 0")
+    optimizer = make_optimizer(model, plan.train.lr, plan.train.momentum, plan.train.weight_decay, plan.train.nesterov, plan.train.optimizer,
                                plan.device)
-    scheduler = make_scheduler(optimizer, plan.schedule, plan.epochs, plan.milestones, plan.gamma)
+    scheduler = make_scheduler(optimizer, plan.train.schedule, plan.train.epochs, plan.train.milestones, plan.train.gamma)
     step_model = wrap(model) if wrap is not None else model
     step_model = torch.compile(step_model) if plan.compile else step_model
     last = {"loss": float("nan"), "acc": float("nan")}
@@ -241,23 +237,22 @@ def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epo
 
     def state(epoch_done: int, **partial) -> dict:
         # copies: the live optimizer buffers keep changing after this point
-        return {"epoch": epoch_done, "epochs": plan.epochs, "optimizer": copy.deepcopy(optimizer.state_dict()),
+        return {"epoch": epoch_done, "epochs": plan.train.epochs, "optimizer": copy.deepcopy(optimizer.state_dict()),
                 "scheduler": copy.deepcopy(scheduler.state_dict()), "rng": rng_state(), "last": dict(last), **partial}
 
     try:
-        for epoch in range(start, plan.epochs):
+        for epoch in range(start, plan.train.epochs):
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(plan.first_epoch + epoch)
             try:
-                last = train_one_epoch(step_model, loader, optimizer, device=plan.device, amp_dtype=plan.amp_dtype,
-                                       channels_last=plan.channels_last, progress=plan.progress,
-                                       desc=f"{plan.desc} {epoch + 1}/{plan.epochs}", loss_term=loss_term,
+                last = train_one_epoch(step_model, loader, optimizer, plan,
+                                       desc=f"{plan.desc} {epoch + 1}/{plan.train.epochs}", loss_term=loss_term,
                                        skip=skip, sums=sums)
             except _Stopped as stop:
                 if on_epoch_end is not None:
                     on_epoch_end(state(epoch, batch=stop.batches, sums=stop.sums))
                 interrupt.clear()
-                raise interrupt.StopRequested(stop.signum, f"in {plan.desc} at epoch {epoch + 1}/{plan.epochs}, "
+                raise interrupt.StopRequested(stop.signum, f"in {plan.desc} at epoch {epoch + 1}/{plan.train.epochs}, "
                                                            f"batch {stop.batches}/{len(loader)}") from None
             skip, sums = 0, None
             scheduler.step()
@@ -267,7 +262,7 @@ def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epo
     finally:
         if loss_term is not None:
             loss_term.detach()
-    result = {"train_loss": last["loss"], "train_acc": last["acc"], "epochs": plan.epochs}
+    result = {"train_loss": last["loss"], "train_acc": last["acc"], "epochs": plan.train.epochs}
     if "term" in last:
         result["train_term"] = last["term"]
     return result

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .choices import LAYER_MEANS, LAYOUTS, POOLINGS, ZERO_STATES
+from .choices import LAYER_MEANS, LAYOUTS, POOLINGS, PROBE_SPLITS, ZERO_STATES
 from .errors import ConfigError, NonFiniteInputError, check_choice
 from .inputs import input_mismatch
 from .units import Unit, activation_modules, unit_layouts, units_without_rectifier
@@ -114,6 +114,27 @@ class LayerStats:
         }
 
 
+@dataclass
+class ProbeSettings:
+    """How entropy is measured (docs/DESIGN.md steps 1-3), one type for all who say it: the config's ``entropy.*``
+    group, a method's reference-code settings (``Method.probe``; ``pruning=<method>`` puts the same values in the
+    config) and the library's ``probe=`` arguments."""
+
+    zero_state: str = "off"  # off (EGP code) | on (EASIER code) | drop (NEPENTHE paper)
+    layer_mean: str = "nonconstant"  # nonconstant (EGP code) | all (EASIER code)
+    pooling: str = "dataset"  # dataset | batch (per-batch values averaged, both reference codes)
+    split: str = "train"  # train (no augmentation) | train_aug (the reference codes' training loader) | val | test
+    batch_size: Optional[int] = 512  # None: the training batch size (per-batch pooling depends on it)
+    max_batches: Optional[int] = None  # None: the whole split
+
+    def check(self) -> "ProbeSettings":
+        check_choice("entropy.zero_state", self.zero_state, ZERO_STATES)
+        check_choice("entropy.layer_mean", self.layer_mean, LAYER_MEANS)
+        check_choice("entropy.pooling", self.pooling, POOLINGS)
+        check_choice("entropy.split", self.split, PROBE_SPLITS)
+        return self
+
+
 class _Counter:
     """Per-activation accumulators; created lazily on the first batch so the device and width are known."""
 
@@ -169,21 +190,14 @@ class EntropyProbe:
     >>> probe.stats()["relu"].entropy
     """
 
-    def __init__(
-        self,
-        activations: Mapping[str, nn.Module],
-        *,
-        zero_state: str = "off",
-        layer_mean: str = "nonconstant",
-        pooling: str = "dataset",
-        layouts: Mapping[str, str] | None = None,
-    ):
-        self.zero_state = check_choice("entropy.zero_state", zero_state, ZERO_STATES)
-        self.layer_mean = check_choice("entropy.layer_mean", layer_mean, LAYER_MEANS)
-        self.pooling = check_choice("entropy.pooling", pooling, POOLINGS)
+    def __init__(self, activations: Mapping[str, nn.Module], settings: ProbeSettings | None = None,
+                 layouts: Mapping[str, str] | None = None):
+        settings = (settings or ProbeSettings()).check()
+        self.zero_state, self.layer_mean, self.pooling = settings.zero_state, settings.layer_mean, settings.pooling
         layouts = dict(layouts or {})
         for name, layout in layouts.items():
             check_choice(f"layout of {name}", layout, LAYOUTS)
+        self.max_batches = settings.max_batches
         self.activations = dict(activations)
         self._counters = {name: _Counter(layouts.get(name, "auto")) for name in self.activations}
         self._handles: list = []
@@ -251,25 +265,18 @@ class EntropyProbe:
 
 
 @torch.no_grad()
-def measure_entropy(
-    model: nn.Module,
-    activations: Mapping[str, nn.Module],
-    batches: Iterable,
-    *,
-    device: torch.device | str = "cpu",
-    zero_state: str = "off",
-    layer_mean: str = "nonconstant",
-    pooling: str = "dataset",
-    layouts: Mapping[str, str] | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    max_batches: int | None = None,
-    progress: bool = False,
-) -> dict[str, LayerStats]:
-    """One eval-mode, no-grad pass over ``batches`` (``(x, y)`` pairs or bare inputs); the mode is restored after."""
+def measure_entropy(model: nn.Module, activations: Mapping[str, nn.Module], batches: Iterable,
+                    settings: ProbeSettings | None = None, *, device: torch.device | str = "cpu",
+                    layouts: Mapping[str, str] | None = None, autocast_dtype: torch.dtype | None = None,
+                    progress: bool = False) -> dict[str, LayerStats]:
+    """One eval-mode, no-grad pass over ``batches`` (``(x, y)`` pairs or bare inputs; at most
+    ``settings.max_batches``); the mode is restored after. ``settings.split`` and ``batch_size`` are for whoever
+    builds ``batches``."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    probe = EntropyProbe(activations, zero_state=zero_state, layer_mean=layer_mean, pooling=pooling, layouts=layouts)
+    probe = EntropyProbe(activations, settings, layouts)
+    max_batches = probe.max_batches
     try:
         with probe:
             limited = (b for i, b in enumerate(batches) if max_batches is None or i < max_batches)
@@ -290,14 +297,15 @@ def measure_entropy(
     return probe.stats()
 
 
-def probe_units(model: nn.Module, units: list[Unit], batches: Iterable, **options) -> dict[str, LayerStats]:
+def probe_units(model: nn.Module, units: list[Unit], batches: Iterable, settings: ProbeSettings | None = None,
+                **options) -> dict[str, LayerStats]:
     """Entropy of every unit (:func:`measure_entropy` with the units' layouts; ``options`` go there). A unit whose
     rectifier was replaced by an identity, or removed with its block, is not hooked and counts as a zero-entropy unit
     with every neuron ON."""
     gone = set(units_without_rectifier(model, units))
     live = [u for u in units if u.name not in gone]
-    stats = (measure_entropy(model, activation_modules(model, live), batches, layouts=unit_layouts(live), **options)
-             if live else {})
+    stats = (measure_entropy(model, activation_modules(model, live), batches, settings, layouts=unit_layouts(live),
+                             **options) if live else {})
     for name in gone:
         stats[name] = LayerStats(name, torch.ones(0, dtype=torch.float64), 0.0, 0)
     return {u.name: stats[u.name] for u in units}

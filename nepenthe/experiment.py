@@ -78,14 +78,12 @@ class Experiment:
         """Dense training (round 0) or a round's fine-tuning, as configured."""
         cfg, ft, hw = self.cfg, self.cfg.finetune, self.cfg.hardware
         dense = round_index == 0
-        return TrainingPlan(
-            epochs=self.epochs_for(round_index), lr=cfg.train.lr if dense or ft.lr is None else ft.lr,
-            optimizer=cfg.train.optimizer, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay,
-            nesterov=cfg.train.nesterov, schedule=cfg.train.schedule,
-            milestones=tuple(cfg.train.milestones if dense or ft.milestones is None else ft.milestones),
-            gamma=cfg.train.gamma, device=self.device, amp_dtype=self.amp, channels_last=hw.channels_last,
-            compile=hw.compile, progress=cfg.progress, desc="dense" if dense else f"round {round_index}",
-            first_epoch=round_index * 10_000)
+        train = replace(cfg.train, epochs=self.epochs_for(round_index),
+                        lr=cfg.train.lr if dense or ft.lr is None else ft.lr,
+                        milestones=list(cfg.train.milestones if dense or ft.milestones is None else ft.milestones))
+        return TrainingPlan(train, device=self.device, amp_dtype=self.amp, channels_last=hw.channels_last,
+                            compile=hw.compile, progress=cfg.progress,
+                            desc="dense" if dense else f"round {round_index}", first_epoch=round_index * 10_000)
 
     def fit(self, round_index: int, checkpoints: EpochCheckpoints) -> dict:
         """Train the round (the method's loss term included), saving after every epoch and resuming mid-round; in a
@@ -105,8 +103,7 @@ class Experiment:
         return probe_units(
             model if model is not None else self.model, self.units,
             self.data.probe_loader(e.split, e.batch_size, seed=self.cfg.seed, device=self.data_device),
-            device=self.device, zero_state=e.zero_state, layer_mean=e.layer_mean, pooling=e.pooling,
-            autocast_dtype=self.amp, max_batches=e.max_batches, progress=self.cfg.progress)
+            e, device=self.device, autocast_dtype=self.amp, progress=self.cfg.progress)
 
     def method_stats(self, model=None) -> dict:
         """What the method measures for its plan, on the validation split at the (global) training batch size."""

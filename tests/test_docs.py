@@ -38,7 +38,7 @@ def test_the_library_never_imports_hydra_and_exports_a_documented_api():
 
     code = "import sys, nepenthe; print('hydra' in sys.modules, 'wandb' in sys.modules, len(nepenthe.__all__))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout.split()
-    assert out == ["False", "False", "44"]
+    assert out == ["False", "False", "47"]
     import nepenthe
 
     import nepenthe.collapse.pipeline as pipeline  # the subpackage is not shadowed by the exported function
@@ -84,8 +84,9 @@ def test_prune_with_a_run_dir_checkpoints_and_resumes(tmp_path):
         with torch.no_grad():
             return {"val_acc": 50.0, "test_acc": float((m(x).argmax(1) == y).float().mean() * 100)}
 
-    kwargs = dict(train=train, evaluate=evaluate, probe_batches=[(x, y)], max_rounds=2, max_drop=100.0,
-                  run_dir=tmp_path / "mine", train_dense=True)
+    kwargs = dict(train=train, evaluate=evaluate, probe_batches=[(x, y)],
+                  stop=nepenthe.StopConfig(max_rounds=2, max_drop=100.0),
+                  setup=nepenthe.PruneSetup(run_dir=tmp_path / "mine", train_dense=True))
     first = nepenthe.prune(model, **kwargs)
     assert calls == [0, 1, 2] and [r.round for r in read_rounds(tmp_path / "mine")] == [0, 1, 2]
     # NEPENTHE's budget: round 1 removes half of the two units' 96 + 256 weights; the head (48) stays dense

@@ -1,6 +1,7 @@
 """The training engine's options: epoch callbacks that resume exactly, device-resident batches, torch.compile."""
 
 import signal
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from torch.nn.utils import prune
 
 from nepenthe.data.loader import ArrayLoader, ImageSplit
 from nepenthe import interrupt
+from nepenthe.config import TrainConfig
 from nepenthe.engine import TrainingPlan, fit
 from nepenthe.models import create_model
 
@@ -28,7 +30,7 @@ def loader():
     return ArrayLoader(split, 32, (0.5,), (0.25,), shuffle=True, augment=("crop", "flip"), seed=3)
 
 
-PLAN = TrainingPlan(epochs=3, lr=0.05, schedule="cosine", device=torch.device("cpu"))
+PLAN = TrainingPlan(TrainConfig(epochs=3, lr=0.05, schedule="cosine"), device=torch.device("cpu"))
 
 
 def test_fit_resumed_from_an_epoch_callback_ends_where_an_uninterrupted_fit_ends():
@@ -63,9 +65,9 @@ def test_device_resident_loader_yields_the_same_batches():
 @pytest.mark.timeout(600)
 def test_compiled_training_matches_eager_and_leaves_the_module_as_it_was():
     eager, compiled = pruned_cnn(), pruned_cnn()
-    one = TrainingPlan(epochs=1, lr=0.05, schedule="cosine", device=torch.device("cpu"))
+    one = TrainingPlan(TrainConfig(epochs=1, lr=0.05, schedule="cosine"), device=torch.device("cpu"))
     expected = fit(eager, loader(), one)
-    got = fit(compiled, loader(), TrainingPlan(**{**vars(one), "compile": True}))
+    got = fit(compiled, loader(), replace(one, compile=True))
     assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-4)
     assert list(compiled.state_dict()) == list(eager.state_dict())  # no _orig_mod. prefix: checkpoints unchanged
     for name, m in compiled.named_modules():

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from nepenthe.entropy import EntropyProbe, binary_entropy, layer_entropy, measure_entropy, on_probability
+from nepenthe.entropy import (EntropyProbe, ProbeSettings, binary_entropy, layer_entropy, measure_entropy,
+                              on_probability)
 from nepenthe.errors import ConfigError
 
 
@@ -14,7 +15,7 @@ def h(p):
 
 def probe_stats(z, *, layout="auto", act=None, **options):
     act = act or nn.ReLU()
-    with EntropyProbe({"a": act}, layouts={"a": layout}, **options) as probe:
+    with EntropyProbe({"a": act}, ProbeSettings(**options), layouts={"a": layout}) as probe:
         act(z)
     return probe.stats()["a"]
 
@@ -79,14 +80,14 @@ def test_all_zero_input_with_drop_counts_nothing_and_is_identity():
 
 def test_batch_pooling_averages_per_batch_layer_values():
     act = nn.ReLU()
-    with EntropyProbe({"a": act}, pooling="batch") as probe:
+    with EntropyProbe({"a": act}, ProbeSettings(pooling="batch")) as probe:
         act(torch.tensor([[1.0, 1.0], [-1.0, 1.0]]))  # batch 1: neuron0 p=1/2 (1 bit), neuron1 constant
         act(torch.tensor([[1.0, 1.0], [1.0, -1.0], [1.0, -1.0], [1.0, -1.0]]))  # neuron1 p=1/4
     stats = probe.stats()["a"]
     assert stats.entropy == pytest.approx((1.0 + h(0.25)) / 2, abs=1e-12)
     # dataset-level counts are still kept: neuron0 5/6 ON, neuron1 3/6 ON
     assert stats.p_on.tolist() == pytest.approx([5 / 6, 3 / 6])
-    with EntropyProbe({"a": act}, pooling="dataset") as probe:
+    with EntropyProbe({"a": act}, ProbeSettings(pooling="dataset")) as probe:
         act(torch.tensor([[1.0, 1.0], [-1.0, 1.0]]))
         act(torch.tensor([[1.0, 1.0], [1.0, -1.0], [1.0, -1.0], [1.0, -1.0]]))
     assert probe.stats()["a"].entropy == pytest.approx((h(5 / 6) + 1.0) / 2, abs=1e-12)
@@ -121,7 +122,7 @@ def test_on_probability_is_nan_only_without_counted_states():
 
 def test_bad_option_names_the_value_and_the_choices():
     with pytest.raises(ConfigError, match=r"entropy.zero_state='maybe'.*off, on, drop"):
-        EntropyProbe({}, zero_state="maybe")
+        EntropyProbe({}, ProbeSettings(zero_state="maybe"))
 
 
 def test_probe_never_called_is_an_error():

@@ -38,9 +38,9 @@ def batches(n=3, fill=None, shape=(8, 1, 8, 8), dtype=torch.float32):
     return out
 
 
-def run(model, probe=None, evaluate=lambda m: 80.0, train=lambda m, r: None, **kwargs):
-    kwargs.setdefault("max_rounds", 1)
-    return nepenthe.prune(model, train=train, evaluate=evaluate, probe_batches=probe or batches(), **kwargs)
+def run(model, data=None, evaluate=lambda m: 80.0, train=lambda m, r: None, stop=None, **kwargs):
+    return nepenthe.prune(model, train=train, evaluate=evaluate, probe_batches=data or batches(),
+                          stop=stop or nepenthe.StopConfig(max_rounds=1), **kwargs)
 
 
 @pytest.mark.parametrize("act", [nn.Tanh, nn.SiLU])
@@ -68,7 +68,7 @@ def test_a_non_rectifier_beside_real_units_warns_once_and_stays():
 @pytest.mark.parametrize("fill", [math.nan, math.inf])
 def test_one_non_finite_value_in_the_probe_batches_stops_the_probe_with_one_line(fill):
     with pytest.raises(NonFiniteInputError) as info:
-        run(Net(), probe=batches(fill=fill))
+        run(Net(), data=batches(fill=fill))
     # the scalar at row 0, column 5 lies in the 3x3 windows of 2 x 3 output positions, in each of the 4 channels;
     # 3 batches x 8 images x 4 channels x 64 positions were seen
     assert str(info.value) == ("the input of activation 'act' held 24 NaN/Inf value(s) of 6144 during the probe pass: "
@@ -82,7 +82,7 @@ def test_nan_training_data_never_passes_for_zero_entropy_units():
             model.conv.weight.fill_(math.nan)
 
     with pytest.raises(NonFiniteInputError, match=r"^the input of activation 'act' held 6144 NaN/Inf value\(s\)"):
-        run(Net(), train=train_on_nan, train_dense=True)
+        run(Net(), train=train_on_nan, setup=nepenthe.PruneSetup(train_dense=True))
 
 
 def test_an_accuracy_given_as_a_fraction_is_refused_with_the_percent_it_meant():
@@ -101,31 +101,32 @@ def test_an_accuracy_given_as_a_fraction_is_refused_with_the_percent_it_meant():
 def test_flat_images_and_a_wrong_dtype_name_the_batch_and_what_the_first_layer_takes():
     with pytest.raises(ConfigError, match=r"^a probe batch of shape \[8, 64\] torch.float32 does not fit Net; its first "
                                           r"layer conv \(Conv2d\) takes \[B, 1, H, W\] torch.float32 \(RuntimeError: "):
-        run(Net(), probe=batches(shape=(8, 64)))
+        run(Net(), data=batches(shape=(8, 64)))
     with pytest.raises(ConfigError, match=r"^a probe batch of shape \[8, 1, 8, 8\] torch.float64 does not fit Net; "
                                           r"its first layer conv \(Conv2d\) takes \[B, 1, H, W\] torch.float32"):
-        run(Net(), probe=batches(dtype=torch.float64))
+        run(Net(), data=batches(dtype=torch.float64))
 
 
 def test_refusals_name_the_argument_as_the_library_caller_passed_it(tmp_path):
     with pytest.raises(ConfigError, match=r"^ratio=2.0 must lie strictly between 0 and 1"):
-        run(Net(), ratio=2.0)
-    with pytest.raises(ConfigError, match=r"^max_drop=-1 must be >= 0$"):
-        run(Net(), max_drop=-1)
-    with pytest.raises(ConfigError, match=r"^zero_state='maybe' is not valid; choose one of off, on, drop$"):
-        run(Net(), zero_state="maybe")
+        nepenthe.create_method("nepenthe", ratio=2.0)
+    with pytest.raises(ConfigError, match=r"^stop.max_drop=-1 must be >= 0$"):
+        run(Net(), stop=nepenthe.StopConfig(max_drop=-1))
+    with pytest.raises(ConfigError, match=r"^probe.zero_state='maybe' is not valid; choose one of off, on, drop$"):
+        run(Net(), probe=nepenthe.ProbeSettings(zero_state="maybe"))
     with pytest.raises(ConfigError, match=r"^lambda_reg=-1 must be >= 0"):
         nepenthe.create_method("lacoot", lambda_reg=-1)
-    run(Net(), run_dir=tmp_path, ratio=0.5)
-    with pytest.raises(ConfigError, match=r"holds a run of another config \(ratio: 0.5 -> 0.3\); use another run_dir "
-                                          r"or resume=false"):
-        run(Net(), run_dir=tmp_path, ratio=0.3)
+    in_dir = nepenthe.PruneSetup(run_dir=tmp_path)
+    run(Net(), setup=in_dir, method=nepenthe.create_method("nepenthe", ratio=0.5))
+    with pytest.raises(ConfigError, match=r"holds a run of another config \(ratio: 0.5 -> 0.3\); use another "
+                                          r"setup.run_dir or resume=false"):
+        run(Net(), setup=in_dir, method=nepenthe.create_method("nepenthe", ratio=0.3))
 
 
 def test_the_kept_model_comes_back_with_plain_weights_that_hold_the_pruned_zeros():
     torch.manual_seed(0)
     model = Net()
-    result = run(model, max_rounds=2, max_drop=100)
+    result = run(model, stop=nepenthe.StopConfig(max_rounds=2, max_drop=100))
     kept = result.model
     assert not any("weight_orig" in k or "weight_mask" in k for k in kept.state_dict())
     assert isinstance(kept.conv.weight, nn.Parameter)

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 from torch import nn
 
-from ..entropy import LayerStats
+from ..entropy import LayerStats, ProbeSettings
 from ..errors import ConfigError
 from ..units import RECTIFIERS, Unit, find_module, replace_by_identity, weight_layer_names
 from .budget import (check_ratio, check_rounding, global_magnitude_allocation, nepenthe_allocation, smallest_counts,
@@ -33,18 +33,6 @@ class PruningPlan:
     @property
     def is_empty(self) -> bool:
         return self.total == 0 and not self.identities
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """How a method's reference code measures entropy (docs/DESIGN.md steps 1-3); ``pruning=<method>`` in the CLI
-    sets the same ``entropy.*`` values (tests/test_config.py compares them)."""
-
-    zero_state: str = "off"  # off (EGP code) | on (EASIER code) | drop (NEPENTHE paper)
-    layer_mean: str = "nonconstant"  # nonconstant (EGP code) | all (EASIER code)
-    pooling: str = "dataset"  # dataset | batch (per-batch values averaged, both reference codes)
-    split: str = "train"  # train (no augmentation) | train_aug (the reference codes' training loader) | val | test
-    batch_size: int | None = None  # None: the training batch size (per-batch pooling depends on it)
 
 
 @dataclass(frozen=True)
@@ -170,7 +158,8 @@ class Egp(Nepenthe):
 
     name = "egp"
     Options: type = EgpOptions
-    probe = ProbeSettings(zero_state="off", layer_mean="nonconstant", pooling="batch", split="train_aug")
+    probe = ProbeSettings(zero_state="off", layer_mean="nonconstant", pooling="batch", split="train_aug",
+                          batch_size=None)
 
 
 @register_method("EASIER", "tab:green", uses_ratio=False, rank=3)
@@ -179,7 +168,7 @@ class Easier(Method):
     or, as in the EASIER code, every activation at exactly zero entropy at once when there are several."""
 
     name = "easier"
-    probe = ProbeSettings(zero_state="on", layer_mean="all", pooling="batch", split="train")
+    probe = ProbeSettings(zero_state="on", layer_mean="all", pooling="batch", split="train", batch_size=None)
 
     def plan(self, model, units, stats, history=()) -> PruningPlan:
         candidates = [u for u in units if isinstance(find_module(model, u.name), RECTIFIERS)]

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import ConfigError, unknown_name
 
 if TYPE_CHECKING:
-    from .methods import Method, ProbeSettings
+    from ..entropy import ProbeSettings
+    from .methods import Method
 
 STOP_KEYS = ("max_drop", "max_rounds", "target_zero_units", "continue_past_drop")
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from conftest import ROOT
 from nepenthe import distributed
-from nepenthe.entropy import measure_entropy
+from nepenthe.entropy import ProbeSettings, measure_entropy
 from nepenthe.tracking import read_rounds, read_summary
 
 pytestmark = pytest.mark.e2e  # subprocesses: in make test-all
@@ -49,7 +49,8 @@ def _probe_worker(rank: int, store: str, batches, out: str) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU())
     for pooling in ("dataset", "batch"):
-        stats = measure_entropy(model, {"1": model[1], "3": model[3]}, batches, pooling=pooling, zero_state="off")
+        stats = measure_entropy(model, {"1": model[1], "3": model[3]}, batches,
+                                ProbeSettings(pooling=pooling, zero_state="off"))
         torch.save({n: (s.p_on, s.entropy, s.positions) for n, s in stats.items()}, f"{out}.{pooling}.{rank}")
     dist.destroy_process_group()
 
@@ -62,7 +63,8 @@ def test_the_probe_counts_of_two_processes_are_the_single_process_counts(tmp_pat
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU())
     for pooling in ("dataset", "batch"):
-        alone = measure_entropy(model, {"1": model[1], "3": model[3]}, batches, pooling=pooling, zero_state="off")
+        alone = measure_entropy(model, {"1": model[1], "3": model[3]}, batches,
+                                ProbeSettings(pooling=pooling, zero_state="off"))
         for rank in (0, 1):  # every process ends with the counts of all the batches
             shared = torch.load(tmp_path / f"out.{pooling}.{rank}")
             for name, s in alone.items():
@@ -72,6 +74,7 @@ def test_the_probe_counts_of_two_processes_are_the_single_process_counts(tmp_pat
 
 
 def _batchnorm_fit_worker(rank: int, store: str, out: str) -> None:
+    from nepenthe.config import TrainConfig
     from nepenthe.engine import TrainingPlan, fit
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
@@ -80,7 +83,7 @@ def _batchnorm_fit_worker(rank: int, store: str, out: str) -> None:
     g = torch.Generator().manual_seed(10 + rank)  # each process trains on its own batches, as a shard would
     loader = [(torch.randn(8, 1, 9, 9, generator=g) * (1 + rank), torch.randint(0, 3, (8,), generator=g))
               for _ in range(3)]
-    fit(model, loader, TrainingPlan(epochs=2, lr=0.1, schedule="constant"), wrap=distributed.wrapper(
+    fit(model, loader, TrainingPlan(TrainConfig(epochs=2, lr=0.1, schedule="constant")), wrap=distributed.wrapper(
         torch.device("cpu"), sync_batchnorm=False))
     torch.save({name: b.clone() for name, b in model.named_buffers()}, f"{out}.{rank}")
     dist.destroy_process_group()
