@@ -8,7 +8,7 @@ scenario timed side by side in eager PyTorch, torch.compile and ONNX Runtime (CP
         --linearize features.2.conv.1.2,features.4.conv.1.2,features.5.conv.1.2 --merge cost depth
     python bench/deployed_latency.py --model resnet18_cifar --prune-conv1 layers.3.1 layers.2.1,layers.3.1
 
-``--run`` rebuilds a run from its directory (its kept checkpoint, a fresh probe) as ``python -m nepenthe.collapse``
+``--run`` rebuilds a run from its directory (its kept checkpoint, a fresh probe) as ``python -m nepenthe_cli.collapse``
 does and collapses it with each ``--merge`` mode. ``--linearize`` builds the registered ``--model`` with the named
 activations replaced by ``nn.Identity`` (what EASIER does to a unit it linearizes; comma-separated paths, one
 scenario per argument), ``--prune-conv1`` with the named blocks' ``conv1`` pruned to 100 % (what NEPENTHE's budget

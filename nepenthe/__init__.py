@@ -17,7 +17,7 @@ The library never imports Hydra; W&B is imported lazily inside ``tracking``.
 __version__ = "0.1.0"
 
 # the function is exported as collapse_model: the name ``nepenthe.collapse`` stays the subpackage, so that
-# ``import nepenthe.collapse.pipeline as p`` and ``python -m nepenthe.collapse`` keep working
+# ``import nepenthe.collapse.pipeline as p`` and ``python -m nepenthe_cli.collapse`` keep working
 from .api import PruneSetup, prune  # noqa: E402
 from .collapse import CollapseError, load_collapsed, save_collapsed  # noqa: E402
 from .collapse import collapse as collapse_model  # noqa: E402

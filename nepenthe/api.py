@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from . import distributed
 from .config import StopConfig, check_stop
 from .entropy import ProbeSettings, probe_units
 from .errors import ConfigError
@@ -36,6 +37,7 @@ class ModelSteps:
         self.train_dense = setup.train_dense
         self.device = torch.device(setup.device) if setup.device is not None else next(model.parameters()).device
         self.settings = probe
+        self.collective = distributed.current()  # torchrun around your script: the probe sums every process's counts
 
     def fit(self, round_index: int, checkpoints: EpochCheckpoints) -> dict:
         # your train() owns its epochs: nothing is checkpointed inside a round
@@ -46,10 +48,11 @@ class ModelSteps:
 
     def probe(self, model=None):
         return probe_units(model if model is not None else self.model, self.units, self.probe_batches, self.settings,
-                           device=self.device)
+                           device=self.device, collective=self.collective)
 
     def method_stats(self, model=None) -> dict:
-        return self.method.measure(model if model is not None else self.model, self.method_batches, self.device)
+        return self.method.measure(model if model is not None else self.model, self.method_batches, self.device,
+                                   self.collective)
 
     def assess(self, model=None) -> dict:
         result = self.evaluate(model if model is not None else self.model)

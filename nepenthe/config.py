@@ -152,7 +152,7 @@ class RunConfig:
 
 # Keys that change how a run is watched or post-processed, not what it trains: a resumed run may differ in them, and
 # the run directory's name leaves them out (train.py's run_id). A key matches itself and everything below it
-# (collapse settings only shape the end-of-run report; ``python -m nepenthe.collapse`` redoes it with others).
+# (collapse settings only shape the end-of-run report; ``python -m nepenthe_cli.collapse`` redoes it with others).
 NON_SEMANTIC_KEYS = ("progress", "resume", "logger", "hardware.threads", "hardware.data_on_device", "output_root",
                      "name", "collapse")
 

@@ -6,7 +6,7 @@ merges too (its error and accuracy measured on the test set, never assumed), and
 each network's latency side by side with the uncollapsed and the BN-folded-only models in every runtime
 (eager PyTorch, torch.compile, ONNX Runtime); and the files: ``collapsed.pt2`` and ``collapsed.onnx`` (verified in
 ONNX Runtime against the torch model), ``collapsed_approximate.*`` and ``collapsed_finetuned.*`` beside them.
-``run_experiment`` calls both after the loop; ``python -m nepenthe.collapse`` calls the same two on a saved run.
+``run_experiment`` calls both after the loop; ``python -m nepenthe_cli.collapse`` calls the same two on a saved run.
 """
 
 from __future__ import annotations

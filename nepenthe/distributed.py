@@ -11,7 +11,9 @@ What is split and what is not:
   the plan   is computed once (process 0) and sent to every process; the masks it leaves are compared across
              processes after every round (a difference is an error naming the processes);
   records, checkpoints, W&B and the collapse: process 0 only; a resumed run reads process 0's files, with any N.
-Outside a distributed launch every function here is a no-op, and nothing else in nepenthe needs to know.
+All of it goes through one object, a :class:`Collective`, handed to whoever needs it (the engine in its
+``TrainingPlan``, the probe, a method's ``measure``, the round loop): :data:`SINGLE` does nothing, so code written for
+one process is the code every process runs; :func:`join` returns the one for this process.
 """
 
 from __future__ import annotations
@@ -39,24 +41,183 @@ class Shard:
     world: int
 
 
+class Collective:
+    """One process alone: every operation is a no-op (its value returned as it is)."""
+
+    rank, world, backend = 0, 1, None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self) -> Shard | None:
+        """Which part of each global batch this process trains (None: all of it)."""
+        return None
+
+    def all_reduce_sum(self, tensors: list[torch.Tensor]) -> None:
+        """Add each tensor across processes, in place (same shapes and dtypes everywhere)."""
+
+    def broadcast(self, value, source: int = 0):
+        """``value`` as process ``source`` has it, on every process (any picklable object)."""
+        return value
+
+    def gather(self, value) -> list:
+        """Every process's ``value``, in rank order."""
+        return [value]
+
+    def my_batches(self, batches: Iterable) -> Iterable:
+        """The batches this process evaluates: every world-th one, from its rank on."""
+        return batches
+
+    def broadcast_buffers(self, model: torch.nn.Module, source: int = 0) -> None:
+        """Every buffer (batch norm's running statistics) as process ``source`` holds it, in place."""
+
+    def check_same(self, what: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Raise when the processes hold different ``tensors``."""
+
+    def outcome(self, action, *args):
+        """Run ``action`` on process 0 and share how it went: its value on every process, or its error raised on
+        every process (so the others do not wait for a process that gave up)."""
+        return action(*args)
+
+    def split_batch_size(self, batch_size: int) -> int:
+        return batch_size
+
+    def wrapper(self, device: torch.device, sync_batchnorm: bool):
+        """What ``engine.fit`` trains through (None: the model itself)."""
+        return None
+
+    def peer_failure(self, exc: BaseException, where) -> "DistributedError | None":
+        """The one error to report when ``exc`` says another process went away, or None."""
+        return None
+
+    def describe(self) -> str:
+        return "1 process"
+
+
+SINGLE = Collective()
+
+
+class ProcessGroup(Collective):
+    """This process in torch.distributed's default process group (torchrun, srun)."""
+
+    def __init__(self):
+        if not active():
+            raise DistributedError("no torch.distributed process group with more than one process is initialised")
+        self.rank, self.world, self.backend = dist.get_rank(), dist.get_world_size(), dist.get_backend()
+
+    def _device(self) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+
+    def shard(self) -> Shard:
+        return Shard(self.rank, self.world)
+
+    def all_reduce_sum(self, tensors: list[torch.Tensor]) -> None:
+        for t in tensors:
+            moved = t.to(self._device())
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            t.copy_(moved.to(t.device))
+
+    def broadcast_buffers(self, model: torch.nn.Module, source: int = 0) -> None:
+        # DDP hands process 0's buffers to the others before each forward, so after the last step of an epoch each
+        # process holds statistics updated by its own batches; without this, a sharded evaluation would score each
+        # shard with a slightly different model, and none of them the one process 0 saves
+        for buffer in model.buffers():
+            moved = buffer.to(self._device())
+            dist.broadcast(moved, src=source)
+            buffer.copy_(moved.to(buffer.device))
+
+    def my_batches(self, batches: Iterable) -> Iterable:
+        for i, batch in enumerate(batches):
+            if i % self.world == self.rank:
+                yield batch
+
+    def broadcast(self, value, source: int = 0):
+        box = [value if self.rank == source else None]
+        dist.broadcast_object_list(box, src=source, device=self._device() if self.backend == "nccl" else None)
+        return box[0]
+
+    def gather(self, value) -> list:
+        out = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
+    def check_same(self, what: str, tensors: dict[str, torch.Tensor]) -> None:
+        digest = hashlib.sha256()  # compared by a SHA-256 of their bytes
+        for name in sorted(tensors):
+            digest.update(name.encode())
+            digest.update(tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digests = self.gather(digest.hexdigest())
+        differ = [r for r, d in enumerate(digests) if d != digests[0]]
+        if differ:
+            raise DistributedError(f"the processes disagree on {what}: rank(s) {', '.join(map(str, differ))} differ "
+                                   f"from rank 0; they must hold the same model (was a process started with another "
+                                   f"config or checkpoint?)")
+
+    def outcome(self, action, *args):
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = action(*args)
+            except Exception as exc:  # whatever it is, the other processes must not wait for it
+                error = exc
+        shared = self.broadcast((result, None if error is None else (type(error).__name__, str(error),
+                                                                      isinstance(error, NepentheError))))
+        if error is not None:
+            raise error
+        if shared[1] is not None:
+            kind, message, ours = shared[1]
+            raise DistributedError(message if ours else f"process 0 failed: {kind}: {message}")
+        return shared[0]
+
+    def split_batch_size(self, batch_size: int) -> int:
+        """This process's part of a global batch; the global batch must split evenly."""
+        if batch_size % self.world:
+            raise ConfigError(f"train.batch_size={batch_size} (the global batch) must divide evenly across the "
+                              f"{self.world} processes; use a multiple of {self.world}")
+        return batch_size // self.world
+
+    def wrapper(self, device: torch.device, sync_batchnorm: bool):
+        def wrap(model: torch.nn.Module) -> torch.nn.Module:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if sync_batchnorm:
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+                if device.type == "cuda" else None
+            return DistributedDataParallel(model, device_ids=ids)
+
+        return wrap
+
+    def peer_failure(self, exc: BaseException, where) -> "DistributedError | None":
+        text = " ".join(str(exc).split())
+        transport = isinstance(exc, getattr(dist, "DistError", ())) or any(
+            word in text for word in ("gloo", "Gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe"))
+        if not (isinstance(exc, RuntimeError) and transport):
+            return None
+        reason = text.split("] ", 1)[-1].split(". ")[0][:160]
+        return DistributedError(f"process {self.rank} of {self.world}: another process of this distributed run "
+                                f"stopped ({reason}); the last checkpoints are in {where}: run the same command again "
+                                f"to resume (with any number of processes)")
+
+    def describe(self) -> str:
+        return f"{self.world} processes ({self.backend})"
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def rank() -> int:
-    return dist.get_rank() if active() else 0
+def current() -> Collective:
+    """The collective of this process as it stands: its process group when one is initialised, else SINGLE."""
+    return ProcessGroup() if active() else SINGLE
 
 
-def world() -> int:
-    return dist.get_world_size() if active() else 1
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def shard() -> Shard | None:
-    return Shard(rank(), world()) if active() else None
+def join(device: str) -> Collective:
+    """Join the process group a distributed launch (torchrun, srun) describes, and return this process's collective
+    (:data:`SINGLE` outside such a launch)."""
+    init_from_environment(device)
+    return current()
 
 
 def _environment() -> tuple[int, int, int] | None:
@@ -95,138 +256,6 @@ def init_from_environment(device: str, timeout_s: float = 600.0) -> bool:
 def finish() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
-    """Add each tensor across processes, in place (same shapes and dtypes everywhere)."""
-    if not active():
-        return
-    for t in tensors:
-        moved = t.to(_device())
-        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
-        t.copy_(moved.to(t.device))
-
-
-def broadcast_buffers(model: torch.nn.Module, source: int = 0) -> None:
-    """Every buffer (batch norm's running statistics) as process ``source`` holds it, in place on every process.
-    DDP hands process 0's buffers to the others before each forward, so after the last step of an epoch each process
-    holds statistics updated by its own batches; without this, a sharded evaluation would score each shard with a
-    slightly different model, and none of them the one process 0 saves."""
-    if not active():
-        return
-    for buffer in model.buffers():
-        moved = buffer.to(_device())
-        dist.broadcast(moved, src=source)
-        buffer.copy_(moved.to(buffer.device))
-
-
-def own_batches(batches: Iterable) -> Iterable:
-    """The batches this process evaluates: every world-th one, from its rank on (all of them when alone)."""
-    if not active():
-        yield from batches
-        return
-    r, w = rank(), world()
-    for i, batch in enumerate(batches):
-        if i % w == r:
-            yield batch
-
-
-def broadcast(value, source: int = 0):
-    """``value`` as process ``source`` has it, on every process (any picklable object)."""
-    if not active():
-        return value
-    box = [value if rank() == source else None]
-    dist.broadcast_object_list(box, src=source, device=_device() if dist.get_backend() == "nccl" else None)
-    return box[0]
-
-
-def gather(value) -> list:
-    """Every process's ``value``, in rank order (``[value]`` when alone)."""
-    if not active():
-        return [value]
-    out = [None] * world()
-    dist.all_gather_object(out, value)
-    return out
-
-
-def check_same(what: str, tensors: dict[str, torch.Tensor]) -> None:
-    """Raise when the processes hold different ``tensors`` (compared by a SHA-256 of their bytes)."""
-    if not active():
-        return
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    digests = gather(digest.hexdigest())
-    differ = [r for r, d in enumerate(digests) if d != digests[0]]
-    if differ:
-        raise DistributedError(f"the processes disagree on {what}: rank(s) {', '.join(map(str, differ))} differ "
-                               f"from rank 0; they must hold the same model (was a process started with another "
-                               f"config or checkpoint?)")
-
-
-def outcome(action, *args):
-    """Run ``action`` on process 0 and share how it went: its value on every process, or its error raised on every
-    process (so the others do not wait for a process that gave up)."""
-    if not active():
-        return action(*args)
-    result, error = None, None
-    if is_main():
-        try:
-            result = action(*args)
-        except Exception as exc:  # whatever it is, the other processes must not wait for it
-            error = exc
-    shared = broadcast((result, None if error is None else (type(error).__name__, str(error),
-                                                             isinstance(error, NepentheError))))
-    if error is not None:
-        raise error
-    if shared[1] is not None:
-        kind, message, ours = shared[1]
-        raise DistributedError(message if ours else f"process 0 failed: {kind}: {message}")
-    return shared[0]
-
-
-def peer_failure(exc: BaseException, where) -> DistributedError | None:
-    """The one error to report when ``exc`` says another process of this run went away (a collective whose peer
-    died: Gloo's connection reset, an NCCL failure), or None for anything else."""
-    text = " ".join(str(exc).split())
-    transport = isinstance(exc, getattr(dist, "DistError", ())) or any(
-        word in text for word in ("gloo", "Gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe"))
-    if not (active() and isinstance(exc, RuntimeError) and transport):
-        return None
-    reason = text.split("] ", 1)[-1].split(". ")[0][:160]
-    return DistributedError(f"process {rank()} of {world()}: another process of this distributed run stopped "
-                            f"({reason}); the last checkpoints are in {where}: run the same command again to resume "
-                            f"(with any number of processes)")
-
-
-def split_batch_size(batch_size: int) -> int:
-    """This process's part of a global batch; the global batch must split evenly."""
-    if batch_size % world():
-        raise ConfigError(f"train.batch_size={batch_size} (the global batch) must divide evenly across the "
-                          f"{world()} processes; use a multiple of {world()}")
-    return batch_size // world()
-
-
-def wrapper(device: torch.device, sync_batchnorm: bool):
-    """What ``engine.fit`` trains through: ``DistributedDataParallel`` around the model (None when alone)."""
-    if not active():
-        return None
-
-    def wrap(model: torch.nn.Module) -> torch.nn.Module:
-        from torch.nn.parallel import DistributedDataParallel
-
-        if sync_batchnorm:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        ids = [device.index if device.index is not None else torch.cuda.current_device()] \
-            if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
-
-    return wrap
 
 
 def restore_batchnorm(model: torch.nn.Module) -> torch.nn.Module:

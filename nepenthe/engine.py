@@ -13,9 +13,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed, interrupt
+from . import interrupt
 from .choices import DEVICES, OPTIMIZERS, SCHEDULES
 from .config import TrainConfig
+from .distributed import SINGLE, Collective
 from .errors import ConfigError, NonFiniteLossError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # hardware.precision (choices.PRECISIONS) -> autocast dtype
@@ -104,6 +105,7 @@ class TrainingPlan:
     progress: bool = False
     desc: str = "fit"
     first_epoch: int = 0  # offsets the loader's epoch counter so that every round draws its own shuffles and crops
+    collective: Collective = SINGLE  # the processes training together (data parallel); alone by default
 
 
 class _Stopped(Exception):
@@ -157,7 +159,7 @@ def train_one_epoch(model, loader, optimizer, plan: TrainingPlan, *, desc: str |
                                               "correct": int(correct), "seen": seen})
     totals = torch.stack([loss_sum, term_sum, correct.double(), torch.tensor(float(seen), device=device,
                                                                              dtype=torch.float64)])
-    distributed.all_reduce_sum([totals])  # a distributed run: every process's part of the epoch
+    plan.collective.all_reduce_sum([totals])  # a distributed run: every process's part of the epoch
     loss_total, term_total, correct_total, seen = (float(v) for v in totals)
     mean_loss = loss_total / max(seen, 1)
     if not math.isfinite(mean_loss):
@@ -169,12 +171,13 @@ def train_one_epoch(model, loader, optimizer, plan: TrainingPlan, *, desc: str |
 
 
 @torch.no_grad()
-def evaluate(model, loader, *, device, amp_dtype=None, channels_last=False) -> dict:
-    """Top-1 accuracy (%) and mean cross-entropy; the model's train/eval mode is restored afterwards."""
+def evaluate(model, loader, *, device, amp_dtype=None, channels_last=False, collective: Collective = SINGLE) -> dict:
+    """Top-1 accuracy (%) and mean cross-entropy; the model's train/eval mode is restored afterwards. Across the
+    processes of ``collective`` whole batches are dealt round-robin and the sums added."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, seen
-    for x, y in distributed.own_batches(loader):  # a distributed run: whole batches dealt round-robin, sums added
+    for x, y in collective.my_batches(loader):
         x, y = _to_device(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
@@ -182,7 +185,7 @@ def evaluate(model, loader, *, device, amp_dtype=None, channels_last=False) -> d
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += y.shape[0]
     model.train(was_training)
-    distributed.all_reduce_sum([sums])
+    collective.all_reduce_sum([sums])
     loss, correct, seen = (float(v) for v in sums)
     return {"loss": loss / max(seen, 1), "acc": 100.0 * correct / max(seen, 1)}
 
@@ -256,7 +259,7 @@ def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epo
                                                            f"batch {stop.batches}/{len(loader)}") from None
             skip, sums = 0, None
             scheduler.step()
-            distributed.broadcast_buffers(model)  # the model every process evaluates is the one process 0 saves
+            plan.collective.broadcast_buffers(model)  # the model every process evaluates is the one process 0 saves
             if on_epoch_end is not None:
                 on_epoch_end(state(epoch + 1))
     finally:

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import distributed
 from .choices import LAYER_MEANS, LAYOUTS, POOLINGS, PROBE_SPLITS, ZERO_STATES
+from .distributed import SINGLE, Collective
 from .errors import ConfigError, NonFiniteInputError, check_choice
 from .inputs import input_mismatch
 from .units import Unit, activation_modules, unit_layouts, units_without_rectifier
@@ -191,7 +191,8 @@ class EntropyProbe:
     """
 
     def __init__(self, activations: Mapping[str, nn.Module], settings: ProbeSettings | None = None,
-                 layouts: Mapping[str, str] | None = None):
+                 layouts: Mapping[str, str] | None = None, collective: Collective = SINGLE):
+        self.collective = collective
         settings = (settings or ProbeSettings()).check()
         self.zero_state, self.layer_mean, self.pooling = settings.zero_state, settings.layer_mean, settings.pooling
         layouts = dict(layouts or {})
@@ -223,15 +224,15 @@ class EntropyProbe:
     def stats(self) -> dict[str, LayerStats]:
         """What the pass saw; in a distributed run the counts of every process are added first (each saw its own
         batches), so the statistics are those of one process that saw them all."""
-        if distributed.active():
+        if self.collective.world > 1:
             self._meet_the_other_processes()
         result = {}
         for name, c in self._counters.items():
             if c.on is None:
                 raise ConfigError(f"activation {name!r} was never called during the probe pass; is it in the model?")
-            if distributed.active():
+            if self.collective.world > 1:
                 scalars = torch.tensor([float(c.positions), float(c.batches)], dtype=torch.float64)
-                distributed.all_reduce_sum([c.on, c.off, c.batch_entropy_sum, c.nonfinite, scalars])
+                self.collective.all_reduce_sum([c.on, c.off, c.batch_entropy_sum, c.nonfinite, scalars])
                 c.positions, c.batches = int(scalars[0]), int(scalars[1])
             if int(c.nonfinite):
                 raise NonFiniteInputError(
@@ -253,7 +254,7 @@ class EntropyProbe:
         stays unseen (the error above, raised by every process)."""
         seen = {name: (tuple(c.on.shape), c.neuron_dim, c.input_ndim) for name, c in self._counters.items()
                 if c.on is not None}
-        everyone = distributed.gather(seen)
+        everyone = self.collective.gather(seen)
         for name, c in self._counters.items():
             shapes = [other[name] for other in everyone if name in other]
             if c.on is None and shapes:
@@ -268,19 +269,19 @@ class EntropyProbe:
 def measure_entropy(model: nn.Module, activations: Mapping[str, nn.Module], batches: Iterable,
                     settings: ProbeSettings | None = None, *, device: torch.device | str = "cpu",
                     layouts: Mapping[str, str] | None = None, autocast_dtype: torch.dtype | None = None,
-                    progress: bool = False) -> dict[str, LayerStats]:
+                    progress: bool = False, collective: Collective = SINGLE) -> dict[str, LayerStats]:
     """One eval-mode, no-grad pass over ``batches`` (``(x, y)`` pairs or bare inputs; at most
     ``settings.max_batches``); the mode is restored after. ``settings.split`` and ``batch_size`` are for whoever
     builds ``batches``."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    probe = EntropyProbe(activations, settings, layouts)
+    probe = EntropyProbe(activations, settings, layouts, collective)
     max_batches = probe.max_batches
     try:
         with probe:
             limited = (b for i, b in enumerate(batches) if max_batches is None or i < max_batches)
-            batches = tqdm(distributed.own_batches(limited), desc="entropy", leave=False, disable=not progress)
+            batches = tqdm(collective.my_batches(limited), desc="entropy", leave=False, disable=not progress)
             for i, batch in enumerate(batches):
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 x = x.to(device, non_blocking=True)

@@ -1,7 +1,7 @@
 """One run's parts built from a validated :class:`~nepenthe.config.RunConfig`: data, model, units, method, and the
 train / probe / assess steps that :class:`~nepenthe.loop.RoundLoop` drives (:func:`~nepenthe.runner.run_experiment`).
 Building one trains nothing and changes no process setting: threads are set by the runner, seeds by :meth:`fit`.
-``python -m nepenthe.collapse`` rebuilds one from a run directory (:func:`restore_run`). Plain values only, no Hydra.
+``python -m nepenthe_cli.collapse`` rebuilds one from a run directory (:func:`restore_run`). Plain values only, no Hydra.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
 from .config import RunConfig, create_method_from, load_run_config, validate
 from .data import create_data
 from .discovery import model_units
+from .distributed import SINGLE, Collective, restore_batchnorm
 from .engine import TrainingPlan, autocast_dtype, evaluate, fit, resolve_device, seed_everything
 from .entropy import probe_units
 from .errors import NepentheError
@@ -33,8 +33,8 @@ def round_seed(seed: int, round_index: int) -> int:
 class Experiment:
     """Everything one run needs, built from a validated :class:`RunConfig` (a :class:`~nepenthe.loop.Steps`)."""
 
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: RunConfig, collective: Collective = SINGLE):
+        self.cfg, self.collective = cfg, collective
         self.device = resolve_device(cfg.hardware.device)
         self.amp = autocast_dtype(cfg.hardware.precision)
         self.data = create_data(cfg.dataset.name, cfg.dataset.root, progress=cfg.progress, **cfg.dataset.kwargs)
@@ -44,10 +44,9 @@ class Experiment:
         self.method.check(self.model)
         # in-memory splits copied to the training device once (a no-op on CPU); streamed ones decode into pinned memory
         self.data_device = self.device if cfg.hardware.data_on_device else None
-        if distributed.active():  # torchrun / srun: every process trains its part of each global batch
-            distributed.split_batch_size(cfg.train.batch_size)
+        collective.split_batch_size(cfg.train.batch_size)  # torchrun / srun: each process trains its part of a batch
         self.train_loader = self.data.loader("train", cfg.train.batch_size, seed=cfg.seed, device=self.data_device,
-                                             shard=distributed.shard())
+                                             shard=collective.shard())
 
     def new_model(self) -> torch.nn.Module:
         """A freshly initialised model, the same for the same seed; the global random streams are left as they were."""
@@ -83,7 +82,8 @@ class Experiment:
                         milestones=list(cfg.train.milestones if dense or ft.milestones is None else ft.milestones))
         return TrainingPlan(train, device=self.device, amp_dtype=self.amp, channels_last=hw.channels_last,
                             compile=hw.compile, progress=cfg.progress,
-                            desc="dense" if dense else f"round {round_index}", first_epoch=round_index * 10_000)
+                            desc="dense" if dense else f"round {round_index}", first_epoch=round_index * 10_000,
+                            collective=self.collective)
 
     def fit(self, round_index: int, checkpoints: EpochCheckpoints) -> dict:
         """Train the round (the method's loss term included), saving after every epoch and resuming mid-round; in a
@@ -94,21 +94,21 @@ class Experiment:
             return fit(self.model, self.train_loader, self.training_plan(round_index), resume=resume,
                        on_epoch_end=lambda state: checkpoints.save(self.model, state),
                        loss_term=self.method.loss_term(self.model),
-                       wrap=distributed.wrapper(self.device, self.cfg.hardware.sync_batchnorm))
+                       wrap=self.collective.wrapper(self.device, self.cfg.hardware.sync_batchnorm))
         finally:
-            distributed.restore_batchnorm(self.model)  # SyncBatchNorm only while training
+            restore_batchnorm(self.model)  # SyncBatchNorm only while training
 
     def probe(self, model=None):
         e = self.cfg.entropy
         return probe_units(
             model if model is not None else self.model, self.units,
             self.data.probe_loader(e.split, e.batch_size, seed=self.cfg.seed, device=self.data_device),
-            e, device=self.device, autocast_dtype=self.amp, progress=self.cfg.progress)
+            e, device=self.device, autocast_dtype=self.amp, progress=self.cfg.progress, collective=self.collective)
 
     def method_stats(self, model=None) -> dict:
         """What the method measures for its plan, on the validation split at the (global) training batch size."""
         loader = self.data.loader("val", self.cfg.train.batch_size, device=self.data_device)
-        return self.method.measure(model if model is not None else self.model, loader, self.device)
+        return self.method.measure(model if model is not None else self.model, loader, self.device, self.collective)
 
     def load_round(self, ckpt: Checkpoint) -> torch.nn.Module:
         """A fresh model with the checkpoint's weights, masks and identity swaps."""
@@ -121,7 +121,7 @@ class Experiment:
         for split in ("val", "test"):
             loader = self.data.loader(split, self.cfg.eval_batch_size, device=self.data_device)
             result = evaluate(model, loader, device=self.device, amp_dtype=None if fp32 else self.amp,
-                              channels_last=self.cfg.hardware.channels_last)
+                              channels_last=self.cfg.hardware.channels_last, collective=self.collective)
             scores[f"{split}_acc"], scores[f"{split}_loss"] = result["acc"], result["loss"]
         return scores
 

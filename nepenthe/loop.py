@@ -19,8 +19,9 @@ from typing import Protocol
 
 from torch import nn
 
-from . import distributed, interrupt
+from . import interrupt
 from .config import StopConfig
+from .distributed import Collective
 from .entropy import LayerStats
 from .errors import NepentheError
 from .metrics import weight_layers_on_longest_path
@@ -38,6 +39,7 @@ class Steps(Protocol):
     model: nn.Module
     units: list[Unit]
     method: Method
+    collective: Collective  # the processes running this loop together (distributed.SINGLE: one)
 
     def fit(self, round_index: int, checkpoints: EpochCheckpoints) -> dict: ...  # train_acc, train_loss, epochs
 
@@ -130,7 +132,7 @@ def round_record(steps: Steps, round_index: int, stats: dict[str, LayerStats], p
         test_loss=scores.get("test_loss"), extra_scores={k: v for k, v in scores.items() if k not in known},
         train_acc=fitted.get("train_acc"), train_loss=fitted.get("train_loss"),
         train_reg_loss=fitted.get("train_term"), epochs=fitted.get("epochs"),
-        method_stats=method_stats, wall_time_s=wall, elapsed_s=elapsed,
+        method_stats=method_stats, wall_time_s=wall, elapsed_s=elapsed, processes=steps.collective.world,
     )
 
 
@@ -203,13 +205,13 @@ class RoundLoop:
             last = self.records[-1].round
             plan = None
             if last < self.stop.max_rounds:  # computed once (process 0 of a distributed run) and sent to every one
-                plan = distributed.outcome(steps.method.plan, steps.model, steps.units, self.stats, self.records)
+                plan = steps.collective.outcome(steps.method.plan, steps.model, steps.units, self.stats, self.records)
             self.reason = stop_reason(self.stop, self.records, plan)
             if self.reason is not None:
                 return self.reason
             tick = time.perf_counter()
             apply_plan(steps.model, plan)
-            distributed.check_same(f"the masks of round {last + 1}", compact_state(steps.model)[1])
+            steps.collective.check_same(f"the masks of round {last + 1}", compact_state(steps.model)[1])
             self._finish_round(last + 1, plan, tick, self._fit(last + 1))
 
     def keep(self) -> LoopResult:

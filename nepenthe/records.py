@@ -162,6 +162,7 @@ class RoundRecord(Record):
     extra_scores: dict[str, Any] = doc("other values a user's evaluate() returned", factory=dict)
     wall_time_s: float = doc("seconds spent in this round", 0.0)
     elapsed_s: float = doc("seconds since the run started, resumes included", 0.0)
+    processes: int = doc("processes that trained this round together (torchrun, srun: N; 1 alone)", 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ class ShippedNetwork(Record):
 
 @dataclass
 class CollapseResult(CollapseReport):
-    """The summary's ``collapse`` section (also ``collapse.json`` of ``python -m nepenthe.collapse``): the report,
+    """The summary's ``collapse`` section (also ``collapse.json`` of ``python -m nepenthe_cli.collapse``): the report,
     then what the run measured on the collapsed model."""
 
     TOP_LEVEL = True  # collapse.json stands alone
@@ -283,12 +284,12 @@ class CollapseResult(CollapseReport):
     latency_device: Optional[str] = doc("device the latency was measured on", None)
     latency_precision: Optional[str] = doc("precision the latency was measured in", None)
     file: Optional[str] = doc("the collapsed model, a torch.export program: torch.export.load(path).module()", None)
-    # python -m nepenthe.collapse adds where the report comes from
-    run_dir: Optional[str] = doc("python -m nepenthe.collapse: the run directory collapsed", None)
-    round: Optional[int] = doc("python -m nepenthe.collapse: the round collapsed", None)
-    kept_test_acc: Optional[float] = doc("python -m nepenthe.collapse: the round's uncollapsed test top-1", None)
-    k: Optional[int] = doc("python -m nepenthe.collapse: the round's zero-entropy units", None)
-    N: Optional[int] = doc("python -m nepenthe.collapse: the round's units", None)
+    # python -m nepenthe_cli.collapse adds where the report comes from
+    run_dir: Optional[str] = doc("python -m nepenthe_cli.collapse: the run directory collapsed", None)
+    round: Optional[int] = doc("python -m nepenthe_cli.collapse: the round collapsed", None)
+    kept_test_acc: Optional[float] = doc("python -m nepenthe_cli.collapse: the round's uncollapsed test top-1", None)
+    k: Optional[int] = doc("python -m nepenthe_cli.collapse: the round's zero-entropy units", None)
+    N: Optional[int] = doc("python -m nepenthe_cli.collapse: the round's units", None)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -359,6 +360,9 @@ class Summary(Record):
                                              None)
     config_hash: str = doc("hash of the semantic config", "")
     device: str = doc("training device", "")
+    processes: int = doc("processes that ran it (torchrun, srun: N; 1 alone; the last resume's)", 1)
+    backend: Optional[str] = doc("torch.distributed backend of a run on several processes (gloo, nccl); null alone",
+                                 None)
     wall_time_s: float = doc("seconds the run took, resumes included", 0.0)
     versions: dict[str, str] = doc("{nepenthe, torch, torchvision}", factory=dict)
 

@@ -142,7 +142,7 @@ def describe_run(exp, run_dir) -> list[str]:
     return [
         f"{cfg.model.name}: {params / 1e6:.2f} M params, {len(exp.units)} units, {start} | {cfg.dataset.name} "
         f"(train/val/test {sizes['train']:,}/{sizes['val']:,}/{sizes['test']:,}, root {cfg.dataset.root or '-'})",
-        f"{exp.device} {cfg.hardware.precision}, {torch.get_num_threads()} threads{_processes()} | "
+        f"{exp.device} {cfg.hardware.precision}, {torch.get_num_threads()} threads{_processes(exp.collective)} | "
         f"{cfg.pruning.method} ratio "
         f"{cfg.pruning.ratio:g} | dense {dense} epochs, then up to {stop_rule.max_rounds} rounds of {per_round} "
         f"epochs; {stop} | at most {images:,} training images",
@@ -150,15 +150,9 @@ def describe_run(exp, run_dir) -> list[str]:
     ]
 
 
-def _processes() -> str:
+def _processes(collective) -> str:
     """`` x N processes (backend)`` in a distributed run, else nothing."""
-    from . import distributed
-
-    if not distributed.active():
-        return ""
-    import torch.distributed as dist
-
-    return f" x {distributed.world()} processes ({dist.get_backend()})"
+    return f" x {collective.describe()}" if collective.world > 1 else ""
 
 
 class ConsoleReporter:

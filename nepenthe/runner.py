@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 from . import __version__, distributed
+from .distributed import Collective
 from .config import HardwareConfig, RunConfig, config_hash, load_run_config, semantic_dict
 from .deploy import collapse_kept, measure_collapsed
 from .errors import NepentheError
@@ -31,72 +32,59 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
     """Run (or resume) one experiment into ``run_dir`` and return its summary (also written to summary.json).
     Every input error is raised (a :class:`~nepenthe.errors.NepentheError`) before any record is written, and a
     directory that holds a run of another config is refused without a byte written into it. In a distributed run
-    (torchrun, srun) process 0 does what is written here; the others follow in lockstep and return None."""
-    run_dir, reporter = Path(run_dir), reporter or Reporter()
-    configure_process(cfg.hardware)  # the one place a run changes process-wide settings (threads, process group)
-    if not distributed.is_main():  # torchrun / srun: process 0 writes, the others train their part
-        return _follow(cfg, run_dir)
-    exp = Experiment(cfg)  # data, model, units, method: nothing trained yet
+    (torchrun, srun) every process runs these same stages in lockstep: process 0 writes (records, checkpoints,
+    collapse) and returns the summary, the others read its checkpoints and return None."""
+    run_dir = Path(run_dir)
+    collective = configure_process(cfg.hardware)  # the one place a run changes process-wide settings
+    main = collective.is_main
+    reporter = (reporter or Reporter()) if main else Reporter()  # one process prints
+    exp = Experiment(cfg, collective)  # data, model, units, method: nothing trained yet
     identity = semantic_dict(cfg)
-    with RunLock(run_dir):  # one writer per run directory; refused at once, naming the holder
-        store = DirStore(run_dir)
-        done = distributed.outcome(previous_run, cfg, run_dir, store, identity)
+    with RunLock(run_dir) if main else contextlib.nullcontext():  # one writer per run directory
+        store = DirStore(run_dir) if main else FollowerStore(run_dir)
+        # process 0 prepares the directory (or refuses it: raised on every process)
+        done = collective.outcome(previous_run, cfg, run_dir, store, identity)
         if done is not None:
             reporter.already_complete(run_dir, done)
-            return done
+            return done if main else None
         reporter.banner(describe_run(exp, run_dir))
-        recorder = open_records(cfg, run_dir, config_yaml, reporter)
+        recorder = open_records(cfg, run_dir, config_yaml, reporter, collective) if main else None
 
         loop = RoundLoop(exp, cfg.stop, store=store, recorder=recorder, reporter=reporter, identity=identity)
-        with _peers_watched(run_dir):
+        with _peers_watched(run_dir, collective):
             loop.dense(resume=cfg.resume)  # round 0: train the dense model, probe, record (or resume)
             loop.rounds()  # plan → prune → fine-tune → probe → record → checkpoint, until the stop rule
             kept = loop.keep()  # back to the last round within max_drop of dense
-        distributed.finish()  # a distributed run's other processes are done: collapse and measure here alone
+        distributed.finish()  # the other processes are done: collapse and measure on process 0 alone
+        if not main:
+            return None
+        exp.collective = distributed.SINGLE
         collapsed = None
         if cfg.collapse.enabled:
             small, report = collapse_kept(exp, kept.stats)  # exact collapse, each step verified on test images
             collapsed = measure_collapsed(exp, small, report, run_dir, warn=reporter.warning)  # accuracy, latency, files
-        summary = summarize(exp, kept, collapsed)
+        summary = summarize(exp, kept, collapsed, collective)
 
         recorder.summary(summary)
         reporter.finished(summary)
         return summary
 
 
-def configure_process(hardware: HardwareConfig) -> None:
+def configure_process(hardware: HardwareConfig) -> Collective:
     """Process-wide settings a run asks for: the CPU thread count (None keeps torch's default), and the process group
-    when a distributed launch (torchrun, srun) started this process."""
+    when a distributed launch (torchrun, srun) started this process; returns this process's collective."""
     if hardware.threads:
         torch.set_num_threads(hardware.threads)
-    distributed.init_from_environment(hardware.device)
-
-
-def _follow(cfg: RunConfig, run_dir: Path) -> None:
-    """A process other than 0 of a distributed run: the same steps in lockstep, reading (never writing) process 0's
-    checkpoints; nothing to return (process 0 writes the summary)."""
-    exp = Experiment(cfg)
-    identity = semantic_dict(cfg)
-    store = FollowerStore(run_dir)
-    done = distributed.outcome(lambda *_: None)  # process 0 prepared the directory (or refused it, raised here too)
-    if done is not None:
-        return None
-    loop = RoundLoop(exp, cfg.stop, store=store, identity=identity)
-    with _peers_watched(run_dir):
-        loop.dense(resume=cfg.resume)
-        loop.rounds()
-        loop.keep()
-    distributed.finish()
-    return None
+    return distributed.join(hardware.device)
 
 
 @contextlib.contextmanager
-def _peers_watched(run_dir: Path):
+def _peers_watched(run_dir: Path, collective: Collective):
     """A collective that fails because another process of the run died becomes one line saying so."""
     try:
         yield
     except RuntimeError as exc:
-        failure = distributed.peer_failure(exc, RunDir(run_dir).checkpoints)
+        failure = collective.peer_failure(exc, RunDir(run_dir).checkpoints)
         if failure is None:
             raise
         raise failure from exc
@@ -136,14 +124,16 @@ def identities_on_disk(run_dir: Path, store: DirStore) -> list[tuple[str, dict]]
     return found
 
 
-def open_records(cfg: RunConfig, run_dir: Path, config_yaml: str | None, reporter: Reporter) -> RunRecorder:
-    """config.yaml written, W&B started (its trouble shows now, before training, and never stops the run)."""
+def open_records(cfg: RunConfig, run_dir: Path, config_yaml: str | None, reporter: Reporter,
+                 collective: Collective) -> RunRecorder:
+    """config.yaml written (headed by how many processes run it), W&B started (its trouble shows now, before
+    training, and never stops the run)."""
     recorder = RunRecorder(run_dir, wandb_settings=wandb_settings(cfg, run_dir), config=semantic_dict(cfg))
     if config_yaml is None:
         from omegaconf import OmegaConf  # a dependency of the library's config typing, not Hydra
 
         config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-    recorder.write_config(config_yaml)
+    recorder.write_config(f"# run on {collective.describe()}\n{config_yaml}")
     recorder.start()
     if recorder.warning:
         reporter.warning(recorder.warning)
@@ -159,7 +149,8 @@ def wandb_settings(cfg: RunConfig, run_dir: Path) -> dict | None:
             "id": hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]}  # stable across resumes
 
 
-def summarize(exp: Experiment, kept: LoopResult, collapsed: CollapseResult | None) -> Summary:
+def summarize(exp: Experiment, kept: LoopResult, collapsed: CollapseResult | None,
+              collective: Collective) -> Summary:
     """The run in one record (nepenthe/records.py): kept round, costs, collapse, every round in brief."""
     records, final = kept.records, kept.kept
     example = exp.verify_batch()[:1]  # one real image: costs are per input
@@ -174,4 +165,5 @@ def summarize(exp: Experiment, kept: LoopResult, collapsed: CollapseResult | Non
         k=final.k, N=final.N, depth=f"{final.k}/{final.N}", zero_entropy_units=final.zero_entropy_units, cost=cost,
         trajectory={str(r.round): TrajectoryPoint.of(r) for r in records}, collapse=collapsed,
         config_hash=config_hash(exp.cfg), device=str(exp.device), wall_time_s=kept.elapsed_s,
+        processes=collective.world, backend=collective.backend,
         versions={"nepenthe": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__})

@@ -222,7 +222,7 @@ def test_wandb_offline_mirrors_the_round_records(run_fast):
 
 
 def test_the_collapse_command_recollapses_a_saved_run(run_fast, tmp_path, capsys):
-    from nepenthe.collapse.__main__ import main
+    from nepenthe_cli.collapse import main
 
     summary, run_dir = run_fast("stop.max_rounds=2")
     out = tmp_path / "recollapsed"

@@ -3,7 +3,8 @@
     from nepenthe.collapse import collapse
     small, report = collapse(model, stats, batch, merge="cost")
 
-``python -m nepenthe.collapse RUN_DIR`` collapses a saved run's kept checkpoint (see ``__main__``).
+``python -m nepenthe_cli.collapse RUN_DIR`` collapses a saved run's kept checkpoint (the command line
+lives with the other entry points, in nepenthe_cli/).
 """
 
 from .graph import CollapseError

@@ -31,8 +31,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from .. import distributed
 from ..choices import ORDERS
+from ..distributed import SINGLE, Collective
 from ..errors import ConfigError, bad_option
 from ..units import find_module
 from ..wasserstein import max_sliced_wasserstein
@@ -264,8 +264,9 @@ class Lacoot(Method):
         return TransportLoss(units, self.lambda_reg, self.n_projections, self.p)
 
     @torch.no_grad()
-    def measure(self, model: nn.Module, batches, device) -> dict:
-        """``val_mswd``: each live unit's MSWD averaged over the batches (as the reference's validation pass)."""
+    def measure(self, model: nn.Module, batches, device, collective: Collective = SINGLE) -> dict:
+        """``val_mswd``: each live unit's MSWD averaged over the batches (as the reference's validation pass); the
+        processes of ``collective`` each add their share of the batches."""
         live = [u for u in self.units(model)
                 if not isinstance(find_module(model, u.module), (nn.Identity, type(None)))]
         if not live:
@@ -281,7 +282,7 @@ class Lacoot(Method):
                 model(x.to(device))
                 # the directions of batch i are the i-th draws, whichever process evaluates it
                 distances = unit_distances(capture, live, self.n_projections, self.p, generator)
-                if distributed.active() and i % distributed.world() != distributed.rank():
+                if i % collective.world != collective.rank:
                     continue
                 sums += torch.stack([d.double().cpu() for d in distances])
                 count += 1
@@ -289,7 +290,7 @@ class Lacoot(Method):
             capture.remove()
             model.train(was_training)
         totals = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64)])
-        distributed.all_reduce_sum([totals])
+        collective.all_reduce_sum([totals])
         return {"val_mswd": {u.module: float(v) for u, v in zip(live, totals[:-1] / max(float(totals[-1]), 1.0))}}
 
     def removal_order(self, model: nn.Module, history: Sequence) -> list[str]:

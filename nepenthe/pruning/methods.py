@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 from torch import nn
 
+from ..distributed import SINGLE, Collective
 from ..entropy import LayerStats, ProbeSettings
 from ..errors import ConfigError
 from ..units import RECTIFIERS, Unit, find_module, replace_by_identity, weight_layer_names
@@ -85,8 +86,9 @@ class Method:
         """A :class:`~nepenthe.engine.LossTerm` added to the cross-entropy while training, or None."""
         return None
 
-    def measure(self, model: nn.Module, batches, device) -> dict:
-        """What the plan needs measured after each round, recorded as the round's ``method_stats``."""
+    def measure(self, model: nn.Module, batches, device, collective: Collective = SINGLE) -> dict:
+        """What the plan needs measured after each round, recorded as the round's ``method_stats`` (across the
+        processes of ``collective``, each measuring its share of the batches)."""
         return {}
 
     def stop_rule(self, stop, model: nn.Module):

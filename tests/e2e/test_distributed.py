@@ -50,7 +50,7 @@ def _probe_worker(rank: int, store: str, batches, out: str) -> None:
     model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU())
     for pooling in ("dataset", "batch"):
         stats = measure_entropy(model, {"1": model[1], "3": model[3]}, batches,
-                                ProbeSettings(pooling=pooling, zero_state="off"))
+                                ProbeSettings(pooling=pooling, zero_state="off"), collective=distributed.current())
         torch.save({n: (s.p_on, s.entropy, s.positions) for n, s in stats.items()}, f"{out}.{pooling}.{rank}")
     dist.destroy_process_group()
 
@@ -83,8 +83,9 @@ def _batchnorm_fit_worker(rank: int, store: str, out: str) -> None:
     g = torch.Generator().manual_seed(10 + rank)  # each process trains on its own batches, as a shard would
     loader = [(torch.randn(8, 1, 9, 9, generator=g) * (1 + rank), torch.randint(0, 3, (8,), generator=g))
               for _ in range(3)]
-    fit(model, loader, TrainingPlan(TrainConfig(epochs=2, lr=0.1, schedule="constant")), wrap=distributed.wrapper(
-        torch.device("cpu"), sync_batchnorm=False))
+    group = distributed.ProcessGroup()
+    fit(model, loader, TrainingPlan(TrainConfig(epochs=2, lr=0.1, schedule="constant"), collective=group),
+        wrap=group.wrapper(torch.device("cpu"), sync_batchnorm=False))
     torch.save({name: b.clone() for name, b in model.named_buffers()}, f"{out}.{rank}")
     dist.destroy_process_group()
 
@@ -102,7 +103,7 @@ def _disagreeing_worker(rank: int, store: str, out: str) -> None:
     mask = torch.ones(4, dtype=torch.bool)
     mask[rank] = False  # rank 1 prunes another weight than rank 0
     try:
-        distributed.check_same("the masks of round 3", {"fc": mask})
+        distributed.ProcessGroup().check_same("the masks of round 3", {"fc": mask})
     except distributed.DistributedError as exc:
         Path(f"{out}.{rank}").write_text(str(exc))
     dist.destroy_process_group()
@@ -147,6 +148,13 @@ def test_two_processes_record_what_one_process_records_with_the_same_global_batc
     assert two.stdout.count("round sparsity") == 1  # process 0 alone printed the table (and wrote the records)
     assert " x 2 processes (gloo) | " in two.stdout and " processes (" not in one.stdout  # the banner says so
     assert "disagree" not in two.stderr  # the masks were compared after every round
+    # the records say how many processes ran it: every round, the summary and the head of config.yaml
+    assert [r.processes for r in a] == [2, 2, 2] and [r.processes for r in b] == [1, 1, 1]
+    two_summary, one_summary = read_summary(run_dir_of(tmp_path / "two")), read_summary(run_dir_of(tmp_path / "one"))
+    assert (two_summary.processes, two_summary.backend) == (2, "gloo")
+    assert (one_summary.processes, one_summary.backend) == (1, None)
+    assert (run_dir_of(tmp_path / "two") / "config.yaml").read_text().startswith("# run on 2 processes (gloo)\n")
+    assert (run_dir_of(tmp_path / "one") / "config.yaml").read_text().startswith("# run on 1 process\n")
 
 
 def test_a_killed_process_ends_the_run_with_one_line_and_another_number_of_processes_resumes_it(tmp_path):

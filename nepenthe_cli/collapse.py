@@ -1,8 +1,8 @@
 """Collapse a saved run's checkpoint into a shallower model, verify it and measure it.
 
-    python -m nepenthe.collapse runs/quickstart/experiment=quickstart            # the run's kept round
-    python -m nepenthe.collapse RUN_DIR --round 2 --merge depth --out /tmp/c     # another round, other options
-    python -m nepenthe.collapse RUN_DIR --onnx --runtimes eager onnxruntime      # ship ONNX, time it in ORT
+    python -m nepenthe_cli.collapse runs/quickstart/experiment=quickstart            # the run's kept round
+    python -m nepenthe_cli.collapse RUN_DIR --round 2 --merge depth --out /tmp/c     # another round, other options
+    python -m nepenthe_cli.collapse RUN_DIR --onnx --runtimes eager onnxruntime      # ship ONNX, time it in ORT
 
 Rebuilds the run from its ``config.yaml`` (data are read from the config's ``dataset.root`` unless ``--data-root``
 says otherwise), loads the checkpoint, probes the entropy again, collapses, verifies on the first test images,
@@ -17,15 +17,17 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import NepentheError
-from ..report import format_collapse
-from ..atomic import atomic_write_text
-from ..rundir import RunDir
-from ..choices import MERGES, RUNTIMES
+from nepenthe.atomic import atomic_write_text
+from nepenthe.choices import MERGES, RUNTIMES
+from nepenthe.deploy import collapse_kept, measure_collapsed
+from nepenthe.errors import NepentheError
+from nepenthe.experiment import restore_run
+from nepenthe.report import format_collapse
+from nepenthe.rundir import RunDir
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m nepenthe.collapse", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nepenthe_cli.collapse", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run directory written by train.py")
     parser.add_argument("--round", type=int, default=None, help="checkpoint round (default: the summary's kept "
                         "round, else the latest checkpoint)")
@@ -50,9 +52,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace):
-    from ..deploy import collapse_kept, measure_collapsed  # import the data and model registries; only needed here
-    from ..experiment import restore_run
-
     exp, record = restore_run(args.run_dir, args.round, device=args.device, data_root=args.data_root,
                               merge=args.merge, tolerance=args.tolerance, verify_batch=args.verify_batch,
                               approximate_activations=args.approximate_activations, onnx=args.onnx,
