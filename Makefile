@@ -18,7 +18,7 @@ OUT ?= results/notebook
 FORCE ?=
 OUT_NAME ?=
 
-.PHONY: install data quickstart test test-all test-slurm bench reproduce-table1 reproduce figures clean
+.PHONY: install data quickstart test test-all test-slurm lint gpu-check bench reproduce-table1 reproduce figures clean
 
 # Installs into the current interpreter (use a venv of your own if you prefer: PYTHON=.venv/bin/python).
 $(STAMP): pyproject.toml
@@ -40,8 +40,9 @@ data: $(STAMP)
 quickstart: install
 	$(PYTHON) train.py experiment=quickstart
 
-# Test tiers (pytest markers, tests/conftest.py): the default suite (< 3 minutes on 2 cores) is what a newcomer runs;
-# test-all adds the slow, end-to-end (subprocesses, kills, sweeps, notebooks) and real-Slurm tiers (CI runs it).
+# Test tiers (pytest markers, tests/conftest.py): the default suite (< 160 s of tests on 2 cores) is what a newcomer
+# runs; test-all adds the slow, end-to-end (subprocesses, kills, sweeps, notebooks), real-Slurm and cuda tiers (CI runs
+# it; the cuda tier skips, saying why, without a GPU).
 test: install
 	$(PYTHON) -m pytest -q -m "not slow and not e2e and not slurm"
 
@@ -50,6 +51,16 @@ test-all: install
 
 test-slurm: install
 	$(PYTHON) -m pytest -q -m slurm
+
+# ruff (style, imports, the bugs it can see) and mypy (the typed records, configs and interfaces) on the library
+lint: install
+	$(PYTHON) -m ruff check nepenthe nepenthe_cli
+	$(PYTHON) -m mypy nepenthe
+
+# The CUDA tier and one throughput comparison on this machine's GPU, with a compact report (docs/gpu.md); without a
+# GPU it says so in one line and fails.
+gpu-check: install
+	$(PYTHON) bench/gpu_check.py
 
 bench: install
 	$(PYTHON) bench/entropy_overhead.py

@@ -40,11 +40,11 @@ from .units import Unit, activation_modules, replace_by_identity  # noqa: E402
 from .wasserstein import max_sliced_wasserstein  # noqa: E402
 
 __all__ = [
-    "CollapseError", "CollapseReport", "CollapseResult", "ConfigError", "ConsoleReporter", "DataError", "EntropyProbe",
-    "FailureStatus", "LayerStats", "LoopResult", "METHODS", "NepentheError", "ProbeSettings", "PruneSetup",
-    "PruningPlan", "Reporter", "RoundLoop", "RoundRecord", "RunConfig", "StopConfig", "Summary", "Unit", "activation_modules", "apply_plan", "collapse_model", "cost_report",
-    "create_data", "create_method", "create_model", "distinct_activations", "latency_ms", "latency_stats",
-    "list_data", "list_models", "load_collapsed", "load_run_config", "max_sliced_wasserstein", "measure_entropy",
-    "model_units", "probe_units", "prune", "register_model", "replace_by_identity", "restore_run", "run_experiment",
-    "run_rounds", "save_collapsed",
+    "CollapseError", "CollapseReport", "CollapseResult", "ConfigError", "ConsoleReporter", "DataError",
+    "EntropyProbe", "FailureStatus", "LayerStats", "LoopResult", "METHODS", "NepentheError", "ProbeSettings",
+    "PruneSetup", "PruningPlan", "Reporter", "RoundLoop", "RoundRecord", "RunConfig", "StopConfig", "Summary", "Unit",
+    "activation_modules", "apply_plan", "collapse_model", "cost_report", "create_data", "create_method",
+    "create_model", "distinct_activations", "latency_ms", "latency_stats", "list_data", "list_models",
+    "load_collapsed", "load_run_config", "max_sliced_wasserstein", "measure_entropy", "model_units", "probe_units",
+    "prune", "register_model", "replace_by_identity", "restore_run", "run_experiment", "run_rounds", "save_collapsed",
 ]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,11 +17,11 @@ from .entropy import ProbeSettings, probe_units
 from .errors import ConfigError
 from .inputs import check_percent
 from .loop import LoopResult, Reporter, run_rounds
-from .pruning.methods import Method
 from .pruning.masks import make_permanent
+from .pruning.methods import Method
 from .pruning.registry import build_method
-from .store import Checkpoint, DirStore, EpochCheckpoints, MemoryStore, restore_model
 from .rundir import RunDir
+from .store import Checkpoint, DirStore, EpochCheckpoints, MemoryStore, restore_model
 from .tracking import RunRecorder
 from .units import Unit
 
@@ -28,7 +29,7 @@ from .units import Unit
 class ModelSteps:
     """The loop's steps (:class:`~nepenthe.loop.Steps`) for a model, batches and functions of your own."""
 
-    def __init__(self, model, units, method, *, train, evaluate, probe_batches, setup: "PruneSetup",
+    def __init__(self, model, units, method, *, train, evaluate, probe_batches, setup: PruneSetup,
                  probe: ProbeSettings):
         self.template = copy.deepcopy(model)  # the architecture to reload rounds into (before any mask)
         self.model, self.units, self.method = model, units, method
@@ -74,7 +75,7 @@ class PruneSetup:
 
     units: list[Unit] | None = None  # None: found on the model (discovery.model_units)
     train_dense: bool = False  # True: round 0 calls train(model, 0) to train the dense model first
-    method_batches: Iterable | None = None  # what a method measures to plan on (LaCoOT: validation MSWD); None: the probe's
+    method_batches: Iterable | None = None  # what a method measures to plan on (LaCoOT: val MSWD); None: the probe's
     run_dir: str | Path | None = None  # every round checkpointed and recorded there, and a re-run resumes
     resume: bool = True  # False: an older run in run_dir is cleared first
     device: Any = None  # None: where the model's parameters are

@@ -13,8 +13,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .choices import (DEVICES, LAYER_MEANS, LOGGER_MODES, LOGGERS, MERGES, OPTIMIZERS, POOLINGS, PRECISIONS,
-                      PROBE_SPLITS, RUNTIMES, SCHEDULES, ZERO_STATES)
+from .choices import (
+    DEVICES,
+    LOGGER_MODES,
+    LOGGERS,
+    MERGES,
+    OPTIMIZERS,
+    PRECISIONS,
+    RUNTIMES,
+    SCHEDULES,
+)
 from .data import list_data
 from .entropy import ProbeSettings
 from .errors import ConfigError, bad_option, check_choice, unknown_name

@@ -56,7 +56,7 @@ def _feeding_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[str, str] | None:
             current = current.args[0]
         elif current.op == "call_method" and current.target in PASS_BACK_METHODS:
             current = current.args[0]
-        elif current.op == "call_function" and (current.target in PASS_BACK_FUNCTIONS or current.target in RESIDUAL_ADDS):
+        elif current.op == "call_function" and current.target in PASS_BACK_FUNCTIONS | RESIDUAL_ADDS:
             current = current.args[0]
         else:
             return None

@@ -22,8 +22,8 @@ import datetime
 import hashlib
 import os
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -87,7 +87,7 @@ class Collective:
         """What ``engine.fit`` trains through (None: the model itself)."""
         return None
 
-    def peer_failure(self, exc: BaseException, where) -> "DistributedError | None":
+    def peer_failure(self, exc: BaseException, where) -> DistributedError | None:
         """The one error to report when ``exc`` says another process went away, or None."""
         return None
 
@@ -189,7 +189,7 @@ class ProcessGroup(Collective):
 
         return wrap
 
-    def peer_failure(self, exc: BaseException, where) -> "DistributedError | None":
+    def peer_failure(self, exc: BaseException, where) -> DistributedError | None:
         text = " ".join(str(exc).split())
         transport = isinstance(exc, getattr(dist, "DistError", ())) or any(
             word in text for word in ("gloo", "Gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe"))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -222,9 +223,9 @@ def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epo
     """
     if plan.train.epochs < 0:
         raise ConfigError(f"epochs={plan.train.epochs} must be >= 0")
-    optimizer = make_optimizer(model, plan.train.lr, plan.train.momentum, plan.train.weight_decay, plan.train.nesterov, plan.train.optimizer,
-                               plan.device)
-    scheduler = make_scheduler(optimizer, plan.train.schedule, plan.train.epochs, plan.train.milestones, plan.train.gamma)
+    t = plan.train
+    optimizer = make_optimizer(model, t.lr, t.momentum, t.weight_decay, t.nesterov, t.optimizer, plan.device)
+    scheduler = make_scheduler(optimizer, t.schedule, t.epochs, t.milestones, t.gamma)
     step_model = wrap(model) if wrap is not None else model
     step_model = torch.compile(step_model) if plan.compile else step_model
     last = {"loss": float("nan"), "acc": float("nan")}

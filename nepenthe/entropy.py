@@ -9,8 +9,9 @@ reductions per activation and never synchronises with the host until :meth:`Entr
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +22,6 @@ from .distributed import SINGLE, Collective
 from .errors import ConfigError, NonFiniteInputError, check_choice
 from .inputs import input_mismatch
 from .units import Unit, activation_modules, unit_layouts, units_without_rectifier
-
 
 _LN2 = math.log(2.0)
 
@@ -127,7 +127,7 @@ class ProbeSettings:
     batch_size: Optional[int] = 512  # None: the training batch size (per-batch pooling depends on it)
     max_batches: Optional[int] = None  # None: the whole split
 
-    def check(self) -> "ProbeSettings":
+    def check(self) -> ProbeSettings:
         check_choice("entropy.zero_state", self.zero_state, ZERO_STATES)
         check_choice("entropy.layer_mean", self.layer_mean, LAYER_MEANS)
         check_choice("entropy.pooling", self.pooling, POOLINGS)
@@ -203,7 +203,7 @@ class EntropyProbe:
         self._counters = {name: _Counter(layouts.get(name, "auto")) for name in self.activations}
         self._handles: list = []
 
-    def __enter__(self) -> "EntropyProbe":
+    def __enter__(self) -> EntropyProbe:
         for name, module in self.activations.items():
             self._handles.append(module.register_forward_hook(self._hook(self._counters[name])))
         return self

@@ -16,7 +16,7 @@ class ConfigError(NepentheError, ValueError):
         super().__init__(message)
         self.option = option
 
-    def for_caller(self, names: dict[str, str]) -> "ConfigError":
+    def for_caller(self, names: dict[str, str]) -> ConfigError:
         """The same error in the caller's words: ``{"pruning.ratio": "ratio"}`` turns ``pruning.ratio=2.0 must``
         into ``ratio=2.0 must``; an error about an option the caller did not name stays as it is."""
         if self.option not in names:
@@ -44,7 +44,7 @@ class StorageError(NepentheError, OSError):
 
 
 def storage_error(action: str, path, exc: OSError) -> StorageError:
-    """``could not write runs/x/rounds.jsonl: [Errno 28] No space left on device`` — the path and the errno, one line."""
+    """``could not write runs/x/rounds.jsonl: [Errno 28] No space left on device``: the path and the errno."""
     code = f"[Errno {exc.errno}] " if exc.errno is not None else ""
     return StorageError(f"could not {action} {path}: {code}{exc.strerror or exc}")
 

@@ -1,7 +1,8 @@
 """One run's parts built from a validated :class:`~nepenthe.config.RunConfig`: data, model, units, method, and the
 train / probe / assess steps that :class:`~nepenthe.loop.RoundLoop` drives (:func:`~nepenthe.runner.run_experiment`).
 Building one trains nothing and changes no process setting: threads are set by the runner, seeds by :meth:`fit`.
-``python -m nepenthe_cli.collapse`` rebuilds one from a run directory (:func:`restore_run`). Plain values only, no Hydra.
+``python -m nepenthe_cli.collapse`` rebuilds one from a run directory (:func:`restore_run`). Plain values only, no
+Hydra.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def restore_run(run_dir: str | Path, round_index: int | None = None, *, device=N
     path = RunDir(run_dir).checkpoint(round_index)
     if not path.is_file():
         have = sorted(p.name for p in path.parent.glob("round_*.pt"))
-        raise NepentheError(f"no checkpoint for round {round_index} in {path.parent}; found: {', '.join(have) or 'none'}")
+        raise NepentheError(f"no checkpoint for round {round_index} in {path.parent}; found: "
+                            f"{', '.join(have) or 'none'}")
     ckpt = load_checkpoint(path)
     exp = Experiment(cfg)
     exp.model = exp.load_round(ckpt)

@@ -78,7 +78,8 @@ class Record:
         if unknown and not strict:
             data = {k: v for k, v in data.items() if k in names}
         elif unknown:
-            raise RecordError(f"{cls.__name__} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+            raise RecordError(f"{cls.__name__} has unknown key(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(sorted(names))}")
         values = {}
         for f in dataclasses.fields(cls):
             if f.name in data:
@@ -310,7 +311,7 @@ class RoundBrief(Record):
     zero_entropy_units: list[str] = doc("as in the round record", factory=list)
 
     @classmethod
-    def of(cls, record: RoundRecord) -> "RoundBrief":
+    def of(cls, record: RoundRecord) -> RoundBrief:
         return cls(**{f.name: getattr(record, f.name) for f in dataclasses.fields(cls)})
 
 
@@ -325,7 +326,7 @@ class TrajectoryPoint(Record):
     N: int = doc("as in the round record", 0)
 
     @classmethod
-    def of(cls, record: RoundRecord) -> "TrajectoryPoint":
+    def of(cls, record: RoundRecord) -> TrajectoryPoint:
         return cls(**{f.name: getattr(record, f.name) for f in dataclasses.fields(cls)})
 
 

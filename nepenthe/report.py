@@ -53,8 +53,8 @@ def format_collapse(section: CollapseResult, uncollapsed_test_acc: float) -> lis
                      + ", ".join(f"{name} {err:.2g}" for name, err in approximated.items()))
     left = [u["unit"] for u in section.units if u.get("approximation_declined")]
     if left:
-        lines.append(f"  left in place (not the identity where ON; collapse.approximate_activations=true replaces them): "
-                     f"{', '.join(left)}")
+        lines.append("  left in place (not the identity where ON; collapse.approximate_activations=true replaces "
+                     f"them): {', '.join(left)}")
     if section.shared_layers:
         lines.append(f"  tied or directly read layers left as they are: {', '.join(section.shared_layers)}")
     if section.relative_diff_run_precision is not None:

@@ -30,7 +30,7 @@ class RunLock:
         self.run_dir = RunDir(run_dir)
         self._lock: FileLock | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self.run_dir.lock)
         try:

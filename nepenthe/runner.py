@@ -12,18 +12,18 @@ import torch
 import torchvision
 
 from . import __version__, distributed
-from .distributed import Collective
 from .config import HardwareConfig, RunConfig, config_hash, load_run_config, semantic_dict
 from .deploy import collapse_kept, measure_collapsed
+from .distributed import Collective
 from .errors import NepentheError
 from .experiment import Experiment
 from .loop import LoopResult, Reporter, RoundLoop
 from .metrics import cost_report
 from .records import CollapseResult, Costs, RoundBrief, Summary, TrajectoryPoint
 from .report import describe_run
+from .rundir import RunDir
 from .runlock import RunLock
 from .store import DirStore, FollowerStore, check_same_run, load_in_round
-from .rundir import RunDir
 from .tracking import RunRecorder, read_summary
 
 
@@ -62,7 +62,8 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
         collapsed = None
         if cfg.collapse.enabled:
             small, report = collapse_kept(exp, kept.stats)  # exact collapse, each step verified on test images
-            collapsed = measure_collapsed(exp, small, report, run_dir, warn=reporter.warning)  # accuracy, latency, files
+            # accuracy, latency per runtime, the shipped files
+            collapsed = measure_collapsed(exp, small, report, run_dir, warn=reporter.warning)
         summary = summarize(exp, kept, collapsed, collective)
 
         recorder.summary(summary)

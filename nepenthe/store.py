@@ -27,11 +27,11 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from .atomic import atomic_write_bytes
 from .config import config_diff
 from .errors import ConfigError, NepentheError, StorageError
 from .pruning.masks import pruned_layer_names
 from .records import RoundRecord
-from .atomic import atomic_write_bytes
 from .rundir import RunDir
 from .units import replace_by_identity
 

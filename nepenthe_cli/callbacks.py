@@ -12,9 +12,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .rundir import HYDRA_SUBDIR, Preexisting, remove_unused_sweep_dir
 from nepenthe.rundir import STATUS_FILE
 from nepenthe.tracking import read_status
+
+from .rundir import HYDRA_SUBDIR, Preexisting, remove_unused_sweep_dir
 
 
 class RecordPreexistingDirs(Callback):
@@ -22,7 +23,8 @@ class RecordPreexistingDirs(Callback):
     only folders this command created (:func:`nepenthe_cli.rundir.remove_unused_run_dir`)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        HydraConfig.instance().set_config(config)  # hydra.run.dir reads ${hydra:job.override_dirname}; run_job sets it next
+        # hydra.run.dir reads ${hydra:job.override_dirname}; run_job sets it next
+        HydraConfig.instance().set_config(config)
         Preexisting.snapshot(str(OmegaConf.select(config, "hydra.run.dir"))).export()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -32,7 +32,7 @@ class Preexisting:
     names: tuple[str, ...] | None  # what the anchor held then; None: unknown, so nothing below it counts as new
 
     @classmethod
-    def snapshot(cls, target: str | Path) -> "Preexisting":
+    def snapshot(cls, target: str | Path) -> Preexisting:
         anchor = Path(target).absolute()
         while not anchor.exists() and anchor != anchor.parent:
             anchor = anchor.parent
@@ -56,7 +56,7 @@ class Preexisting:
         os.environ[ENV_VAR] = text
 
     @classmethod
-    def from_env(cls) -> "Preexisting | None":
+    def from_env(cls) -> Preexisting | None:
         text = os.environ.get(ENV_VAR)
         if not text:
             return None

@@ -39,3 +39,15 @@ def run_fast(tmp_path):
         return train.execute(train.to_run_config(cfg), target), target
 
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """The cuda tier runs only where torch sees a GPU; elsewhere each of its tests is skipped saying why."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device visible (torch.cuda.is_available() is False): make gpu-check on a GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

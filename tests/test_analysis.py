@@ -203,6 +203,7 @@ def test_tables_are_written_as_markdown_booktabs_latex_and_numeric_csv(grid, tmp
         "                          IMP "]  # the papers' order, numbers right-aligned
 
 
+@pytest.mark.slow  # make test-all: over 5 s on 2 cores
 def test_wandb_csv_export_becomes_the_same_tables_as_the_run_directories(grid, tmp_path):
     folder, dirs = grid
     unfinished = tmp_path / "unfinished"
@@ -244,6 +245,7 @@ def test_collect_reads_the_run_directory_around_a_wandb_folder_and_refuses_a_bar
         collect.run_folder(bare)
 
 
+@pytest.mark.slow  # make test-all: over 5 s on 2 cores
 def test_figures_have_one_row_of_panels_per_model_and_dataset(grid, tmp_path):
     frame = collect.to_frame(collect.local_runs([grid[0]]))
     fig = plots.depth_vs_accuracy(frame)
@@ -299,6 +301,7 @@ def test_lacoots_regularised_dense_round_is_marked_and_kept_out_of_the_dense_ref
     plt.close("all")
 
 
+@pytest.mark.slow  # make test-all: over 5 s on 2 cores
 def test_collect_lists_failed_and_unfinished_runs_instead_of_dropping_them(runs_folder, tmp_path):
     from nepenthe.tracking import write_failure
 

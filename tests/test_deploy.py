@@ -63,6 +63,7 @@ def test_onnx_runtime_equals_the_torch_collapsed_model_with_merges_and_folded_co
     assert_same(onnx_model(x), reference(x).detach(), rtol=1e-4)
 
 
+@pytest.mark.slow  # make test-all: over 5 s on 2 cores
 def test_a_model_onnx_cannot_export_is_one_clear_error(tmp_path):
     class Bessel(nn.Module):
         def __init__(self):
@@ -157,6 +158,7 @@ def untransportable_model():
     del _BUILDERS["bessel_test"]
 
 
+@pytest.mark.slow  # make test-all: over 5 s on 2 cores
 def test_a_run_whose_model_onnx_cannot_export_says_so_once_and_completes(run_fast, untransportable_model, capsys):
     summary, run_dir = run_fast(f"model.name={untransportable_model}", "~model.kwargs.blocks", "stop.max_rounds=1",
                                 "collapse.onnx=true", "collapse.runtimes=[eager,onnxruntime]")

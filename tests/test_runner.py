@@ -83,6 +83,7 @@ def test_a_run_writes_typed_records_and_a_verified_collapse(run_fast):
     assert json.loads((run_dir / "rounds.jsonl").read_text().splitlines()[0])["schema"] == 2
 
 
+@pytest.mark.slow  # make test-all: over 5 s on 2 cores
 def test_imp_and_uniform_runs_prune_as_configured(run_fast, tmp_path):
     _, imp_dir = run_fast("pruning=imp", "stop.max_rounds=2", run_dir=tmp_path / "imp")
     imp = read_rounds(imp_dir)
@@ -92,6 +93,7 @@ def test_imp_and_uniform_runs_prune_as_configured(run_fast, tmp_path):
     assert all(s == pytest.approx(0.3, abs=0.01) for s in uni[1].unit_sparsity.values())
 
 
+@pytest.mark.slow  # make test-all: over 5 s on 2 cores
 def test_a_run_killed_between_rounds_resumes_and_matches_an_uninterrupted_one(run_fast, tmp_path, monkeypatch):
     _, reference_dir = run_fast(run_dir=tmp_path / "reference")
     reference = read_rounds(reference_dir)
@@ -189,6 +191,7 @@ def test_a_collapse_without_onnx_leaves_no_older_onnx_beside_its_network(run_fas
     assert sorted(p.name for p in run_dir.glob("collapsed*")) == ["collapsed.pt2"]
 
 
+@pytest.mark.slow  # make test-all: over 5 s on 2 cores
 def test_bf16_autocast_and_channels_last_run_on_cpu(run_fast):
     summary, run_dir = run_fast("hardware.precision=bf16", "hardware.channels_last=true", "stop.max_rounds=1",
                                 "pruning=imp")
@@ -211,6 +214,7 @@ def test_bf16_autocast_and_channels_last_run_on_cpu(run_fast):
     assert fp32 == section.uncollapsed_test_acc_fp32 and record.test_acc == records[-1].test_acc
 
 
+@pytest.mark.slow  # make test-all: over 5 s on 2 cores
 def test_wandb_offline_mirrors_the_round_records(run_fast):
     pytest.importorskip("wandb")
     summary, run_dir = run_fast("logger=wandb", "logger.mode=offline", "stop.max_rounds=1")

@@ -7,11 +7,11 @@
 lives with the other entry points, in nepenthe_cli/).
 """
 
+from ..records import CollapseReport
+from .export import load_collapsed, save_collapsed
 from .graph import CollapseError
 from .merge import MERGES
-from ..records import CollapseReport
 from .pipeline import approximate_network, collapse, fold_batchnorm_only
-from .export import load_collapsed, save_collapsed
 
 __all__ = ["CollapseError", "CollapseReport", "MERGES", "approximate_network", "collapse", "fold_batchnorm_only",
            "load_collapsed", "save_collapsed"]

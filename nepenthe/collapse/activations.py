@@ -16,8 +16,8 @@ model the graph edits are verified against.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import Tensor, fx, nn

@@ -17,8 +17,21 @@ import operator
 import torch
 from torch import Tensor, fx, nn
 
-from .graph import (BROADCASTING, COLLAPSE_PREFIX, WEIGHT_OPS, CollapseError, add_buffer, exclusive_modules,
-                    expand_to_batch, fetch_attr, insert_after, is_module, module, only_user, shape)
+from .graph import (
+    BROADCASTING,
+    COLLAPSE_PREFIX,
+    WEIGHT_OPS,
+    CollapseError,
+    add_buffer,
+    exclusive_modules,
+    expand_to_batch,
+    fetch_attr,
+    insert_after,
+    is_module,
+    module,
+    only_user,
+    shape,
+)
 
 FOLDABLE_ADDS = (operator.add, torch.add)  # adds whose constant operand can be folded (not the in-place iadd)
 

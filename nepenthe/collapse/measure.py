@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import NepentheError
 from ..choices import RUNTIMES
+from ..errors import NepentheError
 from .export import OnnxRuntimeModel, export_onnx
 
 
@@ -92,7 +92,8 @@ def runtime_models(models: dict[str, nn.Module], example: Tensor, runtimes=RUNTI
                    onnx_models: dict[str, nn.Module] | None = None) -> tuple[dict[str, Callable], dict[str, str]]:
     """Each model prepared for each runtime: ``({"<runtime>/<model>": callable}, {runtime: "ok" | why not})``.
 
-    ``eager`` is the model itself; ``compile`` is ``torch.compile(model)``, compiled here on ``example``; ``onnxruntime``
+    ``eager`` is the model itself; ``compile`` is ``torch.compile(model)``, compiled here on ``example``;
+    ``onnxruntime``
     exports ``onnx_models[name]`` (the fp32 model; default ``models[name]``) to ``onnx_dir/<name>.onnx`` and runs it
     in ONNX Runtime with ``threads`` intra-op threads. A runtime that fails for one model is skipped for all of them
     (side by side means the same runtimes for every model), with its reason."""

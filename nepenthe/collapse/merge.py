@@ -28,11 +28,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..choices import MERGES
 from ..metrics import weight_layers_on_longest_path
 from .constants import FOLDABLE_ADDS, shrink_uniform
-from .graph import (add_buffer, conv_geometry, dense_conv_weight, exclusive_modules, fetch_attr, insert_after,
-                    call_macs, module, only_user, shape)
+from .graph import (
+    add_buffer,
+    call_macs,
+    conv_geometry,
+    dense_conv_weight,
+    exclusive_modules,
+    fetch_attr,
+    insert_after,
+    module,
+    only_user,
+    shape,
+)
 
 DEPTH_FIRST = ("depth", "always")  # fewest layers, whatever the MACs
 

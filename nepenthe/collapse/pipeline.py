@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, fx, nn
@@ -16,10 +16,19 @@ from .activations import ReducedActivation, approximation_errors, linearize_acti
 from .channels import remove_dead_channels
 from .constants import fold_constants
 from .fold import fold_batchnorms
-from .graph import (CollapseError, bypass, guard_input_size, module, record_shapes, shared_modules, tidy, trace,
-                    weight_nodes)
+from .graph import (
+    CollapseError,
+    bypass,
+    guard_input_size,
+    module,
+    record_shapes,
+    shared_modules,
+    tidy,
+    trace,
+    weight_nodes,
+)
 from .merge import MERGES, merge_chains
-from .verify import abs_diff, check_step, mismatch, outputs, output_scale, relative_diff, touched
+from .verify import abs_diff, check_step, mismatch, output_scale, outputs, relative_diff, touched
 
 PASS_THROUGH = (nn.Identity, nn.Dropout)  # identities in eval mode
 
@@ -29,7 +38,7 @@ def detached_copy(model: nn.Module) -> nn.Module:
     non-leaf tensor (``weight_orig * weight_mask``) that deepcopy refuses; the model is not modified."""
     memo = {}
     for m in model.modules():
-        for name, value in vars(m).items():
+        for value in vars(m).values():
             if isinstance(value, Tensor) and not value.is_leaf:
                 memo[id(value)] = value.detach().clone()
     return copy.deepcopy(model, memo)

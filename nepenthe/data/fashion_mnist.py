@@ -29,7 +29,8 @@ MEAN, STD = (0.2860,), (0.3530,)
 NUM_CLASSES = 10
 FIX = (
     "install Debian's package (`apt-get install -y dataset-fashion-mnist`, or `make data`) and run "
-    "`python -m nepenthe.data.prepare fashion_mnist --root {root}`, or pass dataset.kwargs.download=true where the network allows"
+    "`python -m nepenthe.data.prepare fashion_mnist --root {root}`, or pass dataset.kwargs.download=true where the "
+    "network allows"
 )
 
 

@@ -50,7 +50,8 @@ def flowers102(root: str = "data", image_size: int = 224, download: bool = False
     splits = {}
     for split, key in zip(SPLITS, ("trnid", "valid", "tstid")):
         numbers = [int(i) for i in ids[key].reshape(-1)]
-        splits[split] = ([folder / "jpg" / f"image_{i:05d}.jpg" for i in numbers], [int(labels[i - 1]) - 1 for i in numbers])
+        splits[split] = ([folder / "jpg" / f"image_{i:05d}.jpg" for i in numbers],
+                         [int(labels[i - 1]) - 1 for i in numbers])
     return _bundle("flowers102", root, splits, 102, image_size, augment, crop_padding, progress)
 
 

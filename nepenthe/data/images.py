@@ -87,7 +87,9 @@ def load_split(root: str | Path, files: list[Path], labels: list[int], size: int
 
 
 def class_folders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def folder_samples(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:

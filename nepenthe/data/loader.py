@@ -35,10 +35,10 @@ class ImageSplit:
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.images.shape[1:])
 
-    def subset(self, index: Tensor) -> "ImageSplit":
+    def subset(self, index: Tensor) -> ImageSplit:
         return ImageSplit(self.images[index], self.labels[index])
 
-    def to(self, device) -> "ImageSplit":
+    def to(self, device) -> ImageSplit:
         return ImageSplit(self.images.to(device), self.labels.to(device))
 
 

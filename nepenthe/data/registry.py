@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -12,6 +12,7 @@ from ..choices import PROBE_SPLITS
 from ..errors import ConfigError, check_builder_kwargs, unknown_name
 from .loader import ArrayLoader, ImageSplit
 from .stream import FileLoader, FileSplit
+
 
 @dataclass
 class DataBundle:

@@ -34,7 +34,7 @@ class FileSplit:
     def sample_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
 
-    def subset(self, index: Tensor) -> "FileSplit":
+    def subset(self, index: Tensor) -> FileSplit:
         return FileSplit([self.files[i] for i in index.tolist()], self.labels[index], self.image_size)
 
 
@@ -73,7 +73,7 @@ class _Decoded(Dataset):
 class _EpochOrder(Sampler):
     """Runs in the main process: the loader's epoch order, as ``(epoch, index)`` items the workers decode."""
 
-    def __init__(self, loader: "FileLoader"):
+    def __init__(self, loader: FileLoader):
         self.loader = loader
 
     def __len__(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -12,7 +12,8 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(name: str):
-    """Decorator: register a builder ``(num_classes, in_chans, **kwargs) -> nn.Module`` under ``name`` (``model.name`` in configs)."""
+    """Decorator: register a builder ``(num_classes, in_chans, **kwargs) -> nn.Module`` under ``name`` (``model.name``
+    in configs)."""
     def decorate(builder: Callable[..., nn.Module]):
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} is registered twice")

@@ -15,13 +15,13 @@ under one rule and not the other).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from ..choices import ROUNDINGS
-from ..errors import ConfigError, bad_option
+from ..errors import bad_option
 
 
 def check_ratio(ratio: float) -> float:
@@ -70,7 +70,8 @@ def nepenthe_allocation(
         shares = [remaining_budget * w / norm for w in weights]
         capped = [i for i, s in zip(pool, shares) if s > nnz[i]]
         if not capped:
-            final = round_preserving_total(shares, remaining_budget) if rounding == "nearest" else [int(s) for s in shares]
+            final = (round_preserving_total(shares, remaining_budget) if rounding == "nearest"
+                     else [int(s) for s in shares])
             for i, n in zip(pool, final):
                 counts[i] = n
             break

@@ -24,8 +24,8 @@ distance); the validation MSWD is measured on the kept model after training with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import torch
 import torchvision
@@ -38,6 +38,7 @@ from ..units import find_module
 from ..wasserstein import max_sliced_wasserstein
 from .methods import Method, PruningPlan
 from .registry import register_method
+
 
 @dataclass(frozen=True)
 class TransportUnit:
@@ -63,8 +64,8 @@ def parse_units(spec) -> list[TransportUnit]:
         elif isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(e, str) for e in entry):
             units.append(TransportUnit(entry[0], entry[1]))
         else:
-            raise ConfigError(f"pruning.units entry {entry!r} is not valid; give a module path (input vs output of that "
-                              f"module) or a pair [module replaced on removal, module whose output is compared]")
+            raise ConfigError(f"pruning.units entry {entry!r} is not valid; give a module path (input vs output of "
+                              f"that module) or a pair [module replaced on removal, module whose output is compared]")
     return units
 
 
@@ -121,8 +122,8 @@ class _Capture:
         for unit in units:
             compared = find_module(model, unit.compared)
             if compared is None:
-                raise ConfigError(f"LaCoOT unit {unit.module!r} compares the output of {unit.compared!r}, which is not a "
-                                  f"module of {type(model).__name__}")
+                raise ConfigError(f"LaCoOT unit {unit.module!r} compares the output of {unit.compared!r}, which is not "
+                                  f"a module of {type(model).__name__}")
             self.handles.append(model.get_submodule(unit.module).register_forward_pre_hook(self._keep_input(unit)))
             self.handles.append(compared.register_forward_hook(self._keep_output(unit)))
 

@@ -6,8 +6,8 @@ A plan is data, so it can be recorded, tested against hand-computed numbers and 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Mapping, Sequence
 
 from torch import nn
 
@@ -15,10 +15,16 @@ from ..distributed import SINGLE, Collective
 from ..entropy import LayerStats, ProbeSettings
 from ..errors import ConfigError
 from ..units import RECTIFIERS, Unit, find_module, replace_by_identity, weight_layer_names
-from .budget import (check_ratio, check_rounding, global_magnitude_allocation, nepenthe_allocation, smallest_counts,
-                     uniform_allocation)
-from .registry import register_method
+from .budget import (
+    check_ratio,
+    check_rounding,
+    global_magnitude_allocation,
+    nepenthe_allocation,
+    smallest_counts,
+    uniform_allocation,
+)
 from .masks import mean_abs_nonzero, nonzero_remaining, prune_smallest, remaining, remaining_magnitudes
+from .registry import register_method
 
 
 @dataclass
@@ -118,9 +124,9 @@ def split_over_layers(model: nn.Module, layers: tuple[str, ...], n: int) -> dict
 
 @register_method("NEPENTHE", "tab:blue", rank=1)
 class Nepenthe(Method):
-    """Entropy-guided budget (docs/DESIGN.md step 5); zero-entropy units are frozen. Remaining weights are counted as the
-    EGP code does (alive and ``w != 0``), so a unit whose alive weights are all exactly zero is skipped. Entropy as the
-    NEPENTHE paper specifies it, measured consistently: pooled over the whole clean training set."""
+    """Entropy-guided budget (docs/DESIGN.md step 5); zero-entropy units are frozen. Remaining weights are counted as
+    the EGP code does (alive and ``w != 0``), so a unit whose alive weights are all exactly zero is skipped. Entropy
+    as the NEPENTHE paper specifies it, measured consistently: pooled over the whole clean training set."""
 
     name = "nepenthe"
     Options: type = BudgetOptions

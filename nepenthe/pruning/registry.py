@@ -1,17 +1,19 @@
 """Every pruning method, declared once: what ``pruning.method`` in a config and :func:`create_method` accept.
 
-A method registers itself with :func:`register_method` beside its class. An entry says all that the rest of the project needs to know about a method: the class that plans its rounds (its
-``Options`` dataclass holds its own options and their defaults, its ``probe`` the entropy settings of its reference
-code), its label and colour in tables and figures, whether it uses ``pruning.ratio``, which ``stop.*`` keys its stop
-rule honours, and whether its dense round trains with a regulariser (so round 0 is not the plain dense network).
+A method registers itself with :func:`register_method` beside its class. An entry says all that the rest of the
+project needs to know about a method: the class that plans its rounds (its ``Options`` dataclass holds its own
+options and their defaults, its ``probe`` the entropy settings of its reference code), its label and colour in
+tables and figures, whether it uses ``pruning.ratio``, which ``stop.*`` keys its stop rule honours, and whether its
+dense round trains with a regulariser (so round 0 is not the plain dense network).
 Config validation, the analysis and the YAML groups read the entry; adding a method is its decorated class (one
 module) and ``conf/pruning/<name>.yaml``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, unknown_name
 
@@ -28,7 +30,7 @@ def _never(options) -> bool:
 
 @dataclass(frozen=True)
 class MethodEntry:
-    cls: type["Method"]
+    cls: type[Method]
     label: str  # as tables and figures name it
     colour: str  # one colour in every figure (a matplotlib colour)
     uses_ratio: bool = True  # False: pruning.ratio changes nothing it does, so setting it is refused
@@ -41,7 +43,7 @@ class MethodEntry:
         return self.cls.name
 
     @property
-    def probe(self) -> "ProbeSettings":
+    def probe(self) -> ProbeSettings:
         return self.cls.probe
 
     @property
@@ -81,7 +83,7 @@ def method_entry(name: str) -> MethodEntry:
     return METHODS[name]
 
 
-def create_method(name: str, ratio: float = 0.5, **options) -> "Method":
+def create_method(name: str, ratio: float = 0.5, **options) -> Method:
     """The method as its reference code runs it: ``create_method("egp")`` has EGP's probe settings
     (``method.probe``) and floor rounding. ``options`` are the method's own (``rounding`` for nepenthe/egp; LaCoOT's
     ``lambda_reg``, ``n_projections``, ``p``, ``units``, ``order``, ``finetune_epochs``); an option a method lacks is
@@ -92,7 +94,7 @@ def create_method(name: str, ratio: float = 0.5, **options) -> "Method":
         raise exc.for_caller({"pruning.ratio": "ratio", **{f"pruning.{k}": k for k in options}}) from None
 
 
-def build_method(name: str, ratio: float, options: dict) -> "Method":
+def build_method(name: str, ratio: float, options: dict) -> Method:
     """:func:`create_method` with errors in the config's words (``pruning.ratio``): what config validation uses."""
     entry = method_entry(name)
     unknown = sorted(set(options) - set(entry.option_names))
