@@ -21,7 +21,7 @@ from .pruning.masks import make_permanent
 from .pruning.methods import Method
 from .pruning.registry import build_method
 from .rundir import RunDir
-from .store import Checkpoint, DirStore, EpochCheckpoints, MemoryStore, restore_model
+from .store import Checkpoint, DirStore, EpochCheckpoints, MemoryStore, Store, restore_model
 from .tracking import RunRecorder
 from .units import Unit
 
@@ -110,7 +110,8 @@ def prune(model: nn.Module, *, train: Callable, evaluate: Callable, probe_batche
         steps = ModelSteps(model, units, method, train=train, evaluate=evaluate, probe_batches=probe_batches,
                            setup=setup, probe=probe)
         identity = {"method": method.name, "ratio": method.ratio, "units": [u.name for u in units]}
-        store, recorder = MemoryStore(), None
+        store: Store = MemoryStore()
+        recorder = None
         if setup.run_dir is not None:
             if not setup.resume:
                 RunDir(setup.run_dir).clear()

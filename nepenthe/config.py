@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from .choices import (
     DEVICES,
@@ -295,14 +295,16 @@ def load_run_config(data) -> RunConfig:
 
     try:
         if isinstance(data, (str, Path)):
-            data = upgrade_stored_config(OmegaConf.to_container(OmegaConf.load(data), resolve=True))
-        loaded = data
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), loaded)
+            stored = OmegaConf.to_container(OmegaConf.load(data), resolve=True)
+            if not isinstance(stored, dict):
+                raise ConfigError(f"{data} does not hold a config (a mapping of keys): {type(stored).__name__}")
+            data = upgrade_stored_config(stored)
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), data)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)  # OmegaConf knows which key failed; its first line does not say
         first = str(exc).splitlines()[0]
         raise ConfigError(f"{key}: {first}" if key else first) from exc
-    return validate(OmegaConf.to_object(merged))
+    return validate(cast(RunConfig, OmegaConf.to_object(merged)))
 
 
 def pruning_method_keys() -> tuple[str, ...]:

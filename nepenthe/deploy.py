@@ -15,9 +15,10 @@ import copy
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .collapse import approximate_network, collapse, fold_batchnorm_only, save_collapsed
 from .collapse.export import OnnxRuntimeModel, export_onnx, onnx_relative_diff
@@ -63,7 +64,7 @@ def measure_collapsed(exp, small: nn.Module, report: CollapseReport, out_dir: st
                 "collapsed": small}
     shipped = {"collapsed": small}
     if c.approximate_merges or c.merge == "approximate":
-        approx, operations, diff = approximate_network(small, batch, c.merge)
+        approx, operations, diff = approximate_network(cast(fx.GraphModule, small), batch, c.merge)
         result.approximate = measured_network(exp, approx, batch, relative_diff=diff, operations=operations)
         networks["approximate"] = shipped["approximate"] = approx
     if c.finetune.epochs:
@@ -128,6 +129,7 @@ def save_files(exp, shipped: dict[str, nn.Module], batch: torch.Tensor, out_dir:
             result.file, result.onnx_file = path.name, onnx_file
         else:
             target = result.approximate if name == "approximate" else result.finetuned
+            assert target is not None, f"the {name} network is shipped only once it is measured"
             target.file, target.onnx_file = path.name, onnx_file
 
 
@@ -167,8 +169,8 @@ def measure_latency(exp, networks: dict[str, nn.Module], batch: torch.Tensor, re
                          for rt, models in stats.items()}
     result.latency_iqr_ms = {rt: {m: {b: s["p75"] - s["p25"] for b, s in per.items()} for m, per in models.items()}
                              for rt, models in stats.items()}
-    result.latency_repeats = min((s["n"] for models in stats.values() for per in models.values()
-                                  for s in per.values()), default=None)
+    repeats = [int(s["n"]) for models in stats.values() for per in models.values() for s in per.values()]
+    result.latency_repeats = min(repeats, default=None)
     result.latency_threads, result.latency_device = torch.get_num_threads(), str(exp.device)
     result.latency_precision, result.runtimes = exp.cfg.hardware.precision, notes
 

@@ -51,7 +51,8 @@ def _feeding_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[str, str] | None:
     while isinstance(current, fx.Node):
         target = modules.get(current.target) if current.op == "call_module" else None
         if isinstance(target, WEIGHT_LAYERS):
-            return current.target, "channels_first" if isinstance(target, nn.modules.conv._ConvNd) else "channels_last"
+            layout = "channels_first" if isinstance(target, nn.modules.conv._ConvNd) else "channels_last"
+            return str(current.target), layout
         if isinstance(target, PASS_BACK_MODULES):
             current = current.args[0]
         elif current.op == "call_method" and current.target in PASS_BACK_METHODS:

@@ -7,7 +7,7 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: f
     AdamW (Swin-T's own defaults, conf/model/swin_t.yaml).
     On CUDA the fused kernels update every parameter in one launch; on CPU torch's default implementation is kept,
     which keeps CPU runs bit for bit what they were."""
-    fused = {"fused": True} if device is not None and torch.device(device).type == "cuda" else {}
+    fused: dict[str, Any] = {"fused": True} if device is not None and torch.device(device).type == "cuda" else {}
     if optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, **fused)
     if optimizer == "adamw":  # decoupled weight decay: how transformers (Swin-T) are trained
@@ -161,13 +161,13 @@ def train_one_epoch(model, loader, optimizer, plan: TrainingPlan, *, desc: str |
     totals = torch.stack([loss_sum, term_sum, correct.double(), torch.tensor(float(seen), device=device,
                                                                              dtype=torch.float64)])
     plan.collective.all_reduce_sum([totals])  # a distributed run: every process's part of the epoch
-    loss_total, term_total, correct_total, seen = (float(v) for v in totals)
-    mean_loss = loss_total / max(seen, 1)
+    loss_total, term_total, correct_total, seen_total = (float(v) for v in totals)
+    mean_loss = loss_total / max(seen_total, 1)
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError(f"{desc}: mean loss is {mean_loss}; lower train.lr{_precision_hint(amp_dtype)}")
-    result = {"loss": mean_loss, "acc": 100.0 * correct_total / max(seen, 1)}
+    result = {"loss": mean_loss, "acc": 100.0 * correct_total / max(seen_total, 1)}
     if loss_term is not None:
-        result["term"] = term_total / max(seen, 1)
+        result["term"] = term_total / max(seen_total, 1)
     return result
 
 

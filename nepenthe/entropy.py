@@ -135,6 +135,25 @@ class ProbeSettings:
         return self
 
 
+@dataclass
+class _Counts:
+    """One activation's sums over the pass, on the device: ON and OFF per neuron, per-batch layer entropies, and the
+    NaN/Inf inputs seen (compared neither > 0 nor < 0, they would pass for zeros; checked once, in ``stats()``)."""
+
+    on: Tensor
+    off: Tensor
+    batch_entropy_sum: Tensor
+    nonfinite: Tensor
+
+    @classmethod
+    def zeros(cls, shape, device=None) -> _Counts:
+        def zeros(size, dtype):
+            return torch.zeros(size, dtype=dtype, device=device)
+
+        return cls(zeros(shape, torch.int64), zeros(shape, torch.int64), zeros((), torch.float64),
+                   zeros((), torch.int64))
+
+
 class _Counter:
     """Per-activation accumulators; created lazily on the first batch so the device and width are known."""
 
@@ -142,13 +161,9 @@ class _Counter:
         self.layout = layout
         self.neuron_dim: int | None = None
         self.input_ndim: int | None = None
-        self.on: Tensor | None = None
-        self.off: Tensor | None = None
+        self.counts: _Counts | None = None
         self.positions = 0
-        self.batch_entropy_sum: Tensor | None = None
         self.batches = 0
-        self.nonfinite: Tensor | None = None  # NaN/Inf inputs seen: compared neither > 0 nor < 0, they would pass
-        #                                       for zeros; counted on the device and checked once, in stats()
 
     def add(self, z: Tensor, zero_state: str, layer_mean: str, per_batch: bool) -> None:
         cdim = channel_dim(z.dim(), self.layout)
@@ -157,28 +172,28 @@ class _Counter:
         # Only what zero_state needs is counted: with zeros as OFF, P(ON) = on/positions and the OFF count is
         # implied (likewise for zeros as ON), which halves the hook's memory traffic. int32 partial sums are twice
         # as fast as the default int64 on CPU and exact below 2^31 scalars per neuron per batch.
-        on = (z > 0).sum(dim=dims, dtype=torch.int32) if zero_state != "on" else None
-        off = (z < 0).sum(dim=dims, dtype=torch.int32) if zero_state != "off" else None
-        on = positions - off if on is None else on
-        off = positions - on if off is None else off
-        if self.on is None:
+        if zero_state == "on":
+            off = (z < 0).sum(dim=dims, dtype=torch.int32)
+            on = positions - off
+        else:
+            on = (z > 0).sum(dim=dims, dtype=torch.int32)
+            off = positions - on if zero_state == "off" else (z < 0).sum(dim=dims, dtype=torch.int32)
+        if self.counts is None:
             self.neuron_dim, self.input_ndim = cdim, z.dim()
-            self.on = torch.zeros_like(on, dtype=torch.int64)
-            self.off = torch.zeros_like(off, dtype=torch.int64)
-            self.batch_entropy_sum = torch.zeros((), dtype=torch.float64, device=z.device)
-            self.nonfinite = torch.zeros((), dtype=torch.int64, device=z.device)
-        elif self.on.shape != on.shape:
+            self.counts = _Counts.zeros(on.shape, z.device)
+        elif self.counts.on.shape != on.shape:
             raise ConfigError(
-                f"activation width changed from {self.on.numel()} to {on.numel()} neurons between batches; "
+                f"activation width changed from {self.counts.on.numel()} to {on.numel()} neurons between batches; "
                 f"check the layout ({self.layout!r}) of this activation"
             )
-        self.on += on
-        self.off += off
-        self.nonfinite += z.numel() - torch.isfinite(z).sum()
+        counts = self.counts
+        counts.on += on
+        counts.off += off
+        counts.nonfinite += z.numel() - torch.isfinite(z).sum()
         self.positions += positions
         if per_batch:
             p = on_probability(on, off, positions - on - off, zero_state)
-            self.batch_entropy_sum += layer_entropy(p, layer_mean)
+            counts.batch_entropy_sum += layer_entropy(p, layer_mean)
             self.batches += 1
 
 
@@ -228,20 +243,22 @@ class EntropyProbe:
             self._meet_the_other_processes()
         result = {}
         for name, c in self._counters.items():
-            if c.on is None:
+            counts = c.counts
+            if counts is None:
                 raise ConfigError(f"activation {name!r} was never called during the probe pass; is it in the model?")
             if self.collective.world > 1:
                 scalars = torch.tensor([float(c.positions), float(c.batches)], dtype=torch.float64)
-                self.collective.all_reduce_sum([c.on, c.off, c.batch_entropy_sum, c.nonfinite, scalars])
+                self.collective.all_reduce_sum([counts.on, counts.off, counts.batch_entropy_sum, counts.nonfinite,
+                                                scalars])
                 c.positions, c.batches = int(scalars[0]), int(scalars[1])
-            if int(c.nonfinite):
+            if int(counts.nonfinite):
                 raise NonFiniteInputError(
-                    f"the input of activation {name!r} held {int(c.nonfinite)} NaN/Inf value(s) of "
-                    f"{c.positions * c.on.numel()} during the probe pass: the probe batches or the model's weights "
-                    f"(a NaN training loss?) are not finite, so its entropy is undefined")
-            p_on = on_probability(c.on, c.off, c.positions - c.on - c.off, self.zero_state)
+                    f"the input of activation {name!r} held {int(counts.nonfinite)} NaN/Inf value(s) of "
+                    f"{c.positions * counts.on.numel()} during the probe pass: the probe batches or the model's "
+                    f"weights (a NaN training loss?) are not finite, so its entropy is undefined")
+            p_on = on_probability(counts.on, counts.off, c.positions - counts.on - counts.off, self.zero_state)
             if self.pooling == "batch":
-                value = c.batch_entropy_sum / c.batches
+                value = counts.batch_entropy_sum / c.batches
             else:
                 value = layer_entropy(p_on, self.layer_mean)
             result[name] = LayerStats(name=name, p_on=p_on.cpu(), entropy=float(value), positions=c.positions,
@@ -252,17 +269,14 @@ class EntropyProbe:
         """A process that saw none of the batches (fewer probe batches than processes) starts its counters at zero
         with the widths the others saw, so that every process adds the same tensors; an activation no process saw
         stays unseen (the error above, raised by every process)."""
-        seen = {name: (tuple(c.on.shape), c.neuron_dim, c.input_ndim) for name, c in self._counters.items()
-                if c.on is not None}
+        seen = {name: (tuple(c.counts.on.shape), c.neuron_dim, c.input_ndim) for name, c in self._counters.items()
+                if c.counts is not None}
         everyone = self.collective.gather(seen)
         for name, c in self._counters.items():
             shapes = [other[name] for other in everyone if name in other]
-            if c.on is None and shapes:
+            if c.counts is None and shapes:
                 shape, c.neuron_dim, c.input_ndim = shapes[0]
-                c.on = torch.zeros(shape, dtype=torch.int64)
-                c.off = torch.zeros(shape, dtype=torch.int64)
-                c.batch_entropy_sum = torch.zeros((), dtype=torch.float64)
-                c.nonfinite = torch.zeros((), dtype=torch.int64)
+                c.counts = _Counts.zeros(shape)
 
 
 @torch.no_grad()

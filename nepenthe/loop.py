@@ -209,6 +209,7 @@ class RoundLoop:
             self.reason = stop_reason(self.stop, self.records, plan)
             if self.reason is not None:
                 return self.reason
+            assert plan is not None  # stop_reason stops a loop with no plan (max_rounds reached)
             tick = time.perf_counter()
             apply_plan(steps.model, plan)
             steps.collective.check_same(f"the masks of round {last + 1}", compact_state(steps.model)[1])

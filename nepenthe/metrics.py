@@ -13,6 +13,7 @@ from torch import Tensor, fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import NepentheError
+from .pruning.masks import weight_of
 from .records import Cost
 from .units import WEIGHT_LAYERS
 
@@ -39,7 +40,7 @@ def macs_by_module(model: nn.Module, example_input: Tensor) -> tuple[int, dict[s
 
 
 def weight_density(module: nn.Module) -> float:
-    weight = module.weight.detach()
+    weight = weight_of(module).detach()
     return float(torch.count_nonzero(weight)) / weight.numel()
 
 

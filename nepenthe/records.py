@@ -14,7 +14,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from .choices import RUNTIMES
 from .errors import NepentheError
@@ -34,7 +34,8 @@ def doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasse
 
 
 class Record:
-    """Base of every record: dict conversion with the schema version, and upgrades of older versions."""
+    """Base of every record: dict conversion with the schema version, and upgrades of older versions. Not a dataclass
+    itself (each subclass is; the generated field tables list the subclasses' own fields), hence the casts for mypy."""
 
     #: keys of schema-1 records that were renamed: {old: new}
     RENAMED: typing.ClassVar[dict[str, str]] = {}
@@ -49,7 +50,7 @@ class Record:
         return data
 
     def to_dict(self) -> dict:
-        data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(cast(Any, self))}
         return {"schema": SCHEMA_VERSION, **data} if self.TOP_LEVEL else data
 
     @classmethod
@@ -67,7 +68,7 @@ class Record:
             raise RecordError(f"{cls.__name__} has schema {version!r}, newer than this nepenthe reads "
                               f"({SCHEMA_VERSION}); upgrade nepenthe")
         hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cast(Any, cls))}
         if version < 2:
             data = {cls.RENAMED.get(k, k): v for k, v in data.items()}
             if cls.OVERFLOW is not None:
@@ -81,7 +82,7 @@ class Record:
             raise RecordError(f"{cls.__name__} has unknown key(s) {', '.join(unknown)}; known: "
                               f"{', '.join(sorted(names))}")
         values = {}
-        for f in dataclasses.fields(cls):
+        for f in dataclasses.fields(cast(Any, cls)):
             if f.name in data:
                 values[f.name] = _build(hints[f.name], data[f.name], version, strict)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:

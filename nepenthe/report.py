@@ -25,20 +25,24 @@ def format_table_header(unit_names: list[str]) -> str:
 def format_round_row(record: RoundRecord, unit_names: list[str]) -> str:
     entropies = " ".join(format_entropy(record.entropy[name]) for name in unit_names)
     depth = f"{record.k}/{record.N}"
-    test = record.test_acc  # a run of your own (nepenthe.prune) may measure validation only
-    test = f"{test:6.2f}" if test is not None else "     -"
+    # a run of your own (nepenthe.prune) may measure validation only
+    test = f"{record.test_acc:6.2f}" if record.test_acc is not None else "     -"
     return (f"{record.round:5d} {100 * record.sparsity:7.2f}% {record.val_acc:6.2f} {test} "
             f"{depth:>5} |                 {entropies}")
 
 
-def format_collapse(section: CollapseResult, uncollapsed_test_acc: float) -> list[str]:
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
+
+
+def format_collapse(section: CollapseResult, uncollapsed_test_acc: float | None) -> list[str]:
     """Lines describing the collapse of a summary (``nepenthe.deploy``)."""
     before, after = section.before, section.after
     lines = [
         f"collapsed (merge={section.merge}): weight layers on the longest path {before.weight_layers_on_longest_path} "
         f"-> {after.weight_layers_on_longest_path}, MACs {before.macs / 1e6:.2f} M -> {after.macs / 1e6:.2f} M, "
         f"params {before.params:,} -> {after.params:,}",
-        f"  test top-1 {section.test_acc:.2f}% collapsed vs {uncollapsed_test_acc:.2f}% uncollapsed; max |output "
+        f"  test top-1 {section.test_acc:.2f}% collapsed vs {_pct(uncollapsed_test_acc)} uncollapsed; max |output "
         f"diff| {section.max_abs_diff:.2g} vs linearized (exact steps), {section.diff_vs_original:.2g} vs "
         f"uncollapsed (output scale {section.output_scale:.3g})",
         f"  verified: {section.relative_diff:.2g} of max |output| vs linearized (allowed {section.tolerance:g}); the "
@@ -103,6 +107,7 @@ def format_latency(section: CollapseResult) -> list[str]:
 
 def format_summary(summary: Summary) -> list[str]:
     d, f = summary.dense, summary.final
+    assert d is not None and f is not None, "a complete summary has its dense and kept rounds"
     lines = [f"stopped: {summary.stop_reason}; kept round {summary.final_round} of {summary.rounds_completed}: "
              f"sparsity {100 * f.sparsity:.1f}%, test top-1 {f.test_acc:.2f}% (dense {d.test_acc:.2f}%), "
              f"zero-entropy units {summary.depth}"]

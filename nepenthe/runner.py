@@ -58,6 +58,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
         distributed.finish()  # the other processes are done: collapse and measure on process 0 alone
         if not main:
             return None
+        assert recorder is not None  # process 0 opened the records
         exp.collective = distributed.SINGLE
         collapsed = None
         if cfg.collapse.enabled:

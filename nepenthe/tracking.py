@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any, cast
 
 from .atomic import append_line, atomic_write_text
 from .errors import NepentheError
@@ -133,10 +134,11 @@ class RunRecorder:
     def _init_wandb(self, mode: str):
         import wandb  # optional dependency, only imported when the logger is on
 
-        s = self.wandb_settings
+        s = self.wandb_settings or {}
         return wandb.init(
             project=s.get("project"), entity=s.get("entity"), group=s.get("group"), tags=s.get("tags") or None,
-            mode=mode, dir=str(self.run_dir.path), config=self.config, name=self.run_dir.path.name, id=s.get("id"),
+            mode=cast(Any, mode),  # offline | online | disabled: checked by config validation
+            dir=str(self.run_dir.path), config=self.config, name=self.run_dir.path.name, id=s.get("id"),
             resume="allow", settings=wandb.Settings(init_timeout=s.get("init_timeout", 10)),
         )
 

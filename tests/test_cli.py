@@ -76,7 +76,14 @@ def run_in_process(tmp_path: Path, overrides: list[str], capsys, monkeypatch, ba
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case,overrides,message,code", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+# make test runs one case of each kind (a Hydra refusal, a range, a choice, a type, missing data, a method's option);
+# make test-all runs them all (each starts train.py's Hydra entry point: about half a second)
+QUICK_CASES = {"unknown model", "unknown nested key", "ratio above 1", "ratio not a number", "unknown entropy option",
+               "missing dataset files", "a method option of another method", "ratio of a method without one"}
+
+
+@pytest.mark.parametrize("case,overrides,message,code", [
+    pytest.param(*c, id=c[0], marks=() if c[0] in QUICK_CASES else pytest.mark.slow) for c in CONFIG_CASES])
 def test_bad_configuration_is_refused_with_one_message_and_leaves_nothing(tmp_path, capsys, monkeypatch, case,
                                                                           overrides, message, code):
     base = FAST if any(o.startswith("dataset=") for o in overrides) else SYNTHETIC + FAST  # real data: no sizes

@@ -57,6 +57,7 @@ def test_the_protocol_table_covers_every_pair_the_papers_report():
                       ("Swin-T", "Tiny-ImageNet-200")}
 
 
+@pytest.mark.slow  # 56 pairs, 9 s on 2 cores: make test-all
 @pytest.mark.parametrize("row", protocol_rows(), ids=lambda r: f"{r['method']}-{r['model']}-{r['dataset']}")
 def test_every_paper_pair_composes_to_its_published_schedule(row):
     cfg = train.to_run_config(compose_config(row["command (`python train.py ...`)"].strip("`").split()))

@@ -79,6 +79,7 @@ def test_a_model_onnx_cannot_export_is_one_clear_error(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
+@pytest.mark.slow  # make test-all: over 4 s on 2 cores
 def test_latency_per_runtime_side_by_side_and_a_runtime_that_cannot_run_says_why(tmp_path, monkeypatch):
     small, large = nn.Linear(32, 32), nn.Sequential(*[nn.Linear(32, 32) for _ in range(6)])
     stats, notes = latency_by_runtime({"small": small, "large": large}, torch.randn(1, 32), (1, 8),

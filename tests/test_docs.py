@@ -32,6 +32,7 @@ def test_own_model_page_runs_and_collapses_exactly():
     assert namespace["model"] is namespace_model
 
 
+@pytest.mark.slow  # make test-all: over 4 s on 2 cores
 def test_the_library_never_imports_hydra_and_exports_a_documented_api():
     import subprocess
     import sys

@@ -152,6 +152,7 @@ def test_bad_options_are_one_clear_error(options, message):
         Lacoot(**options)
 
 
+@pytest.mark.slow  # make test-all: over 4 s on 2 cores
 def test_a_lacoot_run_removes_blocks_in_order_and_collapses_them_away(run_fast):
     """python train.py pruning=lacoot model=resnet18_cifar dataset=synthetic: trained with the regulariser, blocks
     replaced one per round by validation MSWD while accuracy holds, and the collapse removes their layers."""

@@ -183,14 +183,6 @@ def test_resume_false_clears_every_output_of_the_previous_run(run_fast):
     assert read_summary(run_dir).status == "complete" and read_summary(run_dir).collapse is None
 
 
-def test_a_collapse_without_onnx_leaves_no_older_onnx_beside_its_network(run_fast):
-    _, run_dir = run_fast("stop.max_rounds=1")
-    (run_dir / "collapsed.onnx").write_text("an older run's network")
-    summary, _ = run_fast("stop.max_rounds=1", "resume=false", run_dir=run_dir)  # collapse.onnx=false (FAST)
-    assert summary.collapse.file == "collapsed.pt2" and summary.collapse.onnx_file is None
-    assert sorted(p.name for p in run_dir.glob("collapsed*")) == ["collapsed.pt2"]
-
-
 @pytest.mark.slow  # make test-all: over 5 s on 2 cores
 def test_bf16_autocast_and_channels_last_run_on_cpu(run_fast):
     summary, run_dir = run_fast("hardware.precision=bf16", "hardware.channels_last=true", "stop.max_rounds=1",
@@ -225,12 +217,16 @@ def test_wandb_offline_mirrors_the_round_records(run_fast):
     assert read_summary(run_dir).status == "complete"
 
 
+@pytest.mark.slow  # make test-all: over 4 s on 2 cores
 def test_the_collapse_command_recollapses_a_saved_run(run_fast, tmp_path, capsys):
     from nepenthe_cli.collapse import main
 
     summary, run_dir = run_fast("stop.max_rounds=2")
     out = tmp_path / "recollapsed"
+    out.mkdir()
+    (out / "collapsed.onnx").write_text("an older collapse's network")  # this one writes no ONNX (the run's setting)
     assert main([str(run_dir), "--merge", "never", "--out", str(out), "--verify-batch", "32"]) == 0
+    assert sorted(p.name for p in out.glob("collapsed*")) == ["collapsed.pt2"]  # nothing older beside it
     report = CollapseResult.from_dict(json.loads((out / "collapse.json").read_text()))
     assert report.round == summary.final_round == 2 and report.merge == "never"
     assert report.input_shape[0] == 32 and report.kept_test_acc == summary.final.test_acc

@@ -28,6 +28,7 @@ def test_a_truncated_summary_names_the_file_and_the_fix(tmp_path):
     assert str(info.value).endswith("delete it and re-run the run's command to write it again from the checkpoints")
 
 
+@pytest.mark.slow  # make test-all: over 4 s on 2 cores
 def test_wandb_online_without_a_key_warns_once_and_keeps_the_run_going_offline(run_fast, monkeypatch, tmp_path):
     pytest.importorskip("wandb")
     for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):

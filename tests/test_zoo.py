@@ -24,7 +24,7 @@ ZOO = [
     ("resnet18_imagenet", {}, (3, 64, 64), 17),
     ("mobilenetv2_cifar", {}, (3, 32, 32), 35),
     ("mobilenetv2_imagenet", {}, (3, 64, 64), 35),
-    ("swin_t", {}, (3, 64, 64), 12),
+    pytest.param("swin_t", {}, (3, 64, 64), 12, marks=pytest.mark.slow),  # 28 M params: 5 s on 2 cores
     pytest.param("vgg16_bn", {}, (3, 32, 32), 15, marks=pytest.mark.slow),  # 138 M params: 13 s on 2 cores
     ("timm", {"arch": "resnet18"}, (3, 32, 32), 17),
     ("timm/convnext_atto", {}, (3, 32, 32), 12),

@@ -7,10 +7,10 @@
 lives with the other entry points, in nepenthe_cli/).
 """
 
+from ..choices import MERGES
 from ..records import CollapseReport
 from .export import load_collapsed, save_collapsed
 from .graph import CollapseError
-from .merge import MERGES
 from .pipeline import approximate_network, collapse, fold_batchnorm_only
 
 __all__ = ["CollapseError", "CollapseReport", "MERGES", "approximate_network", "collapse", "fold_batchnorm_only",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +44,9 @@ def _benchmark():
 
 
 @torch.no_grad()
-def latency_stats(models: dict[str, nn.Module], sample: Tensor, batch_sizes=(1, 64), *, min_run_time: float = 0.5,
-                  rounds: int = 3, threads: int | None = None) -> dict[str, dict[str, dict[str, float]]]:
+def latency_stats(models: Mapping[str, Callable[[Tensor], Tensor]], sample: Tensor, batch_sizes=(1, 64), *,
+                  min_run_time: float = 0.5, rounds: int = 3,
+                  threads: int | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Forward latency in milliseconds, measured side by side: ``{model: {"batch_<n>": {median, p25, p75, n}}}``.
 
     ``sample`` is one input (batch dimension 1) repeated to each batch size. Models are timed in turn, ``rounds``

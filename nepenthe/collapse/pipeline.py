@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, fx, nn
 
+from ..choices import MERGES
 from ..entropy import LayerStats
 from ..metrics import cost_report
 from ..pruning.masks import make_permanent
@@ -27,7 +28,7 @@ from .graph import (
     trace,
     weight_nodes,
 )
-from .merge import MERGES, merge_chains
+from .merge import merge_chains
 from .verify import abs_diff, check_step, mismatch, output_scale, outputs, relative_diff, touched
 
 PASS_THROUGH = (nn.Identity, nn.Dropout)  # identities in eval mode
@@ -99,7 +100,7 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
     report.shared_layers = shared_modules(gm)
     original = outputs(reference, x)
     report.output_scale = output_scale(original[0])
-    layers_before = {n.target for n in weight_nodes(gm)}
+    layers_before = {str(n.target) for n in weight_nodes(gm)}
 
     def step(name: str, run, expected) -> float:
         record_shapes(gm, x)
@@ -147,7 +148,7 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
     report.diff_vs_original = abs_diff(collapsed[0], original[0])
     report.relative_diff_vs_original = relative_diff(collapsed[0], original[0])
     report.after = cost_report(gm, x[:1])
-    report.removed_layers = sorted(layers_before - {n.target for n in weight_nodes(gm)})
+    report.removed_layers = sorted(layers_before - {str(n.target) for n in weight_nodes(gm)})
     guard_input_size(gm, x)
     return gm, report
 

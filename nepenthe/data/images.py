@@ -33,11 +33,11 @@ def image_files(folder: Path) -> list[Path]:
 def read_image(path: Path, size: int) -> torch.Tensor:
     """``uint8 [3, size, size]``: RGB, shorter side resized to ``size``, centre crop."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
+        with Image.open(path) as opened:
+            img: Image.Image = opened.convert("RGB")
             w, h = img.size
             scale = size / min(w, h)
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
             w, h = img.size
             left, top = (w - size) // 2, (h - size) // 2
             img = img.crop((left, top, left + size, top + size))

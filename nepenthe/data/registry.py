@@ -34,12 +34,14 @@ class DataBundle:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return tuple(self.train.sample_shape[1:])
+        height, width = self.train.sample_shape[1:]
+        return height, width
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
-    def loader(self, split: str, batch_size: int, *, seed: int = 0, device=None, shard=None) -> ArrayLoader:
+    def loader(self, split: str, batch_size: int, *, seed: int = 0, device=None,
+               shard=None) -> ArrayLoader | FileLoader:
         """``train`` shuffles and augments; ``train_aug`` is the augmented loader without shuffling (the reference
         codes' probe set); ``train_eval``/``val``/``test`` are plain ordered passes. With ``device`` an in-memory
         split is copied there once (kept for later loaders) and batches are built there; a streamed split decodes in
@@ -63,7 +65,8 @@ class DataBundle:
         return ArrayLoader(data, batch_size, self.mean, self.std, shuffle=split == "train",
                            augment=augment, crop_padding=self.crop_padding, seed=seed, shard=shard)
 
-    def probe_loader(self, split: str, batch_size: int, *, seed: int = 0, device=None) -> ArrayLoader:
+    def probe_loader(self, split: str, batch_size: int, *, seed: int = 0,
+                     device=None) -> ArrayLoader | FileLoader:
         """Entropy is measured on the training images without augmentation unless told otherwise."""
         if split not in PROBE_SPLITS:
             raise ConfigError(f"entropy.split={split!r} is unknown; choose from {', '.join(PROBE_SPLITS)}")
@@ -96,7 +99,7 @@ def create_data(name: str, root: str = "data", progress: bool | None = None, **k
     return _BUILDERS[name](root=root, **kwargs)
 
 
-def carve_validation(train: ImageSplit, val_size: int, split_seed: int, train_subset: int | None = None):
+def carve_validation(train: ImageSplit | FileSplit, val_size: int, split_seed: int, train_subset: int | None = None):
     """Split a fixed-seed validation set off ``train`` (independent of the run seed), then optionally subsample."""
     if not 0 < val_size < len(train):
         raise ConfigError(f"dataset.val_size={val_size} must be between 1 and {len(train) - 1}")

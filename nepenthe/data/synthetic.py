@@ -30,6 +30,6 @@ def synthetic(
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.rand(num_classes, in_chans, 4, 4, generator=generator)
     templates = torch.nn.functional.interpolate(coarse, size=(image_size, image_size), mode="bilinear")
-    splits = [make_split(templates, n, noise, generator) for n in (train_size, val_size, test_size)]
-    return DataBundle("synthetic", *splits, num_classes=num_classes, mean=(0.5,) * in_chans, std=(0.25,) * in_chans,
-                      augment=tuple(augment), crop_padding=2)
+    train, val, test = (make_split(templates, n, noise, generator) for n in (train_size, val_size, test_size))
+    return DataBundle("synthetic", train, val, test, num_classes=num_classes, mean=(0.5,) * in_chans,
+                      std=(0.25,) * in_chans, augment=tuple(augment), crop_padding=2)

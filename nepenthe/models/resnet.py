@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -40,11 +42,14 @@ class ResidualCNN(nn.Module):
             x = stage(x)
         return self.fc(self.avgpool(x).flatten(1))
 
+    def stages(self) -> list[nn.Sequential]:
+        return [cast(nn.Sequential, stage) for stage in self.layers]
+
     def units(self) -> list[Unit]:
         units = [Unit("relu", ("conv1",))]
-        for s, stage in enumerate(self.layers):
+        for s, stage in enumerate(self.stages()):
             for b, block in enumerate(stage):
-                units += block.units(f"layers.{s}.{b}.")
+                units += cast(BasicBlock, block).units(f"layers.{s}.{b}.")
         return units
 
     def transport_units(self) -> list[str]:
@@ -52,10 +57,10 @@ class ResidualCNN(nn.Module):
         ResNet-18 (``layerX.1``); a stage of one block offers that block when its shortcut is the identity. The same
         list once units are replaced by identities (a removed one-block stage was a unit: only those are removed)."""
         paths = []
-        for s, stage in enumerate(self.layers):
+        for s, stage in enumerate(self.stages()):
             later = [f"layers.{s}.{b}" for b in range(1, len(stage))]
             first = stage[0]
-            if not later and (isinstance(first, nn.Identity) or not len(first.shortcut)):
+            if not later and (isinstance(first, nn.Identity) or not len(cast(BasicBlock, first).shortcut)):
                 later = [f"layers.{s}.0"]
             paths += later
         return paths

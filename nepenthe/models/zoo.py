@@ -6,6 +6,8 @@ made non-inplace and given one module per call site. Weights come only from a lo
 
 from __future__ import annotations
 
+from typing import cast
+
 import torchvision
 from torch import nn
 
@@ -18,7 +20,8 @@ from .weights import load_local_weights
 def _with_in_chans(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
     if conv.in_channels == in_chans:
         return conv
-    return nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+    return nn.Conv2d(in_chans, conv.out_channels, cast(tuple[int, int], conv.kernel_size),
+                     cast(tuple[int, int], conv.stride), cast(tuple[int, int], conv.padding),
                      bias=conv.bias is not None)
 
 

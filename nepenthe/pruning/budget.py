@@ -70,7 +70,7 @@ def nepenthe_allocation(
         shares = [remaining_budget * w / norm for w in weights]
         capped = [i for i, s in zip(pool, shares) if s > nnz[i]]
         if not capped:
-            final = (round_preserving_total(shares, remaining_budget) if rounding == "nearest"
+            final = (round_preserving_total(shares, int(remaining_budget)) if rounding == "nearest"
                      else [int(s) for s in shares])
             for i, n in zip(pool, final):
                 counts[i] = n

@@ -97,8 +97,9 @@ def _swin_blocks(model: torchvision.models.SwinTransformer) -> list[TransportUni
 def preset_units(model: nn.Module) -> list[TransportUnit]:
     """The reference's units for the families it covers (see the module docstring); a model may also declare them
     with a ``transport_units()`` method."""
-    if hasattr(model, "transport_units"):
-        return parse_units(model.transport_units())
+    declared = getattr(model, "transport_units", None)
+    if callable(declared):
+        return parse_units(declared())
     for kind, units in ((torchvision.models.ResNet, _resnet_later_blocks),
                         (torchvision.models.MobileNetV2, _mobilenet_depthwise),
                         (torchvision.models.SwinTransformer, _swin_blocks)):
@@ -190,6 +191,8 @@ class TransportLoss:
     def __call__(self) -> Tensor:
         if not self.live:
             raise ConfigError("LaCoOT has no unit left to regularise; every unit was replaced by an identity")
+        if self.capture is None:
+            raise ConfigError("the LaCoOT term is not attached to a model: call term.attach(model) before term()")
         distances = unit_distances(self.capture, self.live, self.n_projections, self.p)
         return self.lambda_reg * torch.stack(distances).mean()
 

@@ -11,11 +11,19 @@ def is_pruned(module: nn.Module) -> bool:
     return prune.is_pruned(module) and hasattr(module, "weight_mask")
 
 
+def weight_of(module: nn.Module, name: str = "weight") -> Tensor:
+    """``module.weight`` (or another tensor attribute) as a Tensor: what torch types as ``Tensor | Module``."""
+    value = getattr(module, name)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{type(module).__name__}.{name} is a {type(value).__name__}, not a tensor")
+    return value
+
+
 def remaining_mask(module: nn.Module) -> Tensor:
     """True where the weight is still alive."""
     if is_pruned(module):
-        return module.weight_mask.bool()
-    return torch.ones_like(module.weight, dtype=torch.bool)
+        return weight_of(module, "weight_mask").bool()
+    return torch.ones_like(weight_of(module), dtype=torch.bool)
 
 
 def remaining(module: nn.Module) -> int:
@@ -24,12 +32,12 @@ def remaining(module: nn.Module) -> int:
 
 def remaining_magnitudes(module: nn.Module) -> Tensor:
     """|w| of the weights still alive, flattened (pruned entries excluded, not zeroed)."""
-    return module.weight.detach().abs()[remaining_mask(module)]
+    return weight_of(module).detach().abs()[remaining_mask(module)]
 
 
 def nonzero_remaining(module: nn.Module) -> int:
     """Alive weights that are not exactly zero (what the EGP code counts as remaining: ``w != 0``)."""
-    return int((remaining_mask(module) & (module.weight.detach() != 0)).sum())
+    return int((remaining_mask(module) & (weight_of(module).detach() != 0)).sum())
 
 
 def mean_abs_nonzero(modules: list[nn.Module]) -> float:
@@ -47,7 +55,7 @@ def prune_smallest(module: nn.Module, n: int) -> None:
     them with ``view``, which fails on channels_last weights.
     """
     if n > 0:
-        scores = module.weight.detach().abs().contiguous()
+        scores = weight_of(module).detach().abs().contiguous()
         prune.l1_unstructured(module, "weight", amount=int(n), importance_scores=scores)
 
 
@@ -67,6 +75,6 @@ def overall_sparsity(model: nn.Module, layer_names: list[str]) -> float:
     total = alive = 0
     for name in layer_names:
         module = model.get_submodule(name)
-        total += module.weight.numel()
+        total += weight_of(module).numel()
         alive += remaining(module)
     return 1.0 - alive / total if total else 0.0
