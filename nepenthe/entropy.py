@@ -138,7 +138,8 @@ class ProbeSettings:
 @dataclass
 class _Counts:
     """One activation's sums over the pass, on the device: ON and OFF per neuron, per-batch layer entropies, and the
-    NaN/Inf inputs seen (compared neither > 0 nor < 0, they would pass for zeros; checked once, in ``stats()``)."""
+    batches whose input held NaN or Inf (compared neither > 0 nor < 0, NaN would pass for a zero; checked once, in
+    ``stats()``, so the pass never waits for the host)."""
 
     on: Tensor
     off: Tensor
@@ -163,7 +164,8 @@ class _Counter:
         self.input_ndim: int | None = None
         self.counts: _Counts | None = None
         self.positions = 0
-        self.batches = 0
+        self.batches = 0  # per-batch entropies added (pooling=batch)
+        self.seen = 0  # batches seen
 
     def add(self, z: Tensor, zero_state: str, layer_mean: str, per_batch: bool) -> None:
         cdim = channel_dim(z.dim(), self.layout)
@@ -189,8 +191,11 @@ class _Counter:
         counts = self.counts
         counts.on += on
         counts.off += off
-        counts.nonfinite += z.numel() - torch.isfinite(z).sum()
+        # NaN propagates to both ends and Inf shows: one cheap pass (isfinite(z).sum() cost twice the counting)
+        low, high = torch.aminmax(z)
+        counts.nonfinite += ~(torch.isfinite(low) & torch.isfinite(high))
         self.positions += positions
+        self.seen += 1
         if per_batch:
             p = on_probability(on, off, positions - on - off, zero_state)
             counts.batch_entropy_sum += layer_entropy(p, layer_mean)
@@ -247,15 +252,15 @@ class EntropyProbe:
             if counts is None:
                 raise ConfigError(f"activation {name!r} was never called during the probe pass; is it in the model?")
             if self.collective.world > 1:
-                scalars = torch.tensor([float(c.positions), float(c.batches)], dtype=torch.float64)
+                scalars = torch.tensor([float(c.positions), float(c.batches), float(c.seen)], dtype=torch.float64)
                 self.collective.all_reduce_sum([counts.on, counts.off, counts.batch_entropy_sum, counts.nonfinite,
                                                 scalars])
-                c.positions, c.batches = int(scalars[0]), int(scalars[1])
+                c.positions, c.batches, c.seen = int(scalars[0]), int(scalars[1]), int(scalars[2])
             if int(counts.nonfinite):
                 raise NonFiniteInputError(
-                    f"the input of activation {name!r} held {int(counts.nonfinite)} NaN/Inf value(s) of "
-                    f"{c.positions * counts.on.numel()} during the probe pass: the probe batches or the model's "
-                    f"weights (a NaN training loss?) are not finite, so its entropy is undefined")
+                    f"the input of activation {name!r} held NaN or Inf in {int(counts.nonfinite)} of {c.seen} probe "
+                    f"batches: the probe batches or the model's weights (a NaN training loss?) are not finite, so "
+                    f"its entropy is undefined")
             p_on = on_probability(counts.on, counts.off, c.positions - counts.on - counts.off, self.zero_state)
             if self.pooling == "batch":
                 value = counts.batch_entropy_sum / c.batches

@@ -154,3 +154,24 @@ def test_the_cards_swin_t_command_uses_swin_t_defaults_and_the_protocol_wins():
     assert compose_config(["model=vgg16_bn"]).train.lr == 0.01  # VGG-16-bn at the published protocols' rate
     preset = compose_config(["protocol=cifar", "model=swin_t", "dataset=cifar10"])  # the published protocol wins
     assert (preset.train.optimizer, preset.train.lr) == ("sgd", 1e-3)
+
+
+def test_stored_configs_upgrade_and_keep_the_identity_of_every_run_but_lacoots():
+    """The committed runs' config.yaml, written before methods declared their options: read through the upgrade,
+    each gives the config_hash its summary recorded, except LaCoOT's, whose stop bound moved from pruning.max_drop
+    to stop.max_drop (so its identity changed; resuming such a run is refused naming the keys)."""
+    import json
+
+    from nepenthe.config import config_hash, load_run_config
+
+    same, lacoot = 0, 0
+    for config in sorted((ROOT / "experiments" / "results").rglob("config.yaml")):
+        summary = json.loads((config.parent / "summary.json").read_text())
+        cfg = load_run_config(config)
+        if cfg.pruning.method == "lacoot":
+            lacoot += 1
+            assert config_hash(cfg) != summary["config_hash"] and "max_drop" not in semantic_dict(cfg)["pruning"]
+        else:
+            same += 1
+            assert config_hash(cfg) == summary["config_hash"], config
+    assert (same, lacoot) == (16, 4)
