@@ -87,7 +87,7 @@ def requirements(jobs: list[list[str]]) -> list[str]:
                             f"SCALE=smoke for the CPU version, or submit it to GPUs with LAUNCHER=slurm")
         weights = cfg.model.kwargs.get("weights")
         if weights and not (ROOT / weights).is_file() and not Path(weights).is_file():
-            problems.append(f"{cfg.model.name} starts from {weights}, which does not exist; create it as the README "
+            problems.append(f"{cfg.model.name} starts from {weights}, which does not exist; create it as docs/running.md "
                             f"shows (ImageNet weights saved from torchvision where the network allows)")
         key = (cfg.dataset.name, cfg.dataset.root, repr(sorted(cfg.dataset.kwargs.items())))
         if key not in data_checked:

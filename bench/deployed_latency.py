@@ -47,7 +47,7 @@ def run_scenarios(run_dir: str, merges: list[str]):
     scenarios, dense = [], None
     for merge in merges:
         exp, record = restore_run(run_dir, device="cpu", merge=merge)
-        small, report = collapse_kept(exp, exp.probe())
+        small, report = collapse_kept(exp.deployment(), exp.probe())
         removed = f", {len(record.replaced_by_identity)} replaced by identity" if record.replaced_by_identity else ""
         label = f"{record.method} run, round {record.round} (k/N {record.k}/{record.N}{removed}), merge={merge}"
         batch = exp.verify_batch()

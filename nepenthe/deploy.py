@@ -6,14 +6,17 @@ merges too (its error and accuracy measured on the test set, never assumed), and
 each network's latency side by side with the uncollapsed and the BN-folded-only models in every runtime
 (eager PyTorch, torch.compile, ONNX Runtime); and the files: ``collapsed.pt2`` and ``collapsed.onnx`` (verified in
 ONNX Runtime against the torch model), ``collapsed_approximate.*`` and ``collapsed_finetuned.*`` beside them.
-``run_experiment`` calls both after the loop; ``python -m nepenthe_cli.collapse`` calls the same two on a saved run.
+Both take a :class:`Deployment` (plain values: the kept model, the verification images, the collapse settings, an
+assess function); ``run_experiment`` builds it with ``Experiment.deployment()`` after the loop, and
+``python -m nepenthe_cli.collapse`` does the same on a saved run.
 """
 
 from __future__ import annotations
 
 import copy
 import tempfile
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -25,72 +28,85 @@ from .collapse.export import OnnxRuntimeModel, export_onnx, onnx_relative_diff
 from .collapse.measure import latency_by_runtime
 from .collapse.pipeline import detached_copy
 from .collapse.verify import outputs, relative_diff
-from .engine import fit, seed_everything
+from .config import CollapseConfig
 from .entropy import LayerStats
 from .errors import NepentheError, NonFiniteLossError
 from .metrics import cost_report
 from .pruning.masks import make_permanent
 from .records import CollapseReport, CollapseResult, ShippedNetwork
 from .rundir import RunDir
-from .units import unit_layouts
-
-FINETUNE_SEED_OFFSET = 777_777  # the collapsed network's fine-tuning draws, apart from every round's
 
 
-def collapse_kept(exp, stats: dict[str, LayerStats]) -> tuple[nn.Module, CollapseReport]:
-    """Collapse ``exp.model`` (the kept round) exactly with its probe's ``stats`` on the verification batch; with
+@dataclass
+class Deployment:
+    """What collapsing and shipping a kept model needs, as plain values: built by ``Experiment.deployment()`` for a
+    configured run, or directly for a model of your own."""
+
+    model: nn.Module  # the kept round's model (masks attached or made permanent)
+    batch: torch.Tensor  # real inputs of the deployment size, as the model sees them: the collapse is verified on them
+    settings: CollapseConfig  # merge, tolerance, onnx, runtimes, the opt-ins (the config's collapse.* group)
+    assess: Callable[..., dict]  # assess(model, fp32=False) -> {"val_acc", "test_acc", ...} in percent
+    layouts: dict[str, str] = field(default_factory=dict)  # unit -> where its neurons are (units.unit_layouts)
+    device: torch.device = torch.device("cpu")
+    amp: torch.dtype | None = None  # the run's autocast dtype; None: float32
+    precision: str = "fp32"  # its name in the records
+    finetune: Callable[[nn.Module, int, float], None] | None = None  # (network, epochs, lr): trains it in place
+    finetune_lr: float | None = None  # collapse.finetune.lr, else finetune.lr, else train.lr
+
+
+def collapse_kept(d: Deployment, stats: dict[str, LayerStats]) -> tuple[nn.Module, CollapseReport]:
+    """Collapse ``d.model`` (the kept round) exactly with its probe's ``stats`` on ``d.batch``; with
     ``merge=approximate`` the exact merges of ``cost`` (the approximate ones are :func:`measure_collapsed`'s)."""
-    c = exp.cfg.collapse
+    c = d.settings
     merge = "cost" if c.merge == "approximate" else c.merge
-    return collapse(exp.model, stats, exp.verify_batch(), merge, layouts=unit_layouts(exp.units),
-                    tolerance=c.tolerance, approximate_activations=c.approximate_activations)
+    return collapse(d.model, stats, d.batch, merge, layouts=d.layouts, tolerance=c.tolerance,
+                    approximate_activations=c.approximate_activations)
 
 
-def measure_collapsed(exp, small: nn.Module, report: CollapseReport, out_dir: str | Path | None = None,
+def measure_collapsed(d: Deployment, small: nn.Module, report: CollapseReport, out_dir: str | Path | None = None,
                       warn=None) -> CollapseResult:
     """Accuracy, the approximate and fine-tuned networks when asked, latency per runtime side by side, and the files
     in ``out_dir``. ``warn(message)`` hears what could not be done (an ONNX export that failed): the run goes on."""
-    c, warn = exp.cfg.collapse, warn or (lambda message: None)
-    batch = exp.verify_batch()
-    scores = exp.assess(small)
+    c, warn, batch = d.settings, warn or (lambda message: None), d.batch
+    scores = d.assess(small)
     result = CollapseResult(**vars(report), test_acc=scores["test_acc"], val_acc=scores["val_acc"],
-                            precision=exp.cfg.hardware.precision)
+                            precision=d.precision)
     # the uncollapsed model timed as deployed: masks folded once, not re-applied on every call
-    uncollapsed = make_permanent(detached_copy(exp.model)).eval()
-    if exp.amp is not None:
-        precision_check(exp, uncollapsed, small, batch, result)
+    uncollapsed = make_permanent(detached_copy(d.model)).eval()
+    if d.amp is not None:
+        precision_check(d, uncollapsed, small, result)
     # BN folding alone is timed too, so that what collapse itself buys is not credited with BN folding's gain
-    networks = {"uncollapsed": uncollapsed, "bn_folded": fold_batchnorm_only(exp.model, batch, c.tolerance),
+    networks = {"uncollapsed": uncollapsed, "bn_folded": fold_batchnorm_only(d.model, batch, c.tolerance),
                 "collapsed": small}
     shipped = {"collapsed": small}
     if c.approximate_merges or c.merge == "approximate":
         approx, operations, diff = approximate_network(cast(fx.GraphModule, small), batch, c.merge)
-        result.approximate = measured_network(exp, approx, batch, relative_diff=diff, operations=operations)
+        result.approximate = measured_network(d, approx, relative_diff=diff, operations=operations)
         networks["approximate"] = shipped["approximate"] = approx
-    if c.finetune.epochs:
+    if c.finetune.epochs and d.finetune is not None:
         base = networks.get("approximate", small)
         before = result.approximate if result.approximate is not None else result
         try:
-            tuned = finetune_collapsed(exp, base)
+            tuned = finetune_collapsed(d, base)
         except NonFiniteLossError as exc:  # an opt-in extra must not cost the run its summary
             warn(f"the collapsed network was not fine-tuned: {exc} (collapse.finetune.lr; a collapsed network has "
                  f"no batch norm left to steady it)")
         else:
-            result.finetuned = measured_network(exp, tuned, batch, epochs=c.finetune.epochs,
-                                                val_acc_before=before.val_acc, test_acc_before=before.test_acc,
+            result.finetuned = measured_network(d, tuned, epochs=c.finetune.epochs, val_acc_before=before.val_acc,
+                                                test_acc_before=before.test_acc,
                                                 relative_diff=_relative(tuned, small, batch))
             networks["finetuned"] = shipped["finetuned"] = tuned
     if out_dir is not None:
-        save_files(exp, shipped, batch, RunDir(out_dir), result, warn)
-    measure_latency(exp, networks, batch, result)
+        save_files(d, shipped, RunDir(out_dir), result, warn)
+    measure_latency(d, networks, result)
     return result
 
 
-def measured_network(exp, network: nn.Module, batch: torch.Tensor, **fields) -> ShippedNetwork:
+def measured_network(d: Deployment, network: nn.Module, **fields) -> ShippedNetwork:
     """A shipped network's cost and its own accuracy on the validation and test splits."""
-    scores = exp.assess(network)
-    return ShippedNetwork(cost=cost_report(network, batch[:1]), test_acc=scores["test_acc"], val_acc=scores["val_acc"],
-                          **fields)
+    scores = d.assess(network)
+    return ShippedNetwork(cost=cost_report(network, d.batch[:1]), test_acc=scores["test_acc"],
+                          val_acc=scores["val_acc"], **fields)
 
 
 @torch.no_grad()
@@ -98,26 +114,21 @@ def _relative(network: nn.Module, reference: nn.Module, batch: torch.Tensor) -> 
     return relative_diff(outputs(network, batch)[0], outputs(reference, batch)[0])
 
 
-def finetune_collapsed(exp, network: nn.Module) -> nn.Module:
-    """A copy of ``network`` (a collapsed graph: a trainable module) fine-tuned collapse.finetune.epochs epochs on the
-    training split with the run's optimizer settings (lr: collapse.finetune.lr, else finetune.lr, else train.lr)."""
-    cfg, c = exp.cfg, exp.cfg.collapse
+def finetune_collapsed(d: Deployment, network: nn.Module) -> nn.Module:
+    """A copy of ``network`` (a collapsed graph: a trainable module) fine-tuned ``collapse.finetune.epochs`` epochs by
+    ``d.finetune`` at ``d.finetune_lr``."""
+    assert d.finetune is not None and d.finetune_lr is not None, "a deployment without a way to fine-tune"
     tuned = copy.deepcopy(network)
     for parameter in tuned.parameters():
         parameter.requires_grad_(True)
-    plan = exp.training_plan(1)
-    lr = c.finetune.lr or cfg.finetune.lr or cfg.train.lr
-    plan = replace(plan, train=replace(plan.train, epochs=c.finetune.epochs, lr=lr, milestones=[]),
-                   desc="collapsed fine-tune", compile=False)
-    seed_everything(cfg.seed * 1000 + FINETUNE_SEED_OFFSET)
-    fit(tuned, exp.train_loader, plan)
+    d.finetune(tuned, d.settings.finetune.epochs, d.finetune_lr)
     return tuned.eval()
 
 
-def save_files(exp, shipped: dict[str, nn.Module], batch: torch.Tensor, out_dir: RunDir, result: CollapseResult,
+def save_files(d: Deployment, shipped: dict[str, nn.Module], out_dir: RunDir, result: CollapseResult,
                warn) -> None:
     """``<name>.pt2`` for every shipped network, and ``<name>.onnx`` verified in ONNX Runtime when collapse.onnx."""
-    c = exp.cfg.collapse
+    c, batch = d.settings, d.batch
     out_dir.clear_networks()  # an older collapse's files (an .onnx this one does not write) must not stay beside
     for name, network in shipped.items():
         path = out_dir.network(name)
@@ -153,17 +164,17 @@ def ship_onnx(network: nn.Module, batch: torch.Tensor, path: Path, tolerance: fl
     return path.name
 
 
-def measure_latency(exp, networks: dict[str, nn.Module], batch: torch.Tensor, result: CollapseResult) -> None:
+def measure_latency(d: Deployment, networks: dict[str, nn.Module], result: CollapseResult) -> None:
     """Every network in every configured runtime, side by side, in the run's precision (ONNX Runtime: float32)."""
-    c = exp.cfg.collapse
-    timed = networks
-    if exp.amp is not None:
-        timed = {name: InRunPrecision(model, exp.device.type, exp.amp) for name, model in networks.items()}
+    c, batch = d.settings, d.batch
+    timed: dict[str, nn.Module] = networks
+    if d.amp is not None:
+        timed = {name: InRunPrecision(model, d.device.type, d.amp) for name, model in networks.items()}
     with tempfile.TemporaryDirectory(prefix="nepenthe-onnx-") as onnx_dir:
         stats, notes = latency_by_runtime(timed, batch[:1], c.latency_batches, c.runtimes, onnx_dir=onnx_dir,
                                           onnx_models=networks, min_run_time=c.latency_min_run_time,
                                           rounds=c.latency_rounds)
-    if exp.amp is not None and notes.get("onnxruntime") == "ok":
+    if d.amp is not None and notes.get("onnxruntime") == "ok":
         notes["onnxruntime"] = "ok (float32: the exported graph does not run under the run's autocast)"
     result.latency_ms = {rt: {m: {b: s["median"] for b, s in per.items()} for m, per in models.items()}
                          for rt, models in stats.items()}
@@ -171,18 +182,18 @@ def measure_latency(exp, networks: dict[str, nn.Module], batch: torch.Tensor, re
                              for rt, models in stats.items()}
     repeats = [int(s["n"]) for models in stats.values() for per in models.values() for s in per.values()]
     result.latency_repeats = min(repeats, default=None)
-    result.latency_threads, result.latency_device = torch.get_num_threads(), str(exp.device)
-    result.latency_precision, result.runtimes = exp.cfg.hardware.precision, notes
+    result.latency_threads, result.latency_device = torch.get_num_threads(), str(d.device)
+    result.latency_precision, result.runtimes = d.precision, notes
 
 
 @torch.no_grad()
-def precision_check(exp, uncollapsed: nn.Module, small: nn.Module, batch: torch.Tensor, result: CollapseResult) -> None:
+def precision_check(d: Deployment, uncollapsed: nn.Module, small: nn.Module, result: CollapseResult) -> None:
     """Collapse is verified in float32; a reduced-precision run rounds the two graphs differently. Measure both: the
     output difference under the run's autocast, and both models' accuracy in float32, where collapse is exact, so
     the accuracy the summary reports equals what was verified."""
-    with torch.autocast(exp.device.type, dtype=exp.amp):
-        ours, theirs = outputs(small, batch)[0], outputs(uncollapsed, batch)[0]
-    full, before = exp.assess(small, fp32=True), exp.assess(uncollapsed, fp32=True)
+    with torch.autocast(d.device.type, dtype=d.amp):
+        ours, theirs = outputs(small, d.batch)[0], outputs(uncollapsed, d.batch)[0]
+    full, before = d.assess(small, fp32=True), d.assess(uncollapsed, fp32=True)
     result.relative_diff_run_precision = relative_diff(ours, theirs)
     result.test_acc_fp32, result.val_acc_fp32 = full["test_acc"], full["val_acc"]
     result.uncollapsed_test_acc_fp32, result.uncollapsed_val_acc_fp32 = before["test_acc"], before["val_acc"]

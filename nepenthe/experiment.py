@@ -14,6 +14,7 @@ import torch
 
 from .config import RunConfig, create_method_from, load_run_config, validate
 from .data import create_data
+from .deploy import Deployment
 from .discovery import model_units
 from .distributed import SINGLE, Collective, restore_batchnorm
 from .engine import TrainingPlan, autocast_dtype, evaluate, fit, resolve_device, seed_everything
@@ -24,6 +25,9 @@ from .records import RoundRecord
 from .rundir import RunDir
 from .store import Checkpoint, EpochCheckpoints, latest_checkpoint, load_checkpoint, restore_model
 from .tracking import read_summary
+from .units import unit_layouts
+
+FINETUNE_SEED_OFFSET = 777_777  # the collapsed network's fine-tuning draws, apart from every round's
 
 
 def round_seed(seed: int, round_index: int) -> int:
@@ -125,6 +129,23 @@ class Experiment:
                               channels_last=self.cfg.hardware.channels_last, collective=self.collective)
             scores[f"{split}_acc"], scores[f"{split}_loss"] = result["acc"], result["loss"]
         return scores
+
+    def deployment(self) -> Deployment:
+        """What the collapse and its measurements need from this run, as plain values (nepenthe/deploy.py)."""
+        cfg, c = self.cfg, self.cfg.collapse
+        return Deployment(model=self.model, batch=self.verify_batch(), settings=c, assess=self.assess,
+                          layouts=unit_layouts(self.units), device=self.device, amp=self.amp,
+                          precision=cfg.hardware.precision, finetune=self.finetune_collapsed,
+                          finetune_lr=c.finetune.lr or cfg.finetune.lr or cfg.train.lr)
+
+    def finetune_collapsed(self, network: torch.nn.Module, epochs: int, lr: float) -> None:
+        """Train ``network`` (a collapsed graph) in place on the training split with the run's optimizer settings:
+        ``epochs`` at ``lr``, no milestones, its own random draws apart from every round's."""
+        plan = self.training_plan(1)
+        plan = replace(plan, train=replace(plan.train, epochs=epochs, lr=lr, milestones=[]),
+                       desc="collapsed fine-tune", compile=False)
+        seed_everything(self.cfg.seed * 1000 + FINETUNE_SEED_OFFSET)
+        fit(network, self.train_loader, plan)
 
     def verify_batch(self) -> torch.Tensor:
         """The first test images, preprocessed as the model sees them: the real data collapse is verified on."""

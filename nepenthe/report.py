@@ -140,7 +140,8 @@ def describe_run(exp, run_dir) -> list[str]:
     start = f"from {weights}" if weights else "from scratch"
     if not weights and cfg.model.name in PRETRAINED_IN_PAPERS:
         start += (f" (the published protocols start from ImageNet weights: save them to "
-                  f"weights/{cfg.model.name}_imagenet.pth as the README shows, then model.kwargs.weights=that path)")
+                  f"weights/{cfg.model.name}_imagenet.pth as docs/running.md shows, then "
+                  f"model.kwargs.weights=that path)")
     stop = f"stop when val drops > {stop_rule.max_drop:g} pts below dense"
     if stop_rule.target_zero_units is not None:
         stop += f" or at {stop_rule.target_zero_units} zero-entropy units"

@@ -62,9 +62,10 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
         exp.collective = distributed.SINGLE
         collapsed = None
         if cfg.collapse.enabled:
-            small, report = collapse_kept(exp, kept.stats)  # exact collapse, each step verified on test images
+            deployment = exp.deployment()  # the kept model, the verification images, the collapse settings
+            small, report = collapse_kept(deployment, kept.stats)  # exact collapse, each step verified
             # accuracy, latency per runtime, the shipped files
-            collapsed = measure_collapsed(exp, small, report, run_dir, warn=reporter.warning)
+            collapsed = measure_collapsed(deployment, small, report, run_dir, warn=reporter.warning)
         summary = summarize(exp, kept, collapsed, collective)
 
         recorder.summary(summary)

@@ -59,8 +59,9 @@ def run(args: argparse.Namespace):
                               finetune_epochs=args.finetune_epochs)
     out = args.out or args.run_dir
     out.mkdir(parents=True, exist_ok=True)
-    small, report = collapse_kept(exp, exp.probe())
-    result = measure_collapsed(exp, small, report, out, warn=lambda message: print(f"warning: {message}",
+    deployment = exp.deployment()
+    small, report = collapse_kept(deployment, exp.probe())
+    result = measure_collapsed(deployment, small, report, out, warn=lambda message: print(f"warning: {message}",
                                                                                    file=sys.stderr))
     result.run_dir, result.round, result.kept_test_acc = str(args.run_dir), record.round, record.test_acc
     result.k, result.N = record.k, record.N

@@ -1,5 +1,5 @@
 """train.py, the Hydra shim, run in-process: every bad input is one line naming the key or file, with the exit code
-and nothing left behind (the README's table); the start banner; which folders a refused run may remove.
+and nothing left behind (docs/errors.md's table); the start banner; which folders a refused run may remove.
 The same through real interpreters (exit codes, Ctrl-C, damaged files): tests/e2e/test_cli_process.py."""
 
 import re
@@ -150,7 +150,7 @@ def test_the_banner_says_where_the_papers_start_swin_t(tmp_path):
     assert exp.cfg.train.optimizer == "adamw"
     first = describe_run(exp, tmp_path)[0]
     assert first.startswith("swin_t: 27.5") and "12 units, from scratch (the published protocols start from ImageNet " \
-        "weights: save them to weights/swin_t_imagenet.pth as the README shows" in first
+        "weights: save them to weights/swin_t_imagenet.pth as docs/running.md shows" in first
 
 
 class _FakeJob:

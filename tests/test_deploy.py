@@ -204,3 +204,37 @@ def test_a_run_ships_onnx_times_every_runtime_and_measures_the_approximate_netwo
     assert tuned.cost == approx.cost  # the same network, trained
     again = read_summary(run_dir).collapse
     assert again.approximate == approx and again.finetuned == tuned  # every field in the records
+
+
+def test_a_model_of_your_own_is_collapsed_measured_and_shipped_from_plain_inputs(tmp_path):
+    """nepenthe.deploy takes a Deployment of plain values, not a configured run (docs/library.md)."""
+    from nepenthe.config import CollapseConfig
+    from nepenthe.deploy import Deployment, collapse_kept, measure_collapsed
+    from nepenthe.entropy import measure_entropy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 3)).eval()
+    images = torch.randn(16, 1, 6, 6)
+    with torch.no_grad():  # the ReLU never switches OFF: it is the identity on these images
+        model[1].bias.fill_(50.0)
+    stats = measure_entropy(model, {"2": model[2]}, [images])
+    calls = []
+
+    def assess(network, fp32=False):
+        calls.append(network)
+        return {"val_acc": 75.0, "test_acc": 70.0}
+
+    settings = CollapseConfig(runtimes=["eager"], onnx=False, latency_batches=[1], latency_min_run_time=0.02,
+                              latency_rounds=1)
+    d = Deployment(model, images, settings, assess, layouts={"2": "channels_first"})
+    small, report = collapse_kept(d, stats)
+    # the batch norm folds into the conv (963 -> 947 parameters), the always-ON ReLU is the identity, and no merge
+    # crosses the flatten: conv and linear stay
+    assert (report.before.params, report.after.params, report.after.weight_layers_on_longest_path) == (963, 947, 2)
+    assert report.relative_diff_vs_original < 1e-5
+    result = measure_collapsed(d, small, report, tmp_path)
+    assert (result.test_acc, result.val_acc, result.file) == (70.0, 75.0, "collapsed.pt2") and calls == [small]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["collapsed.pt2"]
+    assert set(result.latency_ms["eager"]) == {"uncollapsed", "bn_folded", "collapsed"}
+    assert torch.allclose(small(images), model(images), atol=1e-4)

@@ -100,13 +100,14 @@ def test_prune_with_a_run_dir_checkpoints_and_resumes(tmp_path):
 
 
 @pytest.mark.e2e
-def test_the_readme_weights_one_liner_writes_a_file_the_swin_t_preset_loads(tmp_path):
+def test_the_documented_weights_one_liner_writes_a_file_the_swin_t_preset_loads(tmp_path):
     import subprocess
     import sys
 
     from nepenthe.models import create_model
 
-    line = re.search(r"`(mkdir -p weights && python -c .*?swin_t_imagenet\.pth'\)\")`", (ROOT / "README.md").read_text())
+    line = re.search(r"`(mkdir -p weights && python -c .*?swin_t_imagenet\.pth'\)\")`",
+                     (ROOT / "docs" / "running.md").read_text())
     command = line.group(1).replace("weights='DEFAULT'", "weights=None")  # no download here: same file, random values
     command = command.replace("python -c", f"{sys.executable} -c")
     done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300)
