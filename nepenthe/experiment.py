@@ -135,10 +135,10 @@ class Experiment:
         cfg, c = self.cfg, self.cfg.collapse
         return Deployment(model=self.model, batch=self.verify_batch(), settings=c, assess=self.assess,
                           layouts=unit_layouts(self.units), device=self.device, amp=self.amp,
-                          precision=cfg.hardware.precision, finetune=self.finetune_collapsed,
+                          precision=cfg.hardware.precision, finetune=self.train_collapsed,
                           finetune_lr=c.finetune.lr or cfg.finetune.lr or cfg.train.lr)
 
-    def finetune_collapsed(self, network: torch.nn.Module, epochs: int, lr: float) -> None:
+    def train_collapsed(self, network: torch.nn.Module, epochs: int, lr: float) -> None:
         """Train ``network`` (a collapsed graph) in place on the training split with the run's optimizer settings:
         ``epochs`` at ``lr``, no milestones, its own random draws apart from every round's."""
         plan = self.training_plan(1)

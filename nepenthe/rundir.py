@@ -32,10 +32,6 @@ NETWORKS = {"collapsed": "collapsed", "approximate": "collapsed_approximate", "f
 NETWORK_FORMATS = (".pt2", ".onnx")
 
 
-def checkpoint_name(round_index: int) -> str:
-    return f"round_{round_index:03d}.pt"
-
-
 @dataclass(frozen=True)
 class RunDir:
     """``RunDir("runs/x")``: the paths of one run directory; nothing is created until something is written."""
@@ -44,9 +40,6 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         object.__setattr__(self, "path", Path(path))
-
-    def __fspath__(self) -> str:
-        return str(self.path)
 
     @property
     def config(self) -> Path:
@@ -93,7 +86,7 @@ class RunDir:
         return self.path / HOLDER_FILE
 
     def checkpoint(self, round_index: int) -> Path:
-        return self.checkpoints / checkpoint_name(round_index)
+        return self.checkpoints / f"round_{round_index:03d}.pt"
 
     def network(self, role: str, suffix: str = ".pt2") -> Path:
         """``network("approximate", ".onnx")`` → ``collapsed_approximate.onnx``."""
