@@ -28,6 +28,7 @@ from nepenthe.runner import run_experiment
 from nepenthe.rundir import RunDir
 from nepenthe.tracking import write_failure
 from nepenthe_cli import hydra_config, signals  # noqa: F401  (hydra_config: the schema and resolvers conf/ uses)
+from nepenthe_cli.cpu_presets import advice_for
 from nepenthe_cli.rundir import Preexisting, remove_unused_run_dir
 
 
@@ -39,7 +40,7 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
 def execute(cfg: RunConfig, run_dir: str | Path):
     """Run (or resume) one experiment into ``run_dir``, printing the round table and summary; return the summary.
     Its config.yaml is the validated config: every method option resolved to the value the run uses."""
-    return run_experiment(cfg, run_dir, reporter=ConsoleReporter())
+    return run_experiment(cfg, run_dir, reporter=ConsoleReporter(advice=advice_for(cfg)))
 
 
 def one_line(exc: BaseException) -> str:

@@ -125,7 +125,9 @@ class CollapseFinetuneConfig:
 class CollapseConfig:
     enabled: bool = True  # collapse → verify → report at the end of the run
     merge: str = "cost"  # cost (merges that lower MACs) | depth (alias always: every merge that removes a layer) |
-    #                      never | approximate (cost with approximate_merges)
+    #                      latency (exact merges measured to run faster in merge_runtime) | never |
+    #                      approximate (cost with approximate_merges)
+    merge_runtime: str = "onnxruntime"  # where merge=latency times candidate merges (batch 1, the run's threads)
     approximate_merges: bool = False  # also build the network with border-ring merges; measured, never verified equal
     finetune: CollapseFinetuneConfig = field(default_factory=CollapseFinetuneConfig)
     onnx: bool = True  # export collapsed.onnx, verified in ONNX Runtime (the deploy extra; skipped with why otherwise)
@@ -222,6 +224,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("hardware.sync_batchnorm=true needs CUDA (torch's SyncBatchNorm runs on GPUs only); on CPU "
                           "each process normalises its own part of the global batch")
     check_choice("collapse.merge", cfg.collapse.merge, MERGES)
+    check_choice("collapse.merge_runtime", cfg.collapse.merge_runtime, RUNTIMES)
+    if cfg.collapse.merge == "latency" and cfg.collapse.approximate_merges:
+        raise ConfigError("collapse.merge=latency takes exact merges only; collapse.approximate_merges=true needs "
+                          "collapse.merge=cost or depth")
     for runtime in cfg.collapse.runtimes:
         check_choice("collapse.runtimes[]", runtime, RUNTIMES)
     _positive("collapse.finetune.epochs", cfg.collapse.finetune.epochs, allow_zero=True)

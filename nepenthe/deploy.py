@@ -27,6 +27,7 @@ from .collapse import approximate_network, collapse, fold_batchnorm_only, save_c
 from .collapse.export import OnnxRuntimeModel, export_onnx, onnx_relative_diff
 from .collapse.measure import latency_by_runtime
 from .collapse.pipeline import detached_copy
+from .collapse.timing import SegmentTimer
 from .collapse.verify import outputs, relative_diff
 from .config import CollapseConfig
 from .entropy import LayerStats
@@ -60,7 +61,8 @@ def collapse_kept(d: Deployment, stats: dict[str, LayerStats]) -> tuple[nn.Modul
     c = d.settings
     merge = "cost" if c.merge == "approximate" else c.merge
     return collapse(d.model, stats, d.batch, merge, layouts=d.layouts, tolerance=c.tolerance,
-                    approximate_activations=c.approximate_activations)
+                    approximate_activations=c.approximate_activations,
+                    merge_timer=SegmentTimer(runtime=c.merge_runtime) if merge == "latency" else None)
 
 
 def measure_collapsed(d: Deployment, small: nn.Module, report: CollapseReport, out_dir: str | Path | None = None,

@@ -19,6 +19,7 @@ from .choices import DEVICES, OPTIMIZERS, SCHEDULES
 from .config import TrainConfig
 from .distributed import SINGLE, Collective
 from .errors import ConfigError, NonFiniteLossError
+from .estimate import BatchClock
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # hardware.precision (choices.PRECISIONS) -> autocast dtype
 
@@ -107,6 +108,7 @@ class TrainingPlan:
     desc: str = "fit"
     first_epoch: int = 0  # offsets the loader's epoch counter so that every round draws its own shuffles and crops
     collective: Collective = SINGLE  # the processes training together (data parallel); alone by default
+    clock: BatchClock | None = None  # times the first training steps for the run's estimate (nepenthe/estimate.py)
 
 
 class _Stopped(Exception):
@@ -130,6 +132,8 @@ def train_one_epoch(model, loader, optimizer, plan: TrainingPlan, *, desc: str |
     correct = torch.tensor(sums.get("correct", 0), device=device, dtype=torch.long)
     seen = int(sums.get("seen", 0))
     bar = tqdm(loader, desc=desc or plan.desc, leave=False, disable=not plan.progress, initial=skip)
+    if plan.clock is not None:
+        plan.clock.epoch_started()
     for step, (x, y) in enumerate(bar):
         if step < skip:
             continue  # trained before the stop: drawn again so that the rest of the epoch sees the same batches
@@ -144,6 +148,8 @@ def train_one_epoch(model, loader, optimizer, plan: TrainingPlan, *, desc: str |
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if plan.clock is not None:
+            plan.clock.tick()
         loss_sum += loss.detach().double() * y.shape[0]
         correct += (logits.argmax(1) == y).sum()
         seen += y.shape[0]

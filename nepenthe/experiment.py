@@ -7,6 +7,8 @@ Hydra.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,8 +22,9 @@ from .distributed import SINGLE, Collective, restore_batchnorm
 from .engine import TrainingPlan, autocast_dtype, evaluate, fit, resolve_device, seed_everything
 from .entropy import probe_units
 from .errors import NepentheError
+from .estimate import BatchClock, RunWork, estimate_run
 from .models import create_model
-from .records import RoundRecord
+from .records import RoundRecord, RunEstimate
 from .rundir import RunDir
 from .store import Checkpoint, EpochCheckpoints, latest_checkpoint, load_checkpoint, restore_model
 from .tracking import read_summary
@@ -52,6 +55,10 @@ class Experiment:
         collective.split_batch_size(cfg.train.batch_size)  # torchrun / srun: each process trains its part of a batch
         self.train_loader = self.data.loader("train", cfg.train.batch_size, seed=cfg.seed, device=self.data_device,
                                              shard=collective.shard())
+        # the run's wall time foreseen after its first training steps, handed to on_estimate (the runner's reporter)
+        self.estimate: RunEstimate | None = None
+        self.on_estimate: Callable[[RunEstimate], None] | None = None
+        self.clock = BatchClock(self._measured, device=self.device)
 
     def new_model(self) -> torch.nn.Module:
         """A freshly initialised model, the same for the same seed; the global random streams are left as they were."""
@@ -78,6 +85,39 @@ class Experiment:
             configured = cfg.train.epochs if ft.epochs is None else ft.epochs
         return self.method.finetune_epochs(configured)
 
+    def work(self) -> RunWork:
+        """Everything the run may train and pass forward, up to the last round its stop rule allows."""
+        cfg, sizes = self.cfg, self.data.sizes()
+        rounds = self.method.stop_rule(cfg.stop, self.model).max_rounds
+        e = cfg.entropy
+        probed = sizes["train" if e.split in ("train", "train_aug") else e.split]
+        if e.max_batches is not None:
+            probed = min(probed, e.max_batches * (e.batch_size or cfg.train.batch_size))
+        return RunWork(train_images=sizes["train"], batch_size=cfg.train.batch_size,
+                       round_epochs=[self.epochs_for(r) for r in range(rounds + 1)],
+                       forward_images_per_round=sizes["val"] + sizes["test"] + probed)
+
+    def _measured(self, seconds_per_batch: float, steps: int) -> None:
+        forward = self.forward_seconds_per_image()
+        self.estimate = estimate_run(self.work(), seconds_per_batch, steps, self.device.type, forward)
+        if self.on_estimate is not None:
+            self.on_estimate(self.estimate)
+
+    def forward_seconds_per_image(self) -> float:
+        """One evaluation batch timed as the run evaluates (eval mode, its precision and memory format), after a
+        small warm-up one. Called between two training steps: eval mode draws no random number and changes no
+        statistic, this process alone (no collective), and the training mode is restored."""
+        images, labels = next(iter(self.data.loader("val", self.cfg.eval_batch_size, device=self.data_device)))
+
+        def run(batch) -> None:
+            evaluate(self.model, [batch], device=self.device, amp_dtype=self.amp,
+                     channels_last=self.cfg.hardware.channels_last)
+
+        run((images[:8], labels[:8]))  # warm-up: allocations at a new batch size
+        start = time.perf_counter()
+        run((images, labels))  # ends with a host sync (the sums are read)
+        return (time.perf_counter() - start) / images.shape[0]
+
     def training_plan(self, round_index: int) -> TrainingPlan:
         """Dense training (round 0) or a round's fine-tuning, as configured."""
         cfg, ft, hw = self.cfg, self.cfg.finetune, self.cfg.hardware
@@ -88,7 +128,7 @@ class Experiment:
         return TrainingPlan(train, device=self.device, amp_dtype=self.amp, channels_last=hw.channels_last,
                             compile=hw.compile, progress=cfg.progress,
                             desc="dense" if dense else f"round {round_index}", first_epoch=round_index * 10_000,
-                            collective=self.collective)
+                            collective=self.collective, clock=self.clock)
 
     def fit(self, round_index: int, checkpoints: EpochCheckpoints) -> dict:
         """Train the round (the method's loss term included), saving after every epoch and resuming mid-round; in a

@@ -27,7 +27,7 @@ from .errors import NepentheError
 from .metrics import weight_layers_on_longest_path
 from .pruning.masks import overall_sparsity
 from .pruning.methods import Method, PruningPlan, apply_plan
-from .records import RoundRecord
+from .records import RoundRecord, RunEstimate
 from .store import Checkpoint, EpochCheckpoints, MemoryStore, Store, check_same_run, compact_state
 from .tracking import RunRecorder
 from .units import Unit, find_module, weight_layer_names
@@ -58,6 +58,8 @@ class Reporter:
     def banner(self, lines: list[str]) -> None: ...  # what is about to run (run_experiment)
 
     def started(self, unit_names: list[str]) -> None: ...
+
+    def estimate(self, estimate: RunEstimate) -> None: ...  # the run's wall time foreseen (nepenthe/estimate.py)
 
     def resumed(self, records: list[RoundRecord], where: str) -> None: ...
 

@@ -187,7 +187,7 @@ class CollapseReport(Record):
     """What ``nepenthe.collapse.collapse`` did and measured on the verification batch; differences are max |a − b|
     over the outputs, ``*_relative_diff`` divides by the reference output's max |value|."""
 
-    merge: str = doc("merge mode of the exact collapse: cost | depth (alias always) | never", "cost")
+    merge: str = doc("merge mode of the exact collapse: cost | depth (alias always) | latency | never", "cost")
     input_shape: list[int] = doc("shape of the verification batch (the collapsed model accepts only this size, "
                                  "any batch)", factory=list)
     tolerance: float = doc("allowed relative difference of the exact steps", 1e-4)
@@ -341,6 +341,22 @@ class Costs(Record):
 
 
 @dataclass
+class RunEstimate(Record):
+    """``summary.json`` ``estimate``: the run's wall time foreseen after its first training steps
+    (nepenthe/estimate.py), beside the ``wall_time_s`` it really took."""
+
+    seconds_per_batch: float = doc("a training step (forward, backward, optimizer, data) as measured", 0.0)
+    batches_timed: int = doc("steps the measurement averaged (after the first two)", 0)
+    batch_size: int = doc("training batch size", 0)
+    forward_ms_per_image: float = doc("an image passed forward in eval mode (evaluation, probe), as measured", 0.0)
+    device: str = doc("where it trains (cpu, cuda)", "")
+    dense_s: float = doc("round 0: dense epochs, evaluation and entropy probe", 0.0)
+    rounds: int = doc("rounds the stop rule allows (a run may stop earlier)", 0)
+    rounds_s: float = doc("all of those rounds: fine-tuning, evaluation, probe", 0.0)
+    total_s: float = doc("dense_s + rounds_s (the collapse not included)", 0.0)
+
+
+@dataclass
 class Summary(Record):
     """``summary.json``, written last and atomically: its presence means the run finished."""
 
@@ -366,6 +382,8 @@ class Summary(Record):
     backend: Optional[str] = doc("torch.distributed backend of a run on several processes (gloo, nccl); null alone",
                                  None)
     wall_time_s: float = doc("seconds the run took, resumes included", 0.0)
+    estimate: Optional[RunEstimate] = doc("the wall time foreseen after the first training steps (the last attempt's)",
+                                          None)
     versions: dict[str, str] = doc("{nepenthe, torch, torchvision}", factory=dict)
 
 
@@ -387,7 +405,7 @@ class FailureStatus(Record):
     job_id: Optional[str] = doc("the cluster job id, when the submitter wrote it", None)
 
 
-RECORDS = (RoundRecord, Summary, RoundBrief, TrajectoryPoint, Costs, Cost, CollapseResult, ShippedNetwork,
+RECORDS = (RoundRecord, Summary, RoundBrief, TrajectoryPoint, Costs, Cost, CollapseResult, ShippedNetwork, RunEstimate,
            FailureStatus)
 
 

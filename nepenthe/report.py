@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
-from .records import CollapseResult, RoundRecord, ShippedNetwork, Summary
+from .estimate import estimate_line
+from .records import CollapseResult, RoundRecord, RunEstimate, ShippedNetwork, Summary
 
 
 def format_entropy(bits: float) -> str:
@@ -164,9 +166,12 @@ def _processes(collective) -> str:
 class ConsoleReporter:
     """Prints what :func:`nepenthe.loop.run_rounds` reports: the round table as it grows, then the summary."""
 
-    def __init__(self, out=None):
+    def __init__(self, out=None, advice: Callable[[RunEstimate], str | None] | None = None):
+        """``advice(estimate)``: a line to add under the estimate (train.py names the CPU-scale preset of a model
+        whose run would take hours on a CPU), or None."""
         self.out = out or sys.stdout
         self.names: list[str] = []
+        self.advice = advice
 
     def _print(self, *lines: str) -> None:
         for line in lines:
@@ -188,6 +193,12 @@ class ConsoleReporter:
         position = (f"at epoch {fit_state['epoch'] + 1}/{fit_state['epochs']}, batch {batch} (a signal stopped it "
                     f"there)" if batch else f"after epoch {fit_state['epoch']}/{fit_state['epochs']}")
         self._print(f"resuming round {round_index} {position} from {where}")
+
+    def estimate(self, estimate: RunEstimate) -> None:
+        self._print(estimate_line(estimate))
+        advice = self.advice(estimate) if self.advice is not None else None
+        if advice:
+            self._print(advice)
 
     def round(self, record: RoundRecord) -> None:
         self._print(format_round_row(record, self.names))

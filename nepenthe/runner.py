@@ -50,6 +50,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
         reporter.banner(describe_run(exp, run_dir))
         recorder = open_records(cfg, run_dir, config_yaml, reporter, collective) if main else None
 
+        exp.on_estimate = reporter.estimate  # said after the first training steps of this attempt
         loop = RoundLoop(exp, cfg.stop, store=store, recorder=recorder, reporter=reporter, identity=identity)
         with _peers_watched(run_dir, collective):
             loop.dense(resume=cfg.resume)  # round 0: train the dense model, probe, record (or resume)
@@ -168,5 +169,5 @@ def summarize(exp: Experiment, kept: LoopResult, collapsed: CollapseResult | Non
         k=final.k, N=final.N, depth=f"{final.k}/{final.N}", zero_entropy_units=final.zero_entropy_units, cost=cost,
         trajectory={str(r.round): TrajectoryPoint.of(r) for r in records}, collapse=collapsed,
         config_hash=config_hash(exp.cfg), device=str(exp.device), wall_time_s=kept.elapsed_s,
-        processes=collective.world, backend=collective.backend,
+        processes=collective.world, backend=collective.backend, estimate=exp.estimate,
         versions={"nepenthe": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__})

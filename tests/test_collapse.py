@@ -306,7 +306,7 @@ def test_bad_merge_value_and_untraceable_model_give_one_clear_error():
         def forward(self, x):
             return self.fc(x) if x.sum() > 0 else x
 
-    with pytest.raises(CollapseError, match=r"merge='sometimes' is not valid; choose one of cost, depth, always, never, approximate"):
+    with pytest.raises(CollapseError, match=r"merge='sometimes' is not valid; choose one of cost, depth, always, latency, never, approximate"):
         collapse(nn.Linear(4, 4), {}, torch.randn(2, 4), merge="sometimes")
     with pytest.raises(CollapseError, match="torch.fx cannot trace Branchy"):
         collapse(Branchy(), {}, torch.randn(2, 4))
@@ -396,3 +396,107 @@ def test_one_chain_can_merge_into_several_segments_each_measured():
     convs = [m for m in small.modules() if isinstance(m, nn.Conv2d)]
     assert [tuple(c.weight.shape) for c in convs] == [(4, 4, 3, 3), (4, 4, 3, 3)]
     assert_same(small(x), with_identity(model, "1", "3", "5", "7", "9")(x))
+
+
+def test_swin_blocks_whose_gelu_was_replaced_merge_fc2_with_fc1_exactly():
+    """EASIER's replacement (the GELU module swapped for an identity) leaves fc1 → identity → dropout → fc2 in each
+    replaced block of the study's Swin-T; collapse composes the two into one d × d map: 8× fewer MLP MACs."""
+    from nepenthe.models import create_model
+    from nepenthe.units import replace_by_identity
+
+    swin = create_model("swin_t", 10, 1, embed_dim=24, num_heads=[1, 2, 4, 8], patch_size=4, window_size=4).eval()
+    replaced = ["features.1.0.mlp.1", "features.5.3.mlp.1"]  # stage 1 (d = 24) and stage 3 (d = 96)
+    replace_by_identity(swin, replaced)
+    x = torch.randn(4, 1, 28, 28)
+    small, report = collapse(swin, {}, x)
+    merges = ops(report, "merge")
+    assert [m["layers"] for m in merges] == [["features.1.0.mlp.0", "features.1.0.mlp.3"],
+                                             ["features.5.3.mlp.0", "features.5.3.mlp.3"]]
+    tokens = [7 * 7, 2 * 2]  # 28 / 4 = 7 tokens a side, halved twice by patch merging (7 → 4 → 2)
+    for merge, d, n in zip(merges, [24, 96], tokens):
+        assert merge["exact"] and merge["macs_before"] == 2 * n * d * 4 * d and merge["macs_after"] == n * d * d
+    assert report.before.weight_layers_on_longest_path - report.after.weight_layers_on_longest_path == 2
+    assert report.before.macs - report.after.macs == sum(7 * n * d * d for d, n in zip([24, 96], tokens))
+    assert_same(small(x), swin(x))
+
+
+class ScriptedTimer:
+    """A SegmentTimer whose measurements are given: {layers merged: (unmerged median, merged median)}, spread 0.01."""
+
+    runtime = "scripted"
+
+    def __init__(self, medians):
+        self.medians, self.asked = medians, []
+
+    def compare(self, unmerged, merged, example):
+        names = tuple(n for n, m in merged.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        assert names == ("layers.0",)  # the merged span is one layer; the unmerged one holds the chain's layers
+        key = len(unmerged.layers)
+        self.asked.append(key)
+        before, after = self.medians[key]
+        return {"unmerged": {"median": before, "p25": before - 0.005, "p75": before + 0.005, "n": 10},
+                "merged": {"median": after, "p25": after - 0.005, "p75": after + 0.005, "n": 10}}
+
+
+def _three_linear_chain():
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(16, 64), nn.Linear(64, 64), nn.Linear(64, 16)
+
+        def forward(self, x):
+            return self.c(self.b(self.a(x)))
+
+    return Chain().eval()
+
+
+@pytest.mark.parametrize("medians,merged", [
+    ({2: (1.0, 0.5), 3: (1.5, 0.4)}, [["a", "b", "c"]]),  # the whole chain gains most
+    ({2: (1.0, 0.5), 3: (1.5, 1.45)}, [["a", "b"]]),  # the triple is within the spread: a pair is taken
+    ({2: (1.0, 0.99), 3: (1.5, 1.49)}, []),  # nothing beats the spread: the layers stay as they were
+])
+def test_latency_merges_keep_only_what_is_measured_faster_beyond_the_spread(medians, merged):
+    from nepenthe.collapse.graph import record_shapes, tidy, trace
+    from nepenthe.collapse.merge import merge_chains
+
+    chain = _three_linear_chain()
+    x = torch.randn(8, 16)
+    gm = trace(copy.deepcopy(chain))
+    record_shapes(gm, x)
+    timer = ScriptedTimer(medians)
+    records = merge_chains(gm, "latency", exact_only=True, example=x, timer=timer)
+    assert sorted(timer.asked) == [2, 2, 3]  # a+b, b+c, a+b+c: every exact candidate timed once
+    taken = [r for r in records if r["op"] == "merge"]
+    assert [r["layers"] for r in taken] == merged
+    for r in taken:  # each kept merge carries its decision and both timings
+        assert r["latency_ms"]["merged"]["median"] < r["latency_ms"]["unmerged"]["median"] - 0.02
+        assert r["decision"] == "faster than the unmerged layers beyond the spread"
+    declined = [r for r in records if r["op"] == "merge_declined"]
+    assert len(declined) == 3 - len(taken) and all("latency_ms" in r and r["reason"] for r in declined)
+    assert_same(tidy(gm)(x), chain(x))
+
+
+@pytest.mark.slow  # make test-all: two ONNX exports and ~1 s of timing
+def test_latency_merges_are_timed_in_onnx_runtime_and_verified():
+    """The real timer: a wide 1×1 → 1×1 pair (32 → 1024 → 32 channels) merges into one 32 × 32 conv with 64× fewer
+    MACs, a gap no machine load hides; merge=latency takes it, records both timings, and the output is unchanged."""
+    pytest.importorskip("onnxruntime")
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.act, self.b = nn.Conv2d(32, 1024, 1), nn.ReLU(), nn.Conv2d(1024, 32, 1)
+
+        def forward(self, x):
+            return self.b(self.act(self.a(x)))
+
+    pair = Pair().eval()
+    x = torch.randn(4, 32, 16, 16)
+    small, report = collapse(pair, {"act": all_on(1024)}, x, "latency")
+    (merge,) = ops(report, "merge")
+    timings = merge["latency_ms"]
+    assert merge["layers"] == ["a", "b"] and timings["merged"]["median"] < timings["unmerged"]["median"]
+    assert timings["merged"]["n"] >= 3 and timings["unmerged"]["n"] >= 3
+    assert_same(small(x), pair.b(pair.a(x)))
+    with pytest.raises(CollapseError, match="merge=latency takes exact merges only"):
+        collapse(pair, {"act": all_on(1024)}, x, "latency", approximate_merges=True)

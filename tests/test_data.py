@@ -35,8 +35,12 @@ def test_fashion_mnist_unpacks_debian_layout_and_carves_validation(tmp_path):
     assert sorted(p.name for p in raw_dir(tmp_path / "root").iterdir()) == sorted(RAW_FILES)
     again = create_data("fashion_mnist", str(tmp_path / "root"), source_dir="/nonexistent", val_size=6)
     assert torch.equal(again.val.labels, data.val.labels)  # fixed split seed, independent of the run
-    subset = create_data("fashion_mnist", str(tmp_path / "root"), val_size=6, train_subset=10)
-    assert subset.sizes() == {"train": 10, "val": 6, "test": 12}
+    subset = create_data("fashion_mnist", str(tmp_path / "root"), val_size=6, train_subset=10, test_subset=5)
+    assert subset.sizes() == {"train": 10, "val": 6, "test": 5}
+    assert torch.equal(subset.test.labels, data.test.labels[:5])  # the first five test images
+    with pytest.raises(DataError, match=r"dataset.kwargs.test_subset=13 is not valid; use null \(all 12 test "
+                                        r"images\) or a count in 1..12"):
+        create_data("fashion_mnist", str(tmp_path / "root"), val_size=6, test_subset=13)
 
 
 def test_missing_data_root_says_how_to_fix_it(tmp_path):

@@ -72,10 +72,22 @@ def check_collapse(run_dir: Path, summary: Summary, kept: RoundRecord):
     assert loaded(torch.zeros(3, *section.input_shape[1:])).shape == (3, 10)
 
 
-def test_a_run_writes_typed_records_and_a_verified_collapse(run_fast):
+def test_a_run_writes_typed_records_and_a_verified_collapse(run_fast, capsys):
     summary, run_dir = run_fast("pruning=nepenthe")
-    records, _ = check_run_directory(run_dir, rounds=3)
+    records, written = check_run_directory(run_dir, rounds=3)
     assert summary.stop_reason == "max_rounds" and summary.final_round == 3
+    # its estimate is said after the first training steps, before round 0's row, and recorded beside its wall time
+    lines = capsys.readouterr().out.splitlines()
+    [where] = [i for i, line in enumerate(lines) if line.startswith("estimate: ")]
+    assert lines[where + 1].split()[0] == "0"
+    est = written.estimate
+    assert est == summary.estimate and est.device == "cpu" and est.batch_size == 32 and est.batches_timed == 5
+    # 600 training images; 3 dense epochs, then 3 rounds of 1; val 200 + test 200 + the probe's 600 passed forward
+    per_image, forward = est.seconds_per_batch / 32, est.forward_ms_per_image / 1e3
+    assert 0 < forward < per_image  # measured on one evaluation batch: cheaper than training on it
+    assert est.dense_s == pytest.approx(3 * 600 * per_image + 1000 * forward)
+    assert est.rounds == 3 and est.rounds_s == pytest.approx(3 * (600 * per_image + 1000 * forward))
+    assert 0 < est.total_s < 10 * summary.wall_time_s  # the same order as what the run really took
     # NEPENTHE removes ratio 0.5 of the remaining *prunable* weights each round (unit layers, not the head/shortcuts)
     for r in records[1:]:
         assert r.pruned == sum(r.plan.values()) > 0 and r.replaced_by_identity == []

@@ -16,6 +16,8 @@ from nepenthe.models.weights import load_local_weights
 from nepenthe.discovery import model_units
 from nepenthe.units import RECTIFIERS, Unit, activation_modules, unit_layouts
 
+SWIN_STUDY = {"embed_dim": 24, "num_heads": [1, 2, 4, 8], "patch_size": 4, "window_size": 4}
+
 # name, kwargs, input (C, H, W), rectifier units the paper family counts (EASIER appendix N) where it counts them
 ZOO = [
     ("compact_cnn", {"width": 8}, (1, 28, 28), 7),
@@ -24,6 +26,8 @@ ZOO = [
     ("resnet18_imagenet", {}, (3, 64, 64), 17),
     ("mobilenetv2_cifar", {}, (3, 32, 32), 35),
     ("mobilenetv2_imagenet", {}, (3, 64, 64), 35),
+    ("mobilenetv2_cifar", {"width_mult": 0.25}, (1, 28, 28), 35),  # the study's width: the same 35 units
+    ("swin_t", SWIN_STUDY, (1, 28, 28), 12),  # the study's width: the same 12 blocks
     pytest.param("swin_t", {}, (3, 64, 64), 12, marks=pytest.mark.slow),  # 28 M params: 5 s on 2 cores
     pytest.param("vgg16_bn", {}, (3, 32, 32), 15, marks=pytest.mark.slow),  # 138 M params: 13 s on 2 cores
     ("timm", {"arch": "resnet18"}, (3, 32, 32), 17),
@@ -37,7 +41,8 @@ def test_zoo_lists_every_registered_model():
 
 
 IDS = ["compact_cnn", "resnet18_cifar", "resnet18_cifar/width16", "resnet18_imagenet", "mobilenetv2_cifar",
-       "mobilenetv2_imagenet", "swin_t", "vgg16_bn", "timm", "timm/convnext_atto"]
+       "mobilenetv2_imagenet", "mobilenetv2_cifar/width0.25", "swin_t/study", "swin_t", "vgg16_bn", "timm",
+       "timm/convnext_atto"]
 
 
 @pytest.mark.parametrize("name,kwargs,shape,expected_units", ZOO, ids=IDS)
@@ -158,3 +163,24 @@ def test_mobilenetv2_cifar_variant_keeps_resolution_where_the_imagenet_one_downs
     imagenet = create_model("mobilenetv2_imagenet", 10, 3).eval()
     assert cifar.features(x).shape[-2:] == (4, 4)  # stride-1 stem and stage 2: 32 / 8
     assert imagenet.features(x).shape[-2:] == (1, 1)  # 32 / 32
+
+
+def test_width_reduced_variants_keep_the_papers_depth_with_fewer_channels():
+    import torchvision
+
+    swin = create_model("swin_t", 10, 1, **SWIN_STUDY)
+    stages = [m for m in swin.features if isinstance(m, nn.Sequential) and
+              isinstance(m[0], torchvision.models.swin_transformer.SwinTransformerBlock)]
+    assert [len(s) for s in stages] == [2, 2, 6, 2]  # Swin-T's depths, 12 GELUs
+    assert [s[0].attn.num_heads for s in stages] == [1, 2, 4, 8] and swin.norm.normalized_shape == (192,)
+    assert swin.features[0][0].kernel_size == (4, 4) and stages[0][0].attn.window_size == [4, 4]
+    assert [(s[0].mlp[0].in_features, s[0].mlp[0].out_features) for s in stages] == [(24, 96), (48, 192),
+                                                                                      (96, 384), (192, 768)]
+    mobile = create_model("mobilenetv2_cifar", 10, 1, width_mult=0.25)
+    assert mobile.features[1].conv[0][0].out_channels == 8  # 32 x 0.25, rounded to a multiple of 8
+    assert mobile.features[0][0].stride == (1, 1) and mobile.features[-1][0].out_channels == 1280
+    assert mobile.features[-2].conv[2].out_channels == 80  # 320 x 0.25
+    with pytest.raises(ConfigError, match=r"model.kwargs.num_heads=\[3, 6, 12, 24\] does not fit embed_dim=20"):
+        create_model("swin_t", 10, 1, embed_dim=20)
+    with pytest.raises(ConfigError, match="model.kwargs.width_mult=0 is not valid; use a positive number"):
+        create_model("mobilenetv2_cifar", 10, 1, width_mult=0)

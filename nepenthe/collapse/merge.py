@@ -11,12 +11,13 @@ The weight part is exact when the second conv never reads its zero padding (``p2
 only padding outside its output range (a 1×1 stride-1 conv); otherwise (k×k∘k×k) the merged conv sees real values
 where the chain saw zero padding, and the difference sits on a border ring: each merge measures and reports it.
 
-``merge`` chooses: ``cost`` (default) takes merges that lower MACs; ``depth`` (alias ``always``) takes every merge that
-shortens the chain, also when the merged kernel has more MACs than the pair (what lowers latency where per-layer
-overhead dominates; the latency measurement shows whether it pays); ``never`` merges nothing. Only exact merges are
-taken unless the caller allows inexact ones (``exact_only=False``: the approximate opt-in, whose network is measured
-on its own); ``approximate`` is ``cost`` with that opt-in. Every merge records MACs and the network's weight layers on
-the longest path before and after it.
+``merge`` chooses: ``latency`` takes the exact merges that are measured to run faster in the target runtime
+(:mod:`.timing`, each decision recorded with both timings); ``cost`` (default) takes merges that lower MACs;
+``depth`` (alias ``always``) takes every merge that shortens the chain, also when the merged kernel has more MACs than
+the pair (what lowers latency where per-layer overhead dominates; the latency measurement shows whether it pays);
+``never`` merges nothing. Only exact merges are taken unless the caller allows inexact ones (``exact_only=False``:
+the approximate opt-in, whose network is measured on its own); ``approximate`` is ``cost`` with that opt-in. Every
+merge records MACs and the network's weight layers on the longest path before and after it.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ from .graph import (
     only_user,
     shape,
 )
+from .timing import SegmentTimer, Span, pays, sample_input
 
 DEPTH_FIRST = ("depth", "always")  # fewest layers, whatever the MACs
+LATENCY = "latency"  # the merges that are measured to run faster (timing.py)
 
 
 @dataclass
@@ -171,6 +174,43 @@ def plan_merges(gm: fx.GraphModule, chain: list[Link], merge: str, exact_only: b
     return [seg for seg in segments if merge in DEPTH_FIRST or seg.macs_after < seg.macs_before]
 
 
+def plan_by_latency(gm: fx.GraphModule, chain: list[Link], timer: SegmentTimer
+                    ) -> tuple[list[Segment], dict[int, dict], list[dict]]:
+    """``merge=latency``: every exact merge of two or more consecutive layers of ``chain`` timed against the same
+    layers unmerged (:mod:`.timing`); the non-overlapping merges that pay with the largest summed gain. Returns the
+    segments to merge, their timings by ``id(segment)``, and a record of every candidate left unmerged."""
+    candidates = []  # (start, end, segment, timings)
+    for start in range(len(chain)):
+        for end in range(start + 2, len(chain) + 1):
+            seg = _segment(gm, chain[start:end])
+            if seg is None or not seg.exact:
+                continue
+            in_shape = shape(seg.links[0].node.args[0])
+            merged, constant = merged_layer(gm, seg, in_shape)
+            remaining = _attach_constant(merged, constant)
+            layers = [module(gm, link.node) for link in seg.links]
+            maps = [_map_value(gm, link.map_add) if link.map_add is not None else None for link in seg.links]
+            x = sample_input(in_shape, layers[0].weight)
+            candidates.append((start, end, seg, timer.compare(Span(layers, maps), Span([merged], [remaining]), x)))
+    # weighted interval scheduling over the chain: best[i] is the largest gain from the first i layers
+    best: list[tuple[float, list]] = [(0.0, [])] * (len(chain) + 1)
+    for i in range(1, len(chain) + 1):
+        best[i] = best[i - 1]
+        for start, end, seg, timings in candidates:
+            if end == i and pays(timings):
+                gain = timings["unmerged"]["median"] - timings["merged"]["median"]
+                if best[start][0] + gain > best[i][0]:
+                    best[i] = (best[start][0] + gain, best[start][1] + [(seg, timings)])
+    chosen = best[len(chain)][1]
+    taken = {id(seg) for seg, _ in chosen}
+    declined = [{"op": "merge_declined", "layers": [link.node.target for link in seg.links],
+                 "reason": "overlaps a merge that gains more" if pays(timings) else
+                 f"not faster than the unmerged layers beyond the measurements' spread in {timer.runtime}",
+                 "latency_ms": timings, "macs_before": seg.macs_before, "macs_after": seg.macs_after}
+                for _, _, seg, timings in candidates if id(seg) not in taken]
+    return [seg for seg, _ in chosen], {id(seg): timings for seg, timings in chosen}, declined
+
+
 @torch.no_grad()
 def _chain_at_zero(gm: fx.GraphModule, links: list[Link], in_shape) -> Tensor:
     """The chain's output for an all-zero sample: its whole constant part (biases, shifts, maps)."""
@@ -231,12 +271,25 @@ class _Recorder(fx.Interpreter):
         return result
 
 
-def merge_chains(gm: fx.GraphModule, merge: str, exact_only: bool, example: Tensor | None = None) -> list[dict]:
-    """Merge what ``merge`` allows; with ``example`` (the verification batch) each merge's error is measured."""
-    done = []
+def merge_chains(gm: fx.GraphModule, merge: str, exact_only: bool, example: Tensor | None = None,
+                 timer: SegmentTimer | None = None) -> list[dict]:
+    """Merge what ``merge`` allows; with ``example`` (the verification batch) each merge's error is measured.
+    ``merge='latency'`` times the candidates with ``timer`` (default :class:`~.timing.SegmentTimer`: ONNX Runtime)
+    and takes exact merges only."""
+    done: list[dict] = []
     if merge == "never":
         return done
-    planned = [seg for chain in chains(gm) for seg in plan_merges(gm, chain, merge, exact_only)]
+    timings: dict[int, dict] = {}
+    declined: list[dict] = []
+    if merge == LATENCY:
+        planned = []
+        for chain in chains(gm):
+            segments, chain_timings, chain_declined = plan_by_latency(gm, chain, timer or SegmentTimer())
+            planned += segments
+            timings.update(chain_timings)
+            declined += chain_declined
+    else:
+        planned = [seg for chain in chains(gm) for seg in plan_merges(gm, chain, merge, exact_only)]
     values = {}
     if planned and example is not None:
         wanted = {n for seg in planned for n in (seg.links[0].node.args[0], seg.links[-1].out)}
@@ -254,6 +307,8 @@ def merge_chains(gm: fx.GraphModule, merge: str, exact_only: bool, example: Tens
                   "weight_layers_before": _depth(gm)}
         if isinstance(merged, nn.Conv2d):
             record.update(kernel=list(merged.kernel_size), stride=list(merged.stride), padding=list(merged.padding))
+        if id(seg) in timings:
+            record.update(latency_ms=timings[id(seg)], decision="faster than the unmerged layers beyond the spread")
         remaining_map = _attach_constant(merged, constant)
         if source in values and tail.out in values:
             record.update(_merge_error(merged, remaining_map, values[source], values[tail.out]))
@@ -267,7 +322,7 @@ def merge_chains(gm: fx.GraphModule, merge: str, exact_only: bool, example: Tens
         gm.graph.eliminate_dead_code()
         record["weight_layers_after"] = _depth(gm)
         done.append(record)
-    return done
+    return done + declined
 
 
 def _depth(gm: fx.GraphModule) -> int:

@@ -28,7 +28,8 @@ from .graph import (
     trace,
     weight_nodes,
 )
-from .merge import merge_chains
+from .merge import LATENCY, merge_chains
+from .timing import SegmentTimer
 from .verify import abs_diff, check_step, mismatch, output_scale, outputs, relative_diff, touched
 
 PASS_THROUGH = (nn.Identity, nn.Dropout)  # identities in eval mode
@@ -76,7 +77,7 @@ def fold_batchnorm_only(model: nn.Module, example_input: Tensor, tolerance: floa
 @torch.no_grad()
 def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: Tensor, merge: str = "cost", *,
              layouts: Mapping[str, str] | None = None, tolerance: float = 1e-4, approximate_activations: bool = False,
-             approximate_merges: bool = False):
+             approximate_merges: bool = False, merge_timer: SegmentTimer | None = None):
     """A shallower copy of ``model`` and a :class:`CollapseReport`; ``model`` itself is left untouched.
 
     ``stats`` are the probe's statistics per activation module path (units absent from it are left alone).
@@ -87,9 +88,13 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
     raises :class:`CollapseError`. Approximations happen only when asked: ``approximate_activations`` (ReLU6/GELU
     replaced where the probe saw them ON) and ``approximate_merges=True`` (border-ring merges, with ``merge`` cost or
     depth; ``merge='approximate'`` is cost with them); both report their error. :func:`approximate_network` builds
-    the approximate network beside the exact one instead.
+    the approximate network beside the exact one instead. ``merge='latency'`` times every exact candidate merge with
+    ``merge_timer`` (default: ONNX Runtime at batch 1, torch's thread count) and keeps those that run faster.
     """
     check_merge(merge)
+    if merge == LATENCY and approximate_merges:
+        raise CollapseError("collapse merge=latency takes exact merges only; approximate_merges needs merge=cost or "
+                            "merge=depth")
     if not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
         raise CollapseError(f"collapse tolerance={tolerance!r} is not valid; use a relative bound in (0, 1), e.g. 1e-4")
     x = example_input
@@ -130,7 +135,8 @@ def collapse(model: nn.Module, stats: Mapping[str, LayerStats], example_input: T
     approximate_merges = approximate_merges or merge == "approximate"
     for name, run in (("drop_identity", drop_pass_through), ("fold_constant", fold_constants),
                       ("remove_channels", remove_dead_channels),
-                      ("merge", lambda g: merge_chains(g, exact_merge, exact_only=True, example=x))):
+                      ("merge", lambda g: merge_chains(g, exact_merge, exact_only=True, example=x,
+                                                       timer=merge_timer))):
         report.relative_diff = step(name, run, linearized)
     collapsed = outputs(gm, x)
     report.max_abs_diff = abs_diff(collapsed[0], linearized[0])

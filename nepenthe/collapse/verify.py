@@ -80,6 +80,8 @@ def touched(records: list[dict]) -> list[str]:
     """The graph nodes / layers / units a step's records name."""
     names = []
     for record in records:
+        if record.get("op") == "merge_declined":  # timed and left as it was (merge=latency)
+            continue
         for key in ("node", "layer", "unit", "layers"):
             value = record.get(key)
             if value is not None:

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 import torchvision
 
 from ..errors import DataError
@@ -112,6 +113,7 @@ def fashion_mnist(
     val_size: int = 5000,
     split_seed: int = 0,
     train_subset: int | None = None,
+    test_subset: int | None = None,
     download: bool = False,
     source_dir: str = str(DEBIAN_DIR),
     augment: tuple[str, ...] = ("crop", "flip"),
@@ -119,5 +121,11 @@ def fashion_mnist(
 ) -> DataBundle:
     prepare_fashion_mnist(root, source_dir=source_dir, download=download)
     train, val = carve_validation(read_split(root, True), val_size, split_seed, train_subset)
-    return DataBundle("fashion_mnist", train, val, read_split(root, False), num_classes=NUM_CLASSES, mean=MEAN, std=STD,
+    test = read_split(root, False)
+    if test_subset is not None:  # the first N test images: quick checks only, never a result to compare
+        if not (isinstance(test_subset, int) and 0 < test_subset <= len(test)):
+            raise DataError(f"dataset.kwargs.test_subset={test_subset!r} is not valid; use null (all {len(test)} "
+                            f"test images) or a count in 1..{len(test)}")
+        test = test.subset(torch.arange(test_subset))
+    return DataBundle("fashion_mnist", train, val, test, num_classes=NUM_CLASSES, mean=MEAN, std=STD,
                       augment=tuple(augment), crop_padding=crop_padding)

@@ -55,8 +55,11 @@ def resnet18_imagenet(num_classes: int = 1000, in_chans: int = 3, weights: str |
     return _finish(model, weights)
 
 
-def _mobilenet_v2(num_classes: int, in_chans: int, cifar: bool) -> nn.Module:
-    model = torchvision.models.mobilenet_v2(num_classes=num_classes)
+def _mobilenet_v2(num_classes: int, in_chans: int, cifar: bool, width_mult: float = 1.0) -> nn.Module:
+    if not (isinstance(width_mult, (int, float)) and width_mult > 0):
+        raise ConfigError(f"model.kwargs.width_mult={width_mult!r} is not valid; use a positive number (1.0: the "
+                          f"published width, 0.25: a quarter of the channels, rounded to multiples of 8)")
+    model = torchvision.models.mobilenet_v2(num_classes=num_classes, width_mult=width_mult)
     model.features[0][0] = _with_in_chans(model.features[0][0], in_chans)
     if cifar:  # the CIFAR variant keeps resolution: stride-1 stem and stride-1 first block of stage 2
         model.features[0][0].stride = (1, 1)
@@ -65,21 +68,41 @@ def _mobilenet_v2(num_classes: int, in_chans: int, cifar: bool) -> nn.Module:
 
 
 @register_model("mobilenetv2_cifar")
-def mobilenetv2_cifar(num_classes: int = 10, in_chans: int = 3, weights: str | None = None) -> nn.Module:
-    """MobileNetV2 for 32×32 inputs: stride-1 stem and stage 2 (35 ReLU6 units)."""
-    return _finish(_mobilenet_v2(num_classes, in_chans, cifar=True), weights)
+def mobilenetv2_cifar(num_classes: int = 10, in_chans: int = 3, weights: str | None = None,
+                      width_mult: float = 1.0) -> nn.Module:
+    """MobileNetV2 for 32×32 inputs: stride-1 stem and stage 2 (35 ReLU6 units at any ``width_mult``: torchvision's
+    width multiplier, channels rounded to multiples of 8; the last 1×1 conv keeps 1280 channels below 1.0)."""
+    return _finish(_mobilenet_v2(num_classes, in_chans, cifar=True, width_mult=width_mult), weights)
 
 
 @register_model("mobilenetv2_imagenet")
-def mobilenetv2_imagenet(num_classes: int = 1000, in_chans: int = 3, weights: str | None = None) -> nn.Module:
+def mobilenetv2_imagenet(num_classes: int = 1000, in_chans: int = 3, weights: str | None = None,
+                         width_mult: float = 1.0) -> nn.Module:
     """torchvision MobileNetV2 (35 ReLU6 units)."""
-    return _finish(_mobilenet_v2(num_classes, in_chans, cifar=False), weights)
+    return _finish(_mobilenet_v2(num_classes, in_chans, cifar=False, width_mult=width_mult), weights)
+
+
+SWIN_T_DEPTHS = [2, 2, 6, 2]  # 12 blocks, one GELU each: the units the papers count
 
 
 @register_model("swin_t")
-def swin_t(num_classes: int = 1000, in_chans: int = 3, weights: str | None = None) -> nn.Module:
-    """torchvision Swin-T: 12 GELU units (one per block's MLP) on channels-last ``[B, H, W, C]`` tokens."""
-    model = torchvision.models.swin_t(num_classes=num_classes)
+def swin_t(num_classes: int = 1000, in_chans: int = 3, weights: str | None = None, embed_dim: int = 96,
+           num_heads: list[int] | None = None, patch_size: int = 4, window_size: int = 7,
+           stochastic_depth_prob: float = 0.2) -> nn.Module:
+    """Swin-T: 12 GELU units (one per block's MLP, depths 2-2-6-2) on channels-last ``[B, H, W, C]`` tokens. The
+    defaults are torchvision's ``swin_t``; ``embed_dim`` (stage widths ×1, 2, 4, 8), ``num_heads`` (per stage,
+    default ``[3, 6, 12, 24]``), ``patch_size`` and ``window_size`` shrink it for small inputs at the same depth."""
+    heads = list(num_heads) if num_heads is not None else [3, 6, 12, 24]
+    widths = [embed_dim * 2 ** i for i in range(len(SWIN_T_DEPTHS))]
+    if len(heads) != len(SWIN_T_DEPTHS) or any(h < 1 or w % h for w, h in zip(widths, heads, strict=True)):
+        raise ConfigError(f"model.kwargs.num_heads={heads} does not fit embed_dim={embed_dim}: give 4 head counts "
+                          f"that divide the stage widths {widths}")
+    for key, value in (("embed_dim", embed_dim), ("patch_size", patch_size), ("window_size", window_size)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ConfigError(f"model.kwargs.{key}={value!r} is not valid; use a positive integer")
+    model = torchvision.models.SwinTransformer(
+        patch_size=[patch_size, patch_size], embed_dim=embed_dim, depths=SWIN_T_DEPTHS, num_heads=heads,
+        window_size=[window_size, window_size], stochastic_depth_prob=stochastic_depth_prob, num_classes=num_classes)
     model.features[0][0] = _with_in_chans(model.features[0][0], in_chans)
     return _finish(model, weights)
 

@@ -134,32 +134,34 @@ def wait_for_training(run_dir_glob, deadline_s: float = 300, process=None) -> Pa
     raise AssertionError("no job started training within the deadline")
 
 
-def restarts(job_id: str, env) -> int:
-    """How many times Slurm has requeued the job (``Restarts=`` of ``scontrol show job``)."""
+def job_field(job_id: str, env, name: str) -> str | None:
+    """One field of ``scontrol show job`` (``Restarts``, ``JobState``, ...)."""
     import re
 
     out = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=env, capture_output=True, text=True,
                          timeout=60).stdout
-    found = re.search(r"\bRestarts=(\d+)", out)
-    return int(found.group(1)) if found else 0
+    found = re.search(rf"\b{name}=(\S+)", out)
+    return found.group(1) if found else None
 
 
 def let_the_requeued_attempt_finish(runs: Path, env, minutes: int = 15, deadline_s: float = 400) -> str:
     """Once the job has been requeued, give its next attempt ``minutes`` and lift the ~2 minutes Slurm holds a
-    requeued job (BeginTime), as an administrator would: one interruption is what the tests need, and on a slow or
-    busy machine a 2-minute limit could otherwise interrupt every attempt before it gets far (6 attempts, 16
-    minutes, seen in CI). Returns the job id."""
+    requeued job (BeginTime, set when the requeue completes: hence the wait for PENDING), as an administrator would:
+    one interruption is what the tests need, and on a slow or busy machine a 2-minute limit could otherwise interrupt
+    every attempt before it gets far (6 attempts, 16 minutes, seen in CI). Returns the job id."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         ids = array_job_ids(runs) if (runs / "sweep" / ".submitit").is_dir() else []
-        if ids and restarts(ids[-1], env) >= 1:
-            subprocess.run(["scontrol", "update", f"JobId={ids[-1]}", f"TimeLimit={minutes}"], env=env, check=True,
-                           capture_output=True, timeout=60)
-            # refused (harmlessly) when the next attempt has already started
-            subprocess.run(["scontrol", "update", f"JobId={ids[-1]}", "StartTime=now"], env=env, capture_output=True,
-                           timeout=60)
-            return ids[-1]
-        time.sleep(1)
+        if ids and int(job_field(ids[-1], env, "Restarts") or 0) >= 1:
+            job = ids[-1]
+            state = job_field(job, env, "JobState")
+            if state == "PENDING":  # the requeue has completed (a job still completing refuses updates)
+                subprocess.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={minutes}", "StartTime=now"],
+                               env=env, check=True, capture_output=True, timeout=60)
+                return job
+            if state == "COMPLETED":  # (Slurm holds a requeued job ~2 minutes: PENDING is seen long before)
+                return job
+        time.sleep(0.5)
     raise AssertionError(f"the job was not requeued within {deadline_s:.0f} s")
 
 
