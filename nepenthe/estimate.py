@@ -100,12 +100,11 @@ def estimate_run(work: RunWork, seconds_per_batch: float, batches_timed: int, de
 
 
 def estimate_line(estimate: RunEstimate) -> str:
-    return (f"estimate: {duration(estimate.total_s)} in all (dense {duration(estimate.dense_s)}, up to "
-            f"{estimate.rounds} round{'s' if estimate.rounds != 1 else ''} {duration(estimate.rounds_s)}; the collapse "
-            f"not included), from "
-            f"{estimate.seconds_per_batch:.3g} s per training batch of {estimate.batch_size} on {estimate.device} "
-            f"(mean of {estimate.batches_timed} steps) and {estimate.forward_ms_per_image:.3g} ms per image passed "
-            f"forward")
+    rounds = f"{estimate.rounds} round{'s' if estimate.rounds != 1 else ''}"
+    return (f"estimate: {duration(estimate.total_s)} in all (dense {duration(estimate.dense_s)}, up to {rounds} "
+            f"{duration(estimate.rounds_s)}; the collapse not included), from {estimate.seconds_per_batch:.3g} s per "
+            f"training batch of {estimate.batch_size} on {estimate.device} (mean of {estimate.batches_timed} steps) "
+            f"and {estimate.forward_ms_per_image:.3g} ms per image passed forward")
 
 
 def duration(seconds: float) -> str:

@@ -5,10 +5,11 @@ block is narrow, and dearer when it is wide), so each candidate is timed where t
 A chain's candidate segments are timed in isolation, as LayerMerge builds its latency tables: the span of layers as
 they are (each layer with its constant map) against the one merged layer that replaces them, on one input of the
 recorded shape at batch 1, exported to ONNX and run in ONNX Runtime (or eager / compiled PyTorch) with the run's
-threads, interleaved over several rounds so drifting load hits both alike. The chain is split into the segments
-with the smallest summed median latency, and a merge is kept only when it beats the same span unmerged by more than
-the spread of the two measurements (p25–p75 widths added): a tie leaves the layers as they were. Only exact merges
-are candidates; every kept merge is verified like any other step, and the decision and both timings are recorded.
+threads, interleaved over several rounds so drifting load hits both alike. A candidate pays when it beats the same
+span unmerged by more than the spread of the two measurements (p25–p75 widths added): a tie leaves the layers as
+they were. Of the candidates that pay, the non-overlapping ones with the largest summed gain in median latency are
+taken (``merge.plan_by_latency``). Only exact merges are candidates; every kept merge is verified like any other
+step, and the decision and both timings are recorded.
 """
 
 from __future__ import annotations
