@@ -379,3 +379,51 @@ def test_committed_tables_re_render_byte_identically_from_their_runs_csv(folder,
     tables.write_all(frame, tmp_path)
     for path in sorted(tmp_path.iterdir()):
         assert path.read_bytes() == (folder / path.name).read_bytes(), f"{folder.name}/{path.name} differs"
+
+
+def test_the_architectures_table_reads_drops_against_plain_dense_of_the_same_seed(tmp_path):
+    """One row per model and method over several study folders: LaCoOT's drop is against the plain dense network of
+    its seed (91.0), not its own regularised one (88.0); MACs as a share of dense; ONNX Runtime speed-up per run."""
+    from analysis import architectures
+
+    lacoot = fake_run("lacoot", 0, [88.0, 87.5], [0, 2], collapsed_macs=70_000_000)
+    lacoot[0]["pruning"]["lambda_reg"] = 5.0
+    studies = {"a": [fake_run("nepenthe", 0, [91.0, 90.0, 89.0], [0, 1, 2]),
+                     fake_run("nepenthe", 1, [92.0, 91.0, 91.5], [0, 1, 2]), lacoot],
+               "b": [fake_run("easier", 0, [80.0, 79.0], [0, 3])]}
+    studies["b"][0][0]["model"]["name"] = "swin_t"
+    timed = studies["b"][0][2]["collapse"]
+    timed["latency_ms"] = {"eager": timed["latency_ms"], "onnxruntime": {
+        "uncollapsed": {"batch_1": 0.3, "batch_64": 9.0}, "bn_folded": {"batch_1": 0.3, "batch_64": 9.0},
+        "collapsed": {"batch_1": 0.2, "batch_64": 6.0}}}
+    for study, runs in studies.items():
+        for i, run in enumerate(runs):
+            write_run_dir(tmp_path / "runs" / study / f"job{i}", *run)
+        (tmp_path / study).mkdir()
+        collect.to_frame(collect.local_runs([tmp_path / "runs" / study])).to_csv(tmp_path / study / "runs.csv")
+    shown = architectures.display(architectures.across(
+        [pd.read_csv(tmp_path / s / "runs.csv") for s in ("b", "a")])).set_index(["architecture", "method"])
+    assert list(shown.index) == [("Swin-T on CIFAR-10", "EASIER"), ("ResNet-18 on CIFAR-10", "NEPENTHE"),
+                                 ("ResNet-18 on CIFAR-10", "LaCoOT")]
+    nepenthe, lacoot_row = shown.loc[("ResNet-18 on CIFAR-10", "NEPENTHE")], shown.loc[("ResNet-18 on CIFAR-10", "LaCoOT")]
+    assert nepenthe["top-1 dense → kept (drop)"] == "91.50 → 90.25 (-1.25 ± 1.06)"  # drops -2.0 and -0.5
+    assert nepenthe["k/N"] == "2/17" and nepenthe["weight layers dense → collapsed"] == "18 → 16"
+    assert nepenthe["MACs (M) dense → collapsed"] == "140.00 → 100.00 (71 %)"
+    assert nepenthe["ONNX Runtime b1 over BN folding"] == "—"  # not timed there
+    assert lacoot_row["top-1 dense → kept (drop)"] == "91.00 → 87.50 (-3.50)"
+    assert lacoot_row["MACs (M) dense → collapsed"] == "140.00 → 70.00 (50 %)"
+    easier = shown.loc[("Swin-T on CIFAR-10", "EASIER")]
+    assert easier["top-1 dense → kept (drop)"] == "80.00 → 79.00 (-1.00)"
+    assert easier["ONNX Runtime b1 over BN folding"] == "1.50×"
+
+
+def test_the_readme_front_table_is_the_committed_studies_rendered():
+    """The README's three-architecture table is regenerated, never edited by hand: it equals what
+    ``python -m analysis.architectures --readme README.md`` writes from the committed runs.csv files."""
+    from analysis import architectures
+
+    readme = (ROOT / "README.md").read_text()
+    table = architectures.markdown(architectures.committed_studies())
+    assert architectures.replace_block(readme, table) == readme
+    with pytest.raises(SystemExit, match="needs the lines"):
+        architectures.replace_block("no markers here", table)

@@ -63,6 +63,34 @@ def test_onnx_runtime_equals_the_torch_collapsed_model_with_merges_and_folded_co
     assert_same(onnx_model(x), reference(x).detach(), rtol=1e-4)
 
 
+class WindowsFromTheBatchSize(nn.Module):
+    """Reads its batch size from a shape and reshapes with it, as torchvision's Swin partitions its windows."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Linear(16, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        batch = x.shape[0]
+        tokens = self.embed(x.reshape(batch, 4, 4, 4).permute(0, 2, 1, 3).reshape(batch * 4, 16))
+        return self.head(tokens.view(batch, 4, 8).mean(1))
+
+
+@pytest.mark.slow  # make test-all: two dynamo exports, ~10 s on 2 cores
+def test_a_model_traced_at_batch_one_still_ships_with_a_free_batch_size(tmp_path):
+    """Traced at batch 1, such a model used to be exported with its batch fixed at 1 (torch.export's 0/1
+    specialisation): ONNX Runtime then refused the latency measurement's batch of 64 in the Swin-T study."""
+    from nepenthe.collapse.export import load_collapsed, save_collapsed
+
+    model = WindowsFromTheBatchSize().eval()
+    one, many = torch.randn(1, 1, 8, 8), torch.randn(64, 1, 8, 8)
+    onnx_model = OnnxRuntimeModel(export_onnx(model, one, tmp_path / "m.onnx"))
+    program = load_collapsed(save_collapsed(model, one, tmp_path / "m.pt2"))
+    for batch in (one, many):
+        assert_same(onnx_model(batch), model(batch).detach(), rtol=1e-5)
+        assert_same(program(batch), model(batch).detach(), rtol=1e-6)
+
+
 @pytest.mark.slow  # make test-all: over 5 s on 2 cores
 def test_a_model_onnx_cannot_export_is_one_clear_error(tmp_path):
     class Bessel(nn.Module):

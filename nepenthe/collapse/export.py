@@ -37,12 +37,25 @@ def _batch_free() -> Dim:
     return Dim("batch", min=1, max=MAX_BATCH)
 
 
+def _two_or_more(example_input: Tensor) -> Tensor:
+    """An example batch of at least two samples: traced at batch 1, a model whose code reads the batch size from a
+    shape (torchvision's Swin reshapes its windows that way) is specialised to batch 1 without a word (torch.export's
+    0/1 specialisation), and the exported graph then refuses any other batch."""
+    return example_input if example_input.shape[0] >= 2 else example_input.expand(2, *example_input.shape[1:])
+
+
 def save_collapsed(model: nn.Module, example_input: Tensor, path: str | Path) -> Path:
     """Export ``model`` for ``example_input``'s sample shape with a free batch size; written atomically."""
     try:
-        program = torch.export.export(model.eval(), (example_input,), dynamic_shapes=({0: _batch_free()},))
+        program = torch.export.export(model.eval(), (_two_or_more(example_input),),
+                                      dynamic_shapes=({0: _batch_free()},))
     except Exception as exc:
         raise CollapseError(f"torch.export could not export the collapsed model ({type(exc).__name__}: {exc})") from exc
+    inputs = [node for node in program.graph.nodes if node.op == "placeholder"
+              and node.name in program.graph_signature.user_inputs]
+    if not isinstance(inputs[0].meta["val"].shape[0], torch.SymInt):
+        raise CollapseError(f"torch.export fixed the batch size of {type(model).__name__} at "
+                            f"{inputs[0].meta['val'].shape[0]}: the exported program would refuse any other batch")
     return write_via_temp(path, lambda tmp: torch.export.save(program, tmp))
 
 
@@ -83,13 +96,18 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: str | Path) -> Pa
     atomically. A model the exporter cannot handle is one :class:`CollapseError` naming why."""
     onnx, _ = _onnx_modules()
     model = model.eval()
-    x = example_input.float().contiguous()
+    x = _two_or_more(example_input.float()).contiguous()
 
     def write(tmp):
         with _quiet_exporter():
             torch.onnx.export(model, (x,), tmp, dynamo=True, dynamic_shapes=({0: _batch_free()},),
                               external_data=False)
-        onnx.checker.check_model(onnx.load(tmp))
+        graph = onnx.load(tmp)
+        onnx.checker.check_model(graph)
+        batch = graph.graph.input[0].type.tensor_type.shape.dim[0]
+        if not batch.dim_param:
+            raise CollapseError(f"the ONNX graph has its batch size fixed at {batch.dim_value}: ONNX Runtime would "
+                                f"refuse any other batch")
 
     try:
         return write_via_temp(path, write)
