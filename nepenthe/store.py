@@ -30,7 +30,7 @@ from torch.nn.utils import prune
 from .atomic import atomic_write_bytes
 from .config import config_diff
 from .errors import ConfigError, NepentheError, StorageError
-from .pruning.masks import pruned_layer_names
+from .pruning.masks import keep_masked_weights_current, pruned_layer_names
 from .records import RoundRecord
 from .rundir import RunDir
 from .units import replace_by_identity
@@ -95,6 +95,8 @@ def load_compact_state(model: nn.Module, state: dict, masks: dict) -> nn.Module:
     model.load_state_dict(state)
     for layer, mask in masks.items():
         prune.custom_from_mask(model.get_submodule(layer), "weight", mask.to(model.get_submodule(layer).weight.device))
+    if masks:
+        keep_masked_weights_current(model)
     return model
 
 

@@ -13,7 +13,7 @@ from nepenthe.entropy import LayerStats
 from nepenthe.errors import ConfigError
 from nepenthe.pruning.budget import nepenthe_allocation
 from nepenthe.pruning.masks import overall_sparsity, prune_smallest, remaining, remaining_mask
-from nepenthe.pruning.methods import GlobalMagnitude, Nepenthe, ProbeSettings, Uniform, apply_plan
+from nepenthe.pruning.methods import GlobalMagnitude, Nepenthe, ProbeSettings, PruningPlan, Uniform, apply_plan
 from nepenthe.pruning.registry import create_method
 from nepenthe.units import Unit, units_without_rectifier
 
@@ -244,3 +244,41 @@ def test_an_option_a_method_lacks_is_named_with_the_ones_it_has():
     with pytest.raises(ConfigError, match=r"pruning.lambda_reg=3.0 applies to lacoot only; "
                                           r"pruning.method='nepenthe' has no such option"):
         train.to_run_config(compose_config(["pruning.lambda_reg=3"]))
+
+
+class WeightPassedToAFunction(nn.Module):
+    """Uses ``proj.weight`` without calling ``proj``, as torchvision's Swin hands ``attn.qkv.weight`` to
+    ``shifted_window_attention``."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj, self.head = nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.linear(x, self.proj.weight, self.proj.bias).relu())
+
+
+@pytest.mark.parametrize("restored", [False, True], ids=["pruned", "restored from a checkpoint"])
+def test_a_pruned_weight_used_without_calling_its_layer_keeps_training(restored):
+    """``torch.nn.utils.prune`` recomputes weight = weight_orig * weight_mask only when the layer is called: without
+    the model's own refresh a functionally used layer kept its weight of the moment of pruning and the second
+    backward pass failed (IMP on Swin-T)."""
+    from nepenthe.store import compact_state, load_compact_state
+
+    torch.manual_seed(0)
+    model = WeightPassedToAFunction()
+    apply_plan(model, PruningPlan(counts={"proj": 18, "head": 9}))
+    if restored:
+        model = load_compact_state(WeightPassedToAFunction(), *compact_state(model))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    before = model.proj.weight.detach().clone()
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    for _ in range(3):  # the second step is where the stale graph failed
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model(x)
+    for layer in (model.proj, model.head):
+        assert torch.equal(layer.weight, layer.weight_orig * layer.weight_mask)  # the trained weights, masked
+        assert int((layer.weight == 0).sum()) == {6: 18, 3: 9}[layer.out_features]
+    assert float((model.proj.weight.detach() - before).abs().max()) > 1e-3  # the functionally used weight learned

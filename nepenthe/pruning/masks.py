@@ -59,6 +59,24 @@ def prune_smallest(module: nn.Module, n: int) -> None:
         prune.l1_unstructured(module, "weight", amount=int(n), importance_scores=scores)
 
 
+def _recompute_masked_weights(model: nn.Module, args) -> None:
+    for module in model.modules():
+        if is_pruned(module):
+            setattr(module, "weight", weight_of(module, "weight_orig") * weight_of(module, "weight_mask"))
+
+
+def keep_masked_weights_current(model: nn.Module) -> None:
+    """Recompute every pruned layer's ``weight`` (``weight_orig * weight_mask``) at each forward of ``model``.
+
+    ``torch.nn.utils.prune`` recomputes it in a hook of the layer itself, which runs only when the layer is called.
+    A model that passes a layer's weight to a function instead (torchvision's Swin hands ``attn.qkv.weight`` and
+    ``attn.proj.weight`` to ``shifted_window_attention``) would otherwise use the weight of the moment it was pruned:
+    it stops learning, and the second backward pass fails on the freed graph. For layers that are called, their own
+    hook recomputes the same product afterwards, so their results do not change. Registered once per model."""
+    if _recompute_masked_weights not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(_recompute_masked_weights)
+
+
 def pruned_layer_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if is_pruned(m)]
 

@@ -23,7 +23,8 @@ from .budget import (
     smallest_counts,
     uniform_allocation,
 )
-from .masks import mean_abs_nonzero, nonzero_remaining, prune_smallest, remaining, remaining_magnitudes
+from .masks import (keep_masked_weights_current, mean_abs_nonzero, nonzero_remaining, prune_smallest, remaining,
+                    remaining_magnitudes)
 from .registry import register_method
 
 
@@ -245,4 +246,6 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> None:
     the planned modules by identities."""
     for layer, n in plan.counts.items():
         prune_smallest(model.get_submodule(layer), n)
+    if plan.counts:
+        keep_masked_weights_current(model)
     replace_by_identity(model, plan.identities)
