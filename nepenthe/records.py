@@ -286,6 +286,9 @@ class CollapseResult(CollapseReport):
     latency_device: Optional[str] = doc("device the latency was measured on", None)
     latency_precision: Optional[str] = doc("precision the latency was measured in", None)
     file: Optional[str] = doc("the collapsed model, a torch.export program: torch.export.load(path).module()", None)
+    wall_time_s: Optional[float] = doc("seconds the collapse took in the run: collapse, verification, accuracy, "
+                                       "exports and latency in every runtime (torch.compile's compilation included)",
+                                       None)
     # python -m nepenthe_cli.collapse adds where the report comes from
     run_dir: Optional[str] = doc("python -m nepenthe_cli.collapse: the run directory collapsed", None)
     round: Optional[int] = doc("python -m nepenthe_cli.collapse: the round collapsed", None)
@@ -381,7 +384,8 @@ class Summary(Record):
     processes: int = doc("processes that ran it (torchrun, srun: N; 1 alone; the last resume's)", 1)
     backend: Optional[str] = doc("torch.distributed backend of a run on several processes (gloo, nccl); null alone",
                                  None)
-    wall_time_s: float = doc("seconds the run took, resumes included", 0.0)
+    wall_time_s: float = doc("seconds of the rounds (training, evaluation, probes; every round, resumes "
+                             "included); the collapse's own are collapse.wall_time_s", 0.0)
     estimate: Optional[RunEstimate] = doc("the wall time foreseen after the first training steps (the last attempt's)",
                                           None)
     versions: dict[str, str] = doc("{nepenthe, torch, torchvision}", factory=dict)

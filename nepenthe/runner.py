@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 from pathlib import Path
 
 import torch
@@ -63,10 +64,12 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
         exp.collective = distributed.SINGLE
         collapsed = None
         if cfg.collapse.enabled:
+            started = time.perf_counter()
             deployment = exp.deployment()  # the kept model, the verification images, the collapse settings
             small, report = collapse_kept(deployment, kept.stats)  # exact collapse, each step verified
             # accuracy, latency per runtime, the shipped files
             collapsed = measure_collapsed(deployment, small, report, run_dir, warn=reporter.warning)
+            collapsed.wall_time_s = time.perf_counter() - started
         summary = summarize(exp, kept, collapsed, collective)
 
         recorder.summary(summary)

@@ -68,6 +68,8 @@ def check_collapse(run_dir: Path, summary: Summary, kept: RoundRecord):
     assert all(ms > 0 for timings in eager.values() for ms in timings.values())
     assert all(iqr >= 0 for timings in spread.values() for iqr in timings.values())
     assert section.latency_repeats >= 1 and section.latency_precision == section.precision == "fp32"
+    assert 0 < section.wall_time_s  # the collapse's own seconds, beside the rounds' (summary.wall_time_s)
+    assert summary.wall_time_s >= read_rounds(run_dir)[-1].elapsed_s  # every round, up to the kept one or not
     loaded = torch.export.load(str(run_dir / section.file)).module()  # plain PyTorch, no nepenthe code
     assert loaded(torch.zeros(3, *section.input_shape[1:])).shape == (3, 10)
 

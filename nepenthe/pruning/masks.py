@@ -62,7 +62,7 @@ def prune_smallest(module: nn.Module, n: int) -> None:
 def _recompute_masked_weights(model: nn.Module, args) -> None:
     for module in model.modules():
         if is_pruned(module):
-            setattr(module, "weight", weight_of(module, "weight_orig") * weight_of(module, "weight_mask"))
+            module.weight = weight_of(module, "weight_orig") * weight_of(module, "weight_mask")
 
 
 def keep_masked_weights_current(model: nn.Module) -> None:

@@ -23,8 +23,14 @@ from .budget import (
     smallest_counts,
     uniform_allocation,
 )
-from .masks import (keep_masked_weights_current, mean_abs_nonzero, nonzero_remaining, prune_smallest, remaining,
-                    remaining_magnitudes)
+from .masks import (
+    keep_masked_weights_current,
+    mean_abs_nonzero,
+    nonzero_remaining,
+    prune_smallest,
+    remaining,
+    remaining_magnitudes,
+)
 from .registry import register_method
 
 
