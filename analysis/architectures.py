@@ -34,8 +34,7 @@ def kept_with_plain_dense(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _mean(values) -> float:
-    values = pd.Series(values, dtype=float).dropna()
-    return float(values.mean()) if len(values) else np.nan
+    return tables._stats(values)[0]
 
 
 def across(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -53,7 +52,7 @@ def across(frames: list[pd.DataFrame]) -> pd.DataFrame:
                 out.append({
                     "model": model, "dataset": dataset, "method": method, "seeds": len(runs), "N": int(runs.N.iloc[0]),
                     "dense_top1": _mean(runs.plain_dense_acc), "top1": _mean(runs.test_acc),
-                    "drop": _mean(drops), "drop_std": float(drops.std(ddof=1)) if len(runs) > 1 else np.nan,
+                    "drop": tables._stats(drops)[0], "drop_std": tables._stats(drops)[1],
                     "k": _mean(runs.k), "layers_dense": _mean(runs.weight_layers_dense),
                     "layers_collapsed": _mean(runs.weight_layers_collapsed),
                     "macs_dense_m": _mean(runs.macs_dense) / 1e6, "macs_collapsed_m": _mean(runs.macs_collapsed) / 1e6,
