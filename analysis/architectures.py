@@ -45,14 +45,14 @@ def across(frames: list[pd.DataFrame]) -> pd.DataFrame:
         for (model, dataset), pair in kept.groupby(["model", "dataset"], sort=False):
             for method in tables.method_order(pair.method):
                 runs = pair[pair.method == method]
-                drops = runs.test_acc - runs.plain_dense_acc
+                drop, drop_std = tables._stats(runs.test_acc - runs.plain_dense_acc)
                 ort = "latency_ms_b1_{}_onnxruntime"
                 speedups = runs[ort.format("bn_folded")] / runs[ort.format("collapsed")] \
                     if tables.has_values(runs, ort.format("collapsed")) else pd.Series(dtype=float)
                 out.append({
                     "model": model, "dataset": dataset, "method": method, "seeds": len(runs), "N": int(runs.N.iloc[0]),
                     "dense_top1": _mean(runs.plain_dense_acc), "top1": _mean(runs.test_acc),
-                    "drop": tables._stats(drops)[0], "drop_std": tables._stats(drops)[1],
+                    "drop": drop, "drop_std": drop_std,
                     "k": _mean(runs.k), "layers_dense": _mean(runs.weight_layers_dense),
                     "layers_collapsed": _mean(runs.weight_layers_collapsed),
                     "macs_dense_m": _mean(runs.macs_dense) / 1e6, "macs_collapsed_m": _mean(runs.macs_collapsed) / 1e6,
