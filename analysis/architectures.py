@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import tables
+from .rows import read_runs
 
 STUDIES = ("fashion_mnist_resnet18", "fashion_mnist_swin_t", "fashion_mnist_mobilenetv2")  # the front page's rows
 RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
@@ -28,7 +29,7 @@ BEGIN, END = "<!-- table1-architectures: python -m analysis.architectures -->", 
 def kept_with_plain_dense(frame: pd.DataFrame) -> pd.DataFrame:
     """The kept round of every run with the plain dense top-1 of its (model, dataset, seed) beside it."""
     dense = tables.plain_dense(frame).groupby(["model", "dataset", "seed"])["test_acc"].first()
-    kept = frame[frame["is_final"].astype(bool)].copy()
+    kept = frame[frame["is_kept"].astype(bool)].copy()
     kept["plain_dense_acc"] = [dense.get((m, d, s), np.nan) for m, d, s in zip(kept.model, kept.dataset, kept.seed)]
     return kept
 
@@ -86,7 +87,7 @@ def committed_studies() -> list[Path]:
 
 
 def markdown(folders: list[Path]) -> str:
-    frames = [pd.read_csv(Path(f) / "runs.csv") for f in folders]
+    frames = [read_runs(Path(f) / "runs.csv") for f in folders]
     return display(across(frames)).to_markdown(index=False, disable_numparse=True)
 
 

@@ -6,7 +6,7 @@
 
 Sources: (a) run directories written by train.py (found recursively under the given folders; a ``wandb/`` folder
 inside a run directory stands for that run directory); (b) the CSV that the W&B web UI exports from a project's runs
-table (config columns dotted, ``model.name``; summary columns as nepenthe logs them, ``final/test_acc``); (c) the W&B
+table (config columns dotted, ``model.name``; summary columns as nepenthe logs them, ``kept/test_acc``); (c) the W&B
 API (``wandb.Api().runs``). W&B holds the same records flattened with ``/`` (see nepenthe/tracking.py); a runs-table
 export holds summaries only, whose ``trajectory`` gives every round (entropy only for the dense and kept rounds).
 Runs without a summary (failed, unfinished, still running) are listed with a warning and keep the rows they have.

@@ -8,7 +8,7 @@
                        each seed's kept model after collapse
   accuracy_vs_sparsity test top-1 against sparsity per round, k written at each point, the same conventions
   entropy_heatmap      per-unit entropy across rounds, one panel per method (first seed)
-  cost                 MACs dense → collapsed, and batch-1 latency uncollapsed / BN folded / collapsed (median,
+  cost                 MACs dense → collapsed, and batch-1 latency kept / BN folded / collapsed (median,
                        bars p25–p75 where measured) per method, the collapsed top-1 written above
   latency_vs_depth     per runtime (eager, torch.compile, ONNX Runtime, where measured): the collapsed model's speed-up
                        over BN folding alone against the weight layers collapse removed, per kept run and batch size
@@ -32,6 +32,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from nepenthe.pruning.registry import METHODS  # noqa: E402
 
+from .rows import TIMED, read_runs  # noqa: E402
 from .tables import by_validation, label, method_order, pair_label, plain_dense  # noqa: E402
 
 FADED = 0.25  # alpha of rounds past the stop rule
@@ -119,7 +120,7 @@ def depth_vs_accuracy(frame: pd.DataFrame):
                  title=f"{pair_label(model, dataset)}: rounds")
         left.xaxis.get_major_locator().set_params(integer=True)
 
-        kept = g[g["is_final"].astype(bool)]
+        kept = g[g["is_kept"].astype(bool)]
         dense_layers = kept["weight_layers_dense"].dropna()
         if len(dense_layers):
             right.plot(dense_layers.iloc[0], plain_dense(g)["test_acc"].mean(), marker="s", color="black",
@@ -192,9 +193,9 @@ def entropy_heatmap(frame: pd.DataFrame):
 
 def cost(frame: pd.DataFrame):
     pairs, methods = _pairs(frame), method_order(frame["method"])
-    kept = frame[frame["is_final"].astype(bool)]
+    kept = frame[frame["is_kept"].astype(bool)]
     fig, axes = plt.subplots(len(pairs), 2, figsize=(12, 3.8 * len(pairs)), squeeze=False)
-    shades = {"uncollapsed": 0.35, "bn_folded": 0.65, "collapsed": 1.0}
+    shades = dict(zip(TIMED, (0.35, 0.65, 1.0)))
     colours = _colours(frame)
     for (left, right), (model, dataset) in zip(axes, pairs):
         g = kept[(kept["model"] == model) & (kept["dataset"] == dataset)]
@@ -208,7 +209,7 @@ def cost(frame: pd.DataFrame):
             left.bar(i + 0.2, small, 0.4, color=colours[method], edgecolor="black", lw=0.5)
             left.annotate(f"{m['collapsed_test_acc'].mean():.1f}%", (i + 0.2, small), textcoords="offset points",
                           xytext=(0, 2), ha="center", fontsize=7)
-            for j, timed in enumerate(("uncollapsed", "bn_folded", "collapsed")):
+            for j, timed in enumerate(TIMED):
                 ms = m[f"latency_ms_b1_{timed}"].median()
                 iqr = m[f"latency_iqr_ms_b1_{timed}"].median()
                 right.bar(i + (j - 1) * 0.27, ms, 0.27, color=colours[method], alpha=shades[timed],
@@ -237,7 +238,7 @@ def latency_vs_depth(frame: pd.DataFrame):
     """Does the shallower network run faster where it is deployed? Per runtime (columns) and (model, dataset) (rows):
     the collapsed model's speed-up over the same model with only its batch norms folded (timed side by side), against
     the weight layers collapse removed; one point per kept run and batch size."""
-    kept = frame[frame["is_final"].astype(bool)]
+    kept = frame[frame["is_kept"].astype(bool)]
     runtimes = [r for r in RUNTIME_LABELS if f"latency_ms_b1_collapsed{r}" in kept.columns
                 and kept[f"latency_ms_b1_collapsed{r}"].notna().any()]
     pairs, colours = _pairs(frame), _colours(frame)
@@ -292,7 +293,7 @@ def main(argv=None) -> None:
     parser.add_argument("csv")
     parser.add_argument("-o", "--output", default="results/figures")
     args = parser.parse_args(argv)
-    for path in all_figures(pd.read_csv(args.csv), args.output):
+    for path in all_figures(read_runs(args.csv), args.output):
         print(f"wrote {path}")
 
 

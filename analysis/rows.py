@@ -15,7 +15,7 @@ from nepenthe.pruning.registry import METHODS
 from nepenthe.records import CollapseResult, RoundRecord, Summary
 
 NAN = math.nan
-TIMED = ("uncollapsed", "bn_folded", "collapsed")
+TIMED = ("kept", "bn_folded", "collapsed")
 
 
 def col(doc: str, default=NAN):
@@ -24,7 +24,7 @@ def col(doc: str, default=NAN):
 
 @dataclass
 class Row:
-    """One round of one run; the ``final rows only`` fields are set on the kept (collapsed) round."""
+    """One round of one run; the ``kept rows only`` fields are set on the kept (collapsed) round."""
 
     run_id: str = col("where the run came from (run directory, W&B CSV row, W&B run)", "")
     model: str = col("config model.name", "")
@@ -34,7 +34,7 @@ class Row:
     seed: int = col("config seed", 0)
     precision: str = col("config hardware.precision", "fp32")
     round: int = col("the round (0: dense)", 0)
-    is_final: bool = col("this is the kept round", False)
+    is_kept: bool = col("this is the kept round", False)
     kept_round: float = col("which round the run kept")
     sparsity: float = col("fraction of conv/linear weights pruned")
     val_acc: float = col("validation top-1 (%)")
@@ -43,41 +43,41 @@ class Row:
     N: int = col("units", 0)
     depth: str = col('"k/N"', "")
     entropy: str = col("JSON {unit: bits} for that round (empty when the source lacks it)", "")
-    weight_layers_dense: float = col("weight layers on the longest path, dense (final rows only)")
+    weight_layers_dense: float = col("weight layers on the longest path, dense (kept rows only)")
     weight_layers_kept: float = col("the same, the kept model before the collapse (LaCoOT's removed blocks are "
-                                    "already gone there) (final rows only)")
-    weight_layers_collapsed: float = col("the same after the exact collapse (final rows only)")
-    macs_dense: float = col("MACs per input, dense (final rows only)")
-    macs_nonzero: float = col("MACs at non-zero weights of the kept model (final rows only)")
-    macs_collapsed: float = col("MACs of the collapsed model (final rows only)")
-    params_dense: float = col("parameters, dense (final rows only)")
-    params_collapsed: float = col("parameters of the collapsed model (final rows only)")
+                                    "already gone there) (kept rows only)")
+    weight_layers_collapsed: float = col("the same after the exact collapse (kept rows only)")
+    macs_dense: float = col("MACs per input, dense (kept rows only)")
+    macs_nonzero: float = col("MACs at non-zero weights of the kept model (kept rows only)")
+    macs_collapsed: float = col("MACs of the collapsed model (kept rows only)")
+    params_dense: float = col("parameters, dense (kept rows only)")
+    params_collapsed: float = col("parameters of the collapsed model (kept rows only)")
     latency_device: str = col("where latency was timed", "")
     latency_threads: float = col("CPU threads while timing")
     latency_precision: str = col("precision latency was timed in", "")
     latency_batch: float = col("the largest batch timed (the bn columns)")
-    latency_ms_b1_uncollapsed: float = col("median ms at batch 1: the kept model")
+    latency_ms_b1_kept: float = col("median ms at batch 1: the kept model")
     latency_ms_b1_bn_folded: float = col("the same with only batch norms folded")
     latency_ms_b1_collapsed: float = col("the same collapsed")
-    latency_iqr_ms_b1_uncollapsed: float = col("p75 - p25 of the timed blocks")
+    latency_iqr_ms_b1_kept: float = col("p75 - p25 of the timed blocks")
     latency_iqr_ms_b1_bn_folded: float = col("p75 - p25 of the timed blocks")
     latency_iqr_ms_b1_collapsed: float = col("p75 - p25 of the timed blocks")
-    latency_ms_bn_uncollapsed: float = col("median ms at the largest batch: the kept model")
+    latency_ms_bn_kept: float = col("median ms at the largest batch: the kept model")
     latency_ms_bn_bn_folded: float = col("the same with only batch norms folded")
     latency_ms_bn_collapsed: float = col("the same collapsed")
-    latency_iqr_ms_bn_uncollapsed: float = col("p75 - p25 of the timed blocks")
+    latency_iqr_ms_bn_kept: float = col("p75 - p25 of the timed blocks")
     latency_iqr_ms_bn_bn_folded: float = col("p75 - p25 of the timed blocks")
     latency_iqr_ms_bn_collapsed: float = col("p75 - p25 of the timed blocks")
-    latency_ms_b1_uncollapsed_compile: float = col("median ms at batch 1 in torch.compile: the kept model")
+    latency_ms_b1_kept_compile: float = col("median ms at batch 1 in torch.compile: the kept model")
     latency_ms_b1_bn_folded_compile: float = col("the same with only batch norms folded")
     latency_ms_b1_collapsed_compile: float = col("the same collapsed")
-    latency_ms_bn_uncollapsed_compile: float = col("median ms at the largest batch in torch.compile: the kept model")
+    latency_ms_bn_kept_compile: float = col("median ms at the largest batch in torch.compile: the kept model")
     latency_ms_bn_bn_folded_compile: float = col("the same with only batch norms folded")
     latency_ms_bn_collapsed_compile: float = col("the same collapsed")
-    latency_ms_b1_uncollapsed_onnxruntime: float = col("median ms at batch 1 in ONNX Runtime: the kept model")
+    latency_ms_b1_kept_onnxruntime: float = col("median ms at batch 1 in ONNX Runtime: the kept model")
     latency_ms_b1_bn_folded_onnxruntime: float = col("the same with only batch norms folded")
     latency_ms_b1_collapsed_onnxruntime: float = col("the same collapsed")
-    latency_ms_bn_uncollapsed_onnxruntime: float = col("median ms at the largest batch in ONNX Runtime: the kept model")
+    latency_ms_bn_kept_onnxruntime: float = col("median ms at the largest batch in ONNX Runtime: the kept model")
     latency_ms_bn_bn_folded_onnxruntime: float = col("the same with only batch norms folded")
     latency_ms_bn_collapsed_onnxruntime: float = col("the same collapsed")
     weight_layers_approximate: float = col("weight layers on the longest path with approximate merges (when built)")
@@ -87,9 +87,9 @@ class Row:
     finetuned_test_acc: float = col("test top-1 of the collapsed network fine-tuned (collapse.finetune)")
     finetuned_val_acc: float = col("its validation top-1")
     latency_ms_b1_approximate: float = col("median ms at batch 1 in eager PyTorch: the approximate network")
-    collapsed_test_acc: float = col("test top-1 of the collapsed model, run precision (final rows only)")
+    collapsed_test_acc: float = col("test top-1 of the collapsed model, run precision (kept rows only)")
     collapse_max_abs_diff: float = col("collapsed vs linearized reference")
-    collapse_relative_diff: float = col("collapsed vs uncollapsed in the run's precision, / max |output|")
+    collapse_relative_diff: float = col("collapsed vs kept in the run's precision, / max |output|")
     test_acc_fp32: float = col("the kept model's test top-1 in float32")
     collapsed_test_acc_fp32: float = col("the collapsed model's test top-1 in float32")
     regularised_dense: bool = col("round 0 trained with the method's regulariser (LaCoOT, lambda_reg > 0): not the "
@@ -133,12 +133,12 @@ def _network_fields(collapse: CollapseResult) -> dict:
     return values
 
 
-def _final_fields(summary: Summary, kept_test_acc: float, precision: str) -> dict:
+def _kept_fields(summary: Summary, kept_test_acc: float, precision: str) -> dict:
     cost, collapse = summary.cost, summary.collapse
     values = {
         "weight_layers_dense": cost.dense.weight_layers_on_longest_path, "macs_dense": cost.dense.macs,
-        "weight_layers_kept": cost.final.weight_layers_on_longest_path,
-        "macs_nonzero": cost.final.macs_nonzero, "params_dense": cost.dense.params,
+        "weight_layers_kept": cost.kept.weight_layers_on_longest_path,
+        "macs_nonzero": cost.kept.macs_nonzero, "params_dense": cost.dense.params,
         # a reduced-precision run's fp32 accuracy is known only where collapse measured it (below)
         "test_acc_fp32": kept_test_acc if precision == "fp32" else NAN,
     }
@@ -154,7 +154,7 @@ def _final_fields(summary: Summary, kept_test_acc: float, precision: str) -> dic
             collapse_relative_diff=collapse.relative_diff_run_precision if reduced
             else collapse.relative_diff_vs_original,
             collapsed_test_acc_fp32=collapse.test_acc_fp32 if reduced else collapse.test_acc,
-            test_acc_fp32=collapse.uncollapsed_test_acc_fp32 if reduced else kept_test_acc)
+            test_acc_fp32=collapse.kept_test_acc_fp32 if reduced else kept_test_acc)
     return values
 
 
@@ -170,22 +170,22 @@ def run_rows(run_id: str, config: dict, records: list[RoundRecord], summary: Sum
     """The rows of one run from its config, round records and summary. A summary whose status is not "complete" is
     ignored: its run has no kept round yet."""
     summary = summary if summary is not None and summary.status == "complete" else None
-    final_round = summary.final_round if summary is not None else None
-    kept = next((r for r in records if r.round == final_round), None)
+    kept_round = summary.kept_round if summary is not None else None
+    kept = next((r for r in records if r.round == kept_round), None)
     precision = (config.get("hardware") or {}).get("precision", "fp32")
     regularised = regularised_dense(config)
-    final = _final_fields(summary, kept.test_acc if kept else NAN, precision) if summary is not None else {}
+    kept_values = _kept_fields(summary, kept.test_acc if kept else NAN, precision) if summary is not None else {}
     rows = []
     for r in sorted(records, key=lambda r: r.round):
         row = Row(run_id=run_id, model=config["model"]["name"], dataset=config["dataset"]["name"],
                   method=config["pruning"]["method"], ratio=config["pruning"]["ratio"], seed=config["seed"],
-                  precision=precision, round=int(r.round), is_final=r.round == final_round,
-                  kept_round=final_round if final_round is not None else NAN, sparsity=r.sparsity,
+                  precision=precision, round=int(r.round), is_kept=r.round == kept_round,
+                  kept_round=kept_round if kept_round is not None else NAN, sparsity=r.sparsity,
                   val_acc=r.val_acc, test_acc=NAN if r.test_acc is None else r.test_acc, k=int(r.k), N=int(r.N),
                   depth=f"{int(r.k)}/{int(r.N)}", entropy=json.dumps(r.entropy) if r.entropy else "",
                   regularised_dense=regularised)
-        if row.is_final:
-            for key, value in final.items():
+        if row.is_kept:
+            for key, value in kept_values.items():
                 setattr(row, key, NAN if value is None else value)
         rows.append(row)
     return rows
@@ -202,7 +202,7 @@ def records_from_summary(summary: Summary, last_logged: dict | None = None) -> l
         return [RoundRecord.from_dict(last, schema=2, strict=False)]
     by_round = {int(r): RoundRecord(round=int(r), sparsity=p.sparsity, val_acc=p.val_acc, test_acc=p.test_acc, k=p.k,
                                     N=p.N) for r, p in summary.trajectory.items()}
-    for brief in (summary.dense, summary.final):
+    for brief in (summary.dense, summary.kept):
         record = by_round.setdefault(brief.round, RoundRecord(round=brief.round))
         for name in ("sparsity", "val_acc", "test_acc", "k", "N", "entropy"):
             setattr(record, name, getattr(brief, name))
@@ -216,5 +216,22 @@ def to_frame(rows: list[Row]) -> pd.DataFrame:
         frame[column] = frame[column].astype(int)
     for column in NUMBER_COLUMNS:  # may be missing (NaN): float
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
-    frame["is_final"] = frame["is_final"].astype(bool)
+    frame["is_kept"] = frame["is_kept"].astype(bool)
     return frame.sort_values(["model", "dataset", "method", "seed", "round"], kind="stable").reset_index(drop=True)
+
+
+def _renamed_column(name: str) -> str:
+    """A column's name in this version of runs.csv: before records schema 3 the kept round's model was "final"
+    (``is_final``) in the rows and "uncollapsed" in the latency columns."""
+    if name == "is_final":
+        return "is_kept"
+    if name.startswith("latency_"):
+        return "_".join("kept" if part == "uncollapsed" else part for part in name.split("_"))
+    return name
+
+
+def read_runs(path) -> pd.DataFrame:
+    """A runs.csv as this version's columns: one written before the rename has its columns renamed (never a column
+    left empty because its name moved)."""
+    frame = pd.read_csv(path)
+    return frame.rename(columns={c: _renamed_column(c) for c in frame.columns})

@@ -6,7 +6,7 @@ Each table is written three ways: ``.md`` (readable), ``.tex`` (booktabs, number
 (numbers only: a mean and a std column per quantity, one row per group).
 
 table1            the kept (collapsed) round of every seed, over seeds: dense and final top-1, k/N, sparsity,
-                  weight layers / MACs dense → collapsed, batch-1 latency uncollapsed / BN folded / collapsed
+                  weight layers / MACs dense → collapsed, batch-1 latency kept / BN folded / collapsed
                   (median over seeds of each run's median), the collapsed model's top-1 (run precision and fp32),
                   the kept round of each seed, and the published number where experiments/reference has one.
 matched_k         top-1 at each number k of zero-entropy units: per seed, the round at that k with the best
@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 
 from nepenthe.pruning.registry import METHODS
+
+from .rows import TIMED, read_runs
 
 REFERENCE = Path(__file__).resolve().parent.parent / "experiments" / "reference"
 DATASET_LABELS = {"cifar10": "CIFAR-10", "tiny_imagenet": "Tiny-ImageNet-200", "pacs": "PACS", "vlcs": "VLCS",
@@ -100,12 +102,13 @@ def plain_dense(frame: pd.DataFrame) -> pd.DataFrame:
 def kept_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The kept round of every finished run, with its dense top-1 beside it."""
     dense = frame[frame["round"] == 0].set_index("run_id")["test_acc"]
-    final = frame[frame["is_final"].astype(bool)].copy()
-    final["dense_acc"] = final["run_id"].map(dense)
-    return final
+    kept = frame[frame["is_kept"].astype(bool)].copy()
+    kept["dense_acc"] = kept["run_id"].map(dense)
+    return kept
 
 
 OTHER_RUNTIMES = {"compile": "compile", "onnxruntime": "ONNX Runtime"}
+TIMED_HEADER = "kept/BN-fold./coll."  # the latency columns' models (rows.TIMED), in that order
 
 
 def has_values(frame: pd.DataFrame, column: str) -> bool:
@@ -137,12 +140,12 @@ def table1(frame: pd.DataFrame) -> pd.DataFrame:
         row["N"] = int(g["N"].iloc[0])
         row["weight_layers_dense"] = float(g["weight_layers_dense"].median())
         row["macs_dense_m"] = float(g["macs_dense"].median() * 1e-6)
-        for model_name in ("uncollapsed", "bn_folded", "collapsed"):  # each run's median, then over seeds
+        for model_name in TIMED:  # each run's median, then over seeds
             row[f"latency_b1_{model_name}_ms"] = float(g[f"latency_ms_b1_{model_name}"].median())
             row[f"latency_b1_{model_name}_iqr_ms"] = float(g[f"latency_iqr_ms_b1_{model_name}"].median())
         row["collapse_speedup_over_bn_folded"] = row["latency_b1_bn_folded_ms"] / row["latency_b1_collapsed_ms"]
         for runtime in present_runtimes(g):  # compile and ONNX Runtime, where the runs measured them
-            for model_name in ("uncollapsed", "bn_folded", "collapsed"):
+            for model_name in TIMED:
                 row[f"latency_b1_{model_name}_{runtime}_ms"] = float(g[f"latency_ms_b1_{model_name}_{runtime}"].median())
         if has_values(g, "weight_layers_approximate"):  # the approximate opt-in: its own depth and accuracy
             for name, column in (("weight_layers_approximate", "weight_layers_approximate"),
@@ -166,7 +169,7 @@ def table1_display(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in table.iterrows():
         k = f"{r.k_mean:.0f}" if np.isnan(r.k_std) or r.k_std == 0 else f"{r.k_mean:.1f}"
-        latency = "/".join(_num(r[f"latency_b1_{m}_ms"], 3) for m in ("uncollapsed", "bn_folded", "collapsed"))
+        latency = "/".join(_num(r[f"latency_b1_{m}_ms"], 3) for m in TIMED)
         row = {
             "Model": label("model", r.model), "Dataset": label("dataset", r.dataset),
             "Method": label("method", r.method), "Seeds": str(r.seeds), "Kept (seed:round)": r.kept_rounds,
@@ -176,19 +179,18 @@ def table1_display(table: pd.DataFrame) -> pd.DataFrame:
             "k/N": f"{k}/{r.N}", "Sparsity (%)": _pm(r.sparsity_mean, r.sparsity_std, 1),
             "Layers": f"{_num(r.weight_layers_dense, 0)} → {_num(r.weight_layers_collapsed_mean, 0)}",
             "MACs (M)": f"{_num(r.macs_dense_m, 2)} → {_num(r.macs_collapsed_m_mean, 2)}",
-            "Latency b1 (ms) uncoll./BN-fold./coll.": latency,
+            f"Latency b1 (ms) {TIMED_HEADER}": latency,
             "Collapsed top-1 (%)": _pm(r.collapsed_top1_mean, r.collapsed_top1_std) + (
                 "" if r.precision == "fp32" else  # reduced precision: the fp32 pair that verification speaks for
-                f" (fp32: {_num(r.collapsed_top1_fp32_mean, 2)} vs {_num(r.top1_fp32_mean, 2)} uncollapsed)"),
+                f" (fp32: {_num(r.collapsed_top1_fp32_mean, 2)} vs {_num(r.top1_fp32_mean, 2)} kept)"),
             "Precision": r.precision,
             "Published top-1 (%)": "—" if np.isnan(r.published_top1)
             else f"{r.published_top1:.2f} ({r.published_source})",
         }
         for runtime, name in OTHER_RUNTIMES.items():
             if f"latency_b1_collapsed_{runtime}_ms" in table.columns:
-                row[f"{name} b1 (ms) uncoll./BN-fold./coll."] = "/".join(
-                    _num(r.get(f"latency_b1_{m}_{runtime}_ms", np.nan), 3)
-                    for m in ("uncollapsed", "bn_folded", "collapsed"))
+                row[f"{name} b1 (ms) {TIMED_HEADER}"] = "/".join(
+                    _num(r.get(f"latency_b1_{m}_{runtime}_ms", np.nan), 3) for m in TIMED)
         if "weight_layers_approximate_mean" in table.columns:
             tuned = "" if np.isnan(r.get("finetuned_top1_mean", np.nan)) else \
                 f", fine-tuned {_pm(r.finetuned_top1_mean, r.finetuned_top1_std)}"
@@ -313,8 +315,8 @@ def write_table(numeric: pd.DataFrame, display: pd.DataFrame, stem: str | Path,
 
 
 TABLE1_NUMERIC = ["Seeds", "Dense top-1 (%)", "Top-1 (%)", "k/N", "Sparsity (%)", "Layers", "MACs (M)",
-                  "Latency b1 (ms) uncoll./BN-fold./coll.", "Collapsed top-1 (%)", "Published top-1 (%)",
-                  "compile b1 (ms) uncoll./BN-fold./coll.", "ONNX Runtime b1 (ms) uncoll./BN-fold./coll.",
+                  f"Latency b1 (ms) {TIMED_HEADER}", "Collapsed top-1 (%)", "Published top-1 (%)",
+                  *(f"{name} b1 (ms) {TIMED_HEADER}" for name in OTHER_RUNTIMES.values()),
                   "Approximate merges: layers, top-1 (%)"]
 
 
@@ -340,7 +342,7 @@ def main(argv=None) -> None:
     parser.add_argument("csv", help="the long-form CSV of analysis.collect")
     parser.add_argument("-o", "--output", default="results", help="folder for the .md, .tex and .csv files")
     args = parser.parse_args(argv)
-    shown = write_all(pd.read_csv(args.csv), args.output)
+    shown = write_all(read_runs(args.csv), args.output)
     for name, table in shown.items():
         print(f"\n{name} ({Path(args.output) / name}.md/.tex/.csv)")
         print(table.to_markdown(index=False, disable_numparse=True))

@@ -3,7 +3,7 @@ W&B API. Both give the same rows as the run directories the runs were mirrored f
 
 A runs-table export has one row per run: W&B's own columns (Name, State, Notes, User, Tags, Created, Runtime,
 Sweep, ...), the config flattened with dots (``pruning.method``), and the summary as nepenthe logged it, flattened
-with slashes (``final/test_acc``, ``trajectory/3/k``, ``collapse/latency_ms/collapsed/batch_1``).
+with slashes (``kept/test_acc``, ``trajectory/3/k``, ``collapse/latency_ms/collapsed/batch_1``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Is the collapsed network faster where it is deployed? The uncollapsed, BN-folded and collapsed models of each
+"""Is the collapsed network faster where it is deployed? The kept, BN-folded and collapsed models of each
 scenario timed side by side in eager PyTorch, torch.compile and ONNX Runtime (CPU execution provider) at batch 1 and
 64, with the layers and MACs the collapse removed (bench/RESULTS.md).
 
@@ -13,7 +13,7 @@ does and collapses it with each ``--merge`` mode. ``--linearize`` builds the reg
 activations replaced by ``nn.Identity`` (what EASIER does to a unit it linearizes; comma-separated paths, one
 scenario per argument), ``--prune-conv1`` with the named blocks' ``conv1`` pruned to 100 % (what NEPENTHE's budget
 cap does to a low-entropy unit), both with random batch-norm statistics: latency depends on the structure only, so nothing is
-trained there and no accuracy is measured. The uncollapsed model is timed as deployed (pruning masks folded into
+trained there and no accuracy is measured. The kept model is timed as deployed (pruning masks folded into
 plain weights once); "BN-folded" is the same model with only its batch norms folded, so that what the collapse adds
 is not credited with BN folding's gain; for a run, its dense round 0 is timed beside them (a LaCoOT run's kept
 model has its blocks swapped for identities already: only the dense network shows what the method removed). Every
@@ -54,7 +54,7 @@ def run_scenarios(run_dir: str, merges: list[str]):
         if dense is None and record.round != 0:  # the dense network the run started from, timed beside what it became
             dense = make_permanent(detached_copy(restore_run(run_dir, 0, device="cpu")[0].model)).eval()
         networks = {} if dense is None else {"dense": dense}
-        networks.update(uncollapsed=make_permanent(detached_copy(exp.model)).eval(),
+        networks.update(kept=make_permanent(detached_copy(exp.model)).eval(),
                         bn_folded=fold_batchnorm_only(exp.model, batch), collapsed=small)
         scenarios.append((label, networks, report, batch[:1]))
     return scenarios
@@ -81,7 +81,7 @@ def _built_scenarios(model_name: str, specs: list[str], merges: list[str], verif
             change(model, items)
             batch = torch.randn(verify_batch, *INPUTS[model_name])
             small, report = collapse(model, {}, batch, merge)
-            networks = {"uncollapsed": make_permanent(detached_copy(model)).eval(),
+            networks = {"kept": make_permanent(detached_copy(model)).eval(),
                         "bn_folded": fold_batchnorm_only(model, batch), "collapsed": small}
             scenarios.append((f"{model_name}, {describe(items)}, merge={merge}", networks, report, batch[:1]))
     return scenarios
@@ -106,7 +106,7 @@ def pruned_conv1_scenarios(model_name: str, specs: list[str], merges: list[str],
                             lambda blocks: f"conv1 pruned to 100 % in {', '.join(blocks) or 'no block'}")
 
 
-NAMES = {"dense": "dense (round 0)", "uncollapsed": "uncollapsed", "bn_folded": "BN-folded", "collapsed": "collapsed"}
+NAMES = {"dense": "dense (round 0)", "kept": "kept", "bn_folded": "BN-folded", "collapsed": "collapsed"}
 
 
 def table(label, report, stats, notes, batches) -> list[str]:

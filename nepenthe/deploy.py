@@ -3,7 +3,7 @@
 :func:`collapse_kept` collapses the kept round exactly, each step verified. :func:`measure_collapsed` then measures
 what a user would deploy: the collapsed model's accuracy; with the approximate opt-in, the network with border-ring
 merges too (its error and accuracy measured on the test set, never assumed), and that network fine-tuned when asked;
-each network's latency side by side with the uncollapsed and the BN-folded-only models in every runtime
+each network's latency side by side with the kept (uncollapsed) and the BN-folded-only models in every runtime
 (eager PyTorch, torch.compile, ONNX Runtime); and the files: ``collapsed.pt2`` and ``collapsed.onnx`` (verified in
 ONNX Runtime against the torch model), ``collapsed_approximate.*`` and ``collapsed_finetuned.*`` beside them.
 Both take a :class:`Deployment` (plain values: the kept model, the verification images, the collapse settings, an
@@ -73,12 +73,12 @@ def measure_collapsed(d: Deployment, small: nn.Module, report: CollapseReport, o
     scores = d.assess(small)
     result = CollapseResult(**vars(report), test_acc=scores["test_acc"], val_acc=scores["val_acc"],
                             precision=d.precision)
-    # the uncollapsed model timed as deployed: masks folded once, not re-applied on every call
-    uncollapsed = make_permanent(detached_copy(d.model)).eval()
+    # the kept model timed as deployed: masks folded once, not re-applied on every call
+    kept = make_permanent(detached_copy(d.model)).eval()
     if d.amp is not None:
-        precision_check(d, uncollapsed, small, result)
+        precision_check(d, kept, small, result)
     # BN folding alone is timed too, so that what collapse itself buys is not credited with BN folding's gain
-    networks = {"uncollapsed": uncollapsed, "bn_folded": fold_batchnorm_only(d.model, batch, c.tolerance),
+    networks = {"kept": kept, "bn_folded": fold_batchnorm_only(d.model, batch, c.tolerance),
                 "collapsed": small}
     shipped = {"collapsed": small}
     if c.approximate_merges or c.merge == "approximate":
@@ -189,16 +189,16 @@ def measure_latency(d: Deployment, networks: dict[str, nn.Module], result: Colla
 
 
 @torch.no_grad()
-def precision_check(d: Deployment, uncollapsed: nn.Module, small: nn.Module, result: CollapseResult) -> None:
+def precision_check(d: Deployment, kept: nn.Module, small: nn.Module, result: CollapseResult) -> None:
     """Collapse is verified in float32; a reduced-precision run rounds the two graphs differently. Measure both: the
     output difference under the run's autocast, and both models' accuracy in float32, where collapse is exact, so
     the accuracy the summary reports equals what was verified."""
     with torch.autocast(d.device.type, dtype=d.amp):
-        ours, theirs = outputs(small, d.batch)[0], outputs(uncollapsed, d.batch)[0]
-    full, before = d.assess(small, fp32=True), d.assess(uncollapsed, fp32=True)
+        ours, theirs = outputs(small, d.batch)[0], outputs(kept, d.batch)[0]
+    full, before = d.assess(small, fp32=True), d.assess(kept, fp32=True)
     result.relative_diff_run_precision = relative_diff(ours, theirs)
     result.test_acc_fp32, result.val_acc_fp32 = full["test_acc"], full["val_acc"]
-    result.uncollapsed_test_acc_fp32, result.uncollapsed_val_acc_fp32 = before["test_acc"], before["val_acc"]
+    result.kept_test_acc_fp32, result.kept_val_acc_fp32 = before["test_acc"], before["val_acc"]
 
 
 class InRunPrecision(nn.Module):

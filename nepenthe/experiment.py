@@ -200,7 +200,7 @@ def chosen_round(run_dir: Path, requested: int | None) -> int:
         return requested
     summary = read_summary(run_dir)
     if summary is not None:
-        return summary.final_round
+        return summary.kept_round
     latest = latest_checkpoint(run_dir)
     if latest is None:
         raise NepentheError(f"{run_dir} holds no checkpoint to collapse")

@@ -19,7 +19,8 @@ from typing import Any, Optional, cast
 from .choices import RUNTIMES
 from .errors import NepentheError
 
-SCHEMA_VERSION = 2  # 1: records written before this module existed (no "schema" key); 2: typed records
+SCHEMA_VERSION = 3  # 1: records written before this module existed (no "schema" key); 2: typed records;
+#                    3: the kept round's model is "kept" in every name (it was "final" and "uncollapsed")
 
 
 class RecordError(NepentheError):
@@ -37,8 +38,9 @@ class Record:
     """Base of every record: dict conversion with the schema version, and upgrades of older versions. Not a dataclass
     itself (each subclass is; the generated field tables list the subclasses' own fields), hence the casts for mypy."""
 
-    #: keys of schema-1 records that were renamed: {old: new}
-    RENAMED: typing.ClassVar[dict[str, str]] = {}
+    #: keys renamed in each schema: {schema that renamed them: {old: new}}; a record older than that schema has them
+    #: renamed on reading (one schema's renames after another's, so a schema-1 record goes through all of them)
+    RENAMED: typing.ClassVar[dict[int, dict[str, str]]] = {}
     #: where keys a schema-1 record held but this class does not know go (None: refuse them)
     OVERFLOW: typing.ClassVar[str | None] = None
     #: written with a "schema" key (top-level records only; nested parts inherit their parent's)
@@ -69,8 +71,10 @@ class Record:
                               f"({SCHEMA_VERSION}); upgrade nepenthe")
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cast(Any, cls))}
+        for renamed_in, renames in sorted(cls.RENAMED.items()):
+            if version < renamed_in:
+                data = {renames.get(k, k): v for k, v in data.items()}
         if version < 2:
-            data = {cls.RENAMED.get(k, k): v for k, v in data.items()}
             if cls.OVERFLOW is not None:
                 extra = {k: data.pop(k) for k in list(data) if k not in names}
                 data.setdefault(cls.OVERFLOW, {}).update(extra)
@@ -128,7 +132,7 @@ class RoundRecord(Record):
     """One line of ``rounds.jsonl``: the model after a round (round 0: the dense model)."""
 
     TOP_LEVEL = True
-    RENAMED = {"linearized": "replaced_by_identity"}
+    RENAMED = {2: {"linearized": "replaced_by_identity"}}
     OVERFLOW = "extra_scores"  # schema 1 spread what a user's evaluate() returned into the record
 
     round: int = doc("0 is the dense model, then one per pruning round")
@@ -202,17 +206,17 @@ class CollapseReport(Record):
                                            "fold_constant_into_bias, remove_channels, merge (layers, exact, "
                                            "macs_before/after, kernel, max_abs_diff, relative_diff, interior_*)",
                                            factory=list)
-    before: Cost = doc("cost of the uncollapsed (kept) model", factory=Cost)
+    before: Cost = doc("cost of the kept model (before the collapse)", factory=Cost)
     after: Cost = doc("cost of the collapsed model", factory=Cost)
     max_abs_diff: float = doc("collapsed (exact steps) vs the linearized reference", 0.0)
     relative_diff: float = doc("the same / max |reference output|; always <= tolerance", 0.0)
     border_diff: float = doc("what merge=approximate's border-ring merges add", 0.0)
     border_relative_diff: float = doc("the same, relative", 0.0)
-    linearization_diff: float = doc("linearized vs uncollapsed: the probe's decision on this batch", 0.0)
+    linearization_diff: float = doc("linearized vs kept: the probe's decision on this batch", 0.0)
     linearization_relative_diff: float = doc("the same, relative", 0.0)
-    diff_vs_original: float = doc("collapsed vs uncollapsed", 0.0)
+    diff_vs_original: float = doc("collapsed vs kept", 0.0)
     relative_diff_vs_original: float = doc("the same, relative", 0.0)
-    output_scale: float = doc("max |output| of the uncollapsed model on the batch", 0.0)
+    output_scale: float = doc("max |output| of the kept model on the batch", 0.0)
 
     @property
     def removed_weight_layers(self) -> int:
@@ -245,30 +249,34 @@ class CollapseResult(CollapseReport):
     then what the run measured on the collapsed model."""
 
     TOP_LEVEL = True  # collapse.json stands alone
-    RENAMED = {"uncollapsed_test_acc": "kept_test_acc"}
+    RENAMED = {2: {"uncollapsed_test_acc": "kept_test_acc"},
+               3: {"uncollapsed_test_acc_fp32": "kept_test_acc_fp32", "uncollapsed_val_acc_fp32": "kept_val_acc_fp32"}}
 
     @classmethod
     def upgrade(cls, data: dict, version: int) -> dict:
-        """Schema 1 timed eager PyTorch only: ``latency_ms`` was {model: {batch: ms}}."""
+        """Schema 1 timed eager PyTorch only: ``latency_ms`` was {model: {batch: ms}}. Before schema 3 the kept model
+        was timed as "uncollapsed"."""
         for key in ("latency_ms", "latency_iqr_ms"):
             timings = data.get(key)
             if version < 2 and timings and not set(timings) & set(RUNTIMES):
-                data[key] = {"eager": timings}
+                data[key] = timings = {"eager": timings}
+            if version < 3 and timings:
+                data[key] = {runtime: {("kept" if model == "uncollapsed" else model): ms for model, ms in by.items()}
+                             for runtime, by in timings.items()}
         return data
 
     test_acc: Optional[float] = doc("test top-1 of the collapsed model, in the run's precision", None)
     val_acc: Optional[float] = doc("validation top-1 of the collapsed model", None)
     precision: str = doc("the run's precision (fp32 | bf16)", "fp32")
-    relative_diff_run_precision: Optional[float] = doc("reduced-precision runs: collapsed vs uncollapsed under the "
+    relative_diff_run_precision: Optional[float] = doc("reduced-precision runs: collapsed vs kept under the "
                                                        "run's autocast, relative", None)
     test_acc_fp32: Optional[float] = doc("reduced-precision runs: collapsed test top-1 in float32", None)
     val_acc_fp32: Optional[float] = doc("reduced-precision runs: collapsed validation top-1 in float32", None)
-    uncollapsed_test_acc_fp32: Optional[float] = doc("reduced-precision runs: the kept model's test top-1 in "
-                                                     "float32", None)
-    uncollapsed_val_acc_fp32: Optional[float] = doc("reduced-precision runs: the kept model's validation top-1 in "
-                                                    "float32", None)
+    kept_test_acc_fp32: Optional[float] = doc("reduced-precision runs: the kept model's test top-1 in float32", None)
+    kept_val_acc_fp32: Optional[float] = doc("reduced-precision runs: the kept model's validation top-1 in float32",
+                                             None)
     latency_ms: dict[str, dict[str, dict[str, float]]] = doc(
-        "{runtime: {model: {batch_<n>: median ms}}}: runtime eager | compile | onnxruntime, model uncollapsed | "
+        "{runtime: {model: {batch_<n>: median ms}}}: runtime eager | compile | onnxruntime, model kept | "
         "bn_folded | collapsed | approximate | finetuned, every pair timed side by side in one process", factory=dict)
     latency_iqr_ms: dict[str, dict[str, dict[str, float]]] = doc("the same keys: p75 - p25 of the timed blocks",
                                                                  factory=dict)
@@ -292,7 +300,8 @@ class CollapseResult(CollapseReport):
     # python -m nepenthe_cli.collapse adds where the report comes from
     run_dir: Optional[str] = doc("python -m nepenthe_cli.collapse: the run directory collapsed", None)
     round: Optional[int] = doc("python -m nepenthe_cli.collapse: the round collapsed", None)
-    kept_test_acc: Optional[float] = doc("python -m nepenthe_cli.collapse: the round's uncollapsed test top-1", None)
+    kept_test_acc: Optional[float] = doc("python -m nepenthe_cli.collapse: the round's test top-1 before the "
+                                         "collapse", None)
     k: Optional[int] = doc("python -m nepenthe_cli.collapse: the round's zero-entropy units", None)
     N: Optional[int] = doc("python -m nepenthe_cli.collapse: the round's units", None)
 
@@ -303,7 +312,7 @@ class CollapseResult(CollapseReport):
 
 @dataclass
 class RoundBrief(Record):
-    """The summary's copy of one round's main numbers (``dense`` and ``final``)."""
+    """The summary's copy of one round's main numbers (``dense`` and ``kept``)."""
 
     round: int = doc("the round")
     sparsity: float = doc("as in the round record", 0.0)
@@ -338,8 +347,10 @@ class TrajectoryPoint(Record):
 class Costs(Record):
     """The summary's ``cost``: dense, kept and collapsed model, per input."""
 
+    RENAMED = {3: {"final": "kept"}}
+
     dense: Cost = doc("the dense model", factory=Cost)
-    final: Cost = doc("the kept round's model (masks applied)", factory=Cost)
+    kept: Cost = doc("the kept round's model (masks applied)", factory=Cost)
     collapsed: Optional[Cost] = doc("the collapsed model (absent with collapse.enabled=false)", None)
 
 
@@ -364,13 +375,14 @@ class Summary(Record):
     """``summary.json``, written last and atomically: its presence means the run finished."""
 
     TOP_LEVEL = True
+    RENAMED = {3: {"final_round": "kept_round", "final": "kept"}}
 
     status: str = doc("complete", "complete")
     stop_reason: str = doc("accuracy_drop | max_rounds | target_zero_units | nothing_to_prune", "")
     rounds_completed: int = doc("last round trained", 0)
-    final_round: int = doc("the kept round: the last within stop.max_drop of dense", 0)
+    kept_round: int = doc("the kept round: the last within stop.max_drop of dense", 0)
     dense: Optional[RoundBrief] = doc("round 0 in brief", None)
-    final: Optional[RoundBrief] = doc("the kept round in brief", None)
+    kept: Optional[RoundBrief] = doc("the kept round in brief", None)
     k: int = doc("the kept round's zero-entropy units", 0)
     N: int = doc("units", 0)
     depth: str = doc('"k/N": the papers\' depth metric', "")

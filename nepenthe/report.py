@@ -37,16 +37,16 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
 
-def format_collapse(section: CollapseResult, uncollapsed_test_acc: float | None) -> list[str]:
+def format_collapse(section: CollapseResult, kept_test_acc: float | None) -> list[str]:
     """Lines describing the collapse of a summary (``nepenthe.deploy``)."""
     before, after = section.before, section.after
     lines = [
         f"collapsed (merge={section.merge}): weight layers on the longest path {before.weight_layers_on_longest_path} "
         f"-> {after.weight_layers_on_longest_path}, MACs {before.macs / 1e6:.2f} M -> {after.macs / 1e6:.2f} M, "
         f"params {before.params:,} -> {after.params:,}",
-        f"  test top-1 {section.test_acc:.2f}% collapsed vs {_pct(uncollapsed_test_acc)} uncollapsed; max |output "
+        f"  test top-1 {section.test_acc:.2f}% collapsed vs {_pct(kept_test_acc)} kept; max |output "
         f"diff| {section.max_abs_diff:.2g} vs linearized (exact steps), {section.diff_vs_original:.2g} vs "
-        f"uncollapsed (output scale {section.output_scale:.3g})",
+        f"kept (output scale {section.output_scale:.3g})",
         f"  verified: {section.relative_diff:.2g} of max |output| vs linearized (allowed {section.tolerance:g}); the "
         f"probe's linearization moves it by {section.linearization_relative_diff:.2g}",
     ]
@@ -64,10 +64,10 @@ def format_collapse(section: CollapseResult, uncollapsed_test_acc: float | None)
     if section.shared_layers:
         lines.append(f"  tied or directly read layers left as they are: {', '.join(section.shared_layers)}")
     if section.relative_diff_run_precision is not None:
-        lines.append(f"  in {section.precision} (the run's precision) collapsed vs uncollapsed differ by "
+        lines.append(f"  in {section.precision} (the run's precision) collapsed vs kept differ by "
                      f"{section.relative_diff_run_precision:.2g} of max |output| (rounding, not collapse); in fp32: "
                      f"test top-1 {section.test_acc_fp32:.2f}% collapsed vs "
-                     f"{section.uncollapsed_test_acc_fp32:.2f}% uncollapsed")
+                     f"{section.kept_test_acc_fp32:.2f}% kept")
     if section.approximate is not None:
         lines.append(format_network("with approximate merges", section.approximate, before))
     if section.finetuned is not None:
@@ -90,7 +90,7 @@ def format_network(what: str, network: ShippedNetwork, before) -> str:
 
 
 def format_latency(section: CollapseResult) -> list[str]:
-    """One line per runtime: median ms per batch size, uncollapsed -> BN folded -> collapsed (and the others)."""
+    """One line per runtime: median ms per batch size, kept -> BN folded -> collapsed (and the others)."""
     lines = []
     for runtime, models in section.latency_ms.items():
         parts = []
@@ -108,17 +108,17 @@ def format_latency(section: CollapseResult) -> list[str]:
 
 
 def format_summary(summary: Summary) -> list[str]:
-    d, f = summary.dense, summary.final
+    d, f = summary.dense, summary.kept
     assert d is not None and f is not None, "a complete summary has its dense and kept rounds"
-    lines = [f"stopped: {summary.stop_reason}; kept round {summary.final_round} of {summary.rounds_completed}: "
+    lines = [f"stopped: {summary.stop_reason}; kept round {summary.kept_round} of {summary.rounds_completed}: "
              f"sparsity {100 * f.sparsity:.1f}%, test top-1 {f.test_acc:.2f}% (dense {d.test_acc:.2f}%), "
              f"zero-entropy units {summary.depth}"]
-    dense, final = summary.cost.dense, summary.cost.final
-    kept = "" if final.macs == dense.macs else f", {final.macs / 1e6:.2f} M kept"  # blocks replaced by identities
-    depth = str(final.weight_layers_on_longest_path)
-    if final.weight_layers_on_longest_path != dense.weight_layers_on_longest_path:
+    dense, kept = summary.cost.dense, summary.cost.kept
+    kept_macs = "" if kept.macs == dense.macs else f", {kept.macs / 1e6:.2f} M kept"  # blocks replaced by identities
+    depth = str(kept.weight_layers_on_longest_path)
+    if kept.weight_layers_on_longest_path != dense.weight_layers_on_longest_path:
         depth = f"{dense.weight_layers_on_longest_path} dense, {depth} kept"
-    lines.append(f"MACs per input: {dense.macs / 1e6:.2f} M dense{kept}, {final.macs_nonzero / 1e6:.2f} M at "
+    lines.append(f"MACs per input: {dense.macs / 1e6:.2f} M dense{kept_macs}, {kept.macs_nonzero / 1e6:.2f} M at "
                  f"non-zero weights; weight layers on the longest path: {depth}")
     if summary.collapse is not None:
         lines += format_collapse(summary.collapse, f.test_acc)

@@ -159,17 +159,18 @@ def wandb_settings(cfg: RunConfig, run_dir: Path) -> dict | None:
 def summarize(exp: Experiment, kept: LoopResult, collapsed: CollapseResult | None,
               collective: Collective) -> Summary:
     """The run in one record (nepenthe/records.py): kept round, costs, collapse, every round in brief."""
-    records, final = kept.records, kept.kept
+    records, kept_record = kept.records, kept.kept
     example = exp.verify_batch()[:1]  # one real image: costs are per input
     cost = Costs(dense=cost_report(exp.new_model(), example))
     if collapsed is not None:  # collapse costed the kept model itself ("before") on the same image
-        cost.final, cost.collapsed = collapsed.before, collapsed.after
+        cost.kept, cost.collapsed = collapsed.before, collapsed.after
     else:
-        cost.final = cost_report(exp.model, example)
+        cost.kept = cost_report(exp.model, example)
     return Summary(
         status="complete", stop_reason=kept.stop_reason, rounds_completed=records[-1].round,
-        final_round=kept.kept_round, dense=RoundBrief.of(records[0]), final=RoundBrief.of(final),
-        k=final.k, N=final.N, depth=f"{final.k}/{final.N}", zero_entropy_units=final.zero_entropy_units, cost=cost,
+        kept_round=kept.kept_round, dense=RoundBrief.of(records[0]), kept=RoundBrief.of(kept_record),
+        k=kept_record.k, N=kept_record.N, depth=f"{kept_record.k}/{kept_record.N}",
+        zero_entropy_units=kept_record.zero_entropy_units, cost=cost,
         trajectory={str(r.round): TrajectoryPoint.of(r) for r in records}, collapse=collapsed,
         config_hash=config_hash(exp.cfg), device=str(exp.device), wall_time_s=kept.elapsed_s,
         processes=collective.world, backend=collective.backend, estimate=exp.estimate,

@@ -6,7 +6,7 @@
 
 Rebuilds the run from its ``config.yaml`` (data are read from the config's ``dataset.root`` unless ``--data-root``
 says otherwise), loads the checkpoint, probes the entropy again, collapses, verifies on the first test images,
-times the uncollapsed, BN-folded and collapsed models side by side in each runtime, and writes ``collapsed.pt2``
+times the kept, BN-folded and collapsed models side by side in each runtime, and writes ``collapsed.pt2``
 (``collapsed.onnx`` with ``--onnx``; the approximate and fine-tuned networks when asked) and ``collapse.json``.
 """
 

@@ -31,14 +31,14 @@ def fake_run(method, seed, accs, ks, dense_macs=140_000_000, collapsed_macs=100_
     final = len(accs) - 1
     cost = {"dense": {"macs": dense_macs, "macs_nonzero": dense_macs, "params": 11_000_000, "params_nonzero": 11_000_000,
                       "weight_layers_on_longest_path": 18},
-            "final": {"macs": dense_macs, "macs_nonzero": 40_000_000, "params": 11_000_000,
+            "kept": {"macs": dense_macs, "macs_nonzero": 40_000_000, "params": 11_000_000,
                       "params_nonzero": 5_000_000, "weight_layers_on_longest_path": 18},
             "collapsed": {"macs": collapsed_macs, "macs_nonzero": collapsed_macs, "params": 9_000_000,
                           "params_nonzero": 4_000_000, "weight_layers_on_longest_path": 16}}
-    summary = {"status": "complete", "final_round": final, "cost": cost,
+    summary = {"status": "complete", "kept_round": final, "cost": cost,
                "collapse": {"test_acc": accs[final] - 0.01, "max_abs_diff": 1e-6,
                             "relative_diff_vs_original": 1e-7,
-                            "latency_ms": {"uncollapsed": {"batch_1": 8.0, "batch_64": 160.0},
+                            "latency_ms": {"kept": {"batch_1": 8.0, "batch_64": 160.0},
                                            "bn_folded": {"batch_1": 6.0, "batch_64": 140.0},
                                            "collapsed": {"batch_1": 5.0, "batch_64": 120.0}}}}
     return config, records, summary
@@ -65,16 +65,16 @@ def runs_folder(tmp_path):
 def test_collect_local_runs_gives_the_documented_columns_and_values(runs_folder):
     frame = collect.to_frame(collect.local_runs([runs_folder]))
     assert list(frame.columns) == rows_module.COLUMNS and len(frame) == 3 + 3 + 2
-    final = frame[frame["is_final"]]
+    final = frame[frame["is_kept"]]
     assert sorted(final["round"]) == [1, 2, 2] and frame.groupby("run_id")["kept_round"].nunique().eq(1).all()
     row = final[(final["method"] == "nepenthe") & (final["seed"] == 1)].iloc[0]
     assert (row["test_acc"], row["k"], row["depth"], row["sparsity"], row["kept_round"]) == (90.0, 2, "2/17", 0.75, 2)
     assert (row["macs_dense"], row["macs_collapsed"], row["weight_layers_collapsed"]) == (140e6, 100e6, 16)
-    assert (row["latency_batch"], row["latency_ms_b1_collapsed"], row["latency_ms_bn_uncollapsed"]) == (64, 5.0, 160.0)
+    assert (row["latency_batch"], row["latency_ms_b1_collapsed"], row["latency_ms_bn_kept"]) == (64, 5.0, 160.0)
     assert row["collapsed_test_acc"] == pytest.approx(89.99) and row["precision"] == "fp32"
     assert (row["test_acc_fp32"], row["collapsed_test_acc_fp32"]) == (90.0, pytest.approx(89.99))  # fp32 run
     assert json.loads(row["entropy"]) == {"layers.0.0.relu1": 0.0, "relu": pytest.approx(0.7)}
-    assert frame[~frame["is_final"]]["macs_collapsed"].isna().all()  # cost describes the kept round only
+    assert frame[~frame["is_kept"]]["macs_collapsed"].isna().all()  # cost describes the kept round only
 
 
 class FakeWandbRun:
@@ -110,7 +110,7 @@ def test_wandb_api_source_gives_the_same_rows_as_the_local_one(runs_folder):
     rows, problems = wandb_source.api_runs("me/p", api=FakeApi([FakeWandbRun("x", config, records[:2], None,
                                                                                "crashed")]))
     assert problems == [("wandb:me/p/x", "W&B state crashed, last logged round 1")]
-    assert [r.round for r in rows] == [0, 1] and not any(r.is_final for r in rows)
+    assert [r.round for r in rows] == [0, 1] and not any(r.is_kept for r in rows)
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_table1_groups_by_model_dataset_method_with_numbers_by_hand(grid):
     assert row.kept_rounds == "0:2 1:3"
     assert (row.k_mean, row.N, row.weight_layers_dense, row.weight_layers_collapsed_mean) == (2, 17, 18, 16)
     assert (row.macs_dense_m, row.macs_collapsed_m_mean) == pytest.approx((100.0, 80.0))
-    assert (row.latency_b1_uncollapsed_ms, row.latency_b1_bn_folded_ms, row.latency_b1_collapsed_ms) == (8, 6, 4)
+    assert (row.latency_b1_kept_ms, row.latency_b1_bn_folded_ms, row.latency_b1_collapsed_ms) == (8, 6, 4)
     assert row.collapse_speedup_over_bn_folded == 1.5 and row.latency_b1_collapsed_iqr_ms == pytest.approx(0.4)
     assert (row.published_top1, row.published_source) == (90.64, "LaCoOT table")
     other = t1[(t1.model == "mobilenetv2_cifar") & (t1.dataset == "tiny_imagenet") & (t1.method == "egp")].iloc[0]
@@ -221,7 +221,7 @@ def test_wandb_csv_export_becomes_the_same_tables_as_the_run_directories(grid, t
     same = [c for c in rows_module.COLUMNS if c not in ("run_id", "entropy")]
     pd.testing.assert_frame_equal(exported[same], local[same])
     # entropy: an export holds it for the dense and the kept round (the summary's), not the rounds between
-    ends = exported["is_final"] | (exported["round"] == 0)
+    ends = exported["is_kept"] | (exported["round"] == 0)
     assert (exported.loc[ends, "entropy"] == local.loc[ends, "entropy"]).all()
     assert (exported.loc[~ends, "entropy"] == "").all()
     for build in (tables.table1, tables.matched_k, tables.matched_sparsity, tables.matched_macs):
@@ -279,13 +279,13 @@ def test_lacoots_regularised_dense_round_is_marked_and_kept_out_of_the_dense_ref
     collapse removed from the kept model (LaCoOT's blocks were already gone)."""
     config, records, summary = fake_run("lacoot", 0, [88.0, 88.0], [0, 2])
     config["pruning"]["lambda_reg"] = 5.0
-    summary["cost"]["final"]["weight_layers_on_longest_path"] = 16  # one block removed by the method
+    summary["cost"]["kept"]["weight_layers_on_longest_path"] = 16  # one block removed by the method
     runs = [fake_run("nepenthe", 0, [91.0, 90.0], [0, 1]), (config, records, summary)]
     for i, run in enumerate(runs):
         write_run_dir(tmp_path / "runs" / f"job{i}", *run)
     frame = collect.to_frame(collect.local_runs([tmp_path / "runs"]))
     assert frame.groupby("method")["regularised_dense"].all().to_dict() == {"lacoot": True, "nepenthe": False}
-    assert sorted(frame.loc[frame["is_final"], "weight_layers_kept"].tolist()) == [16, 18]
+    assert sorted(frame.loc[frame["is_kept"], "weight_layers_kept"].tolist()) == [16, 18]
     assert tables.plain_dense(frame)["test_acc"].tolist() == [91.0]  # not the mean with LaCoOT's 88.0
     shown = tables.table1_display(tables.table1(frame)).set_index("Method")
     assert shown.loc["LaCoOT", "Dense top-1 (%)"] == "88.00 (its own, trained with its regulariser)"
@@ -326,23 +326,23 @@ def test_a_bf16_run_shows_its_collapsed_accuracy_beside_the_fp32_pair_that_was_v
     summary_file = runs_folder / "job0" / "summary.json"
     summary = json.loads(summary_file.read_text())
     summary["collapse"].update(precision="bf16", relative_diff_run_precision=0.012, test_acc_fp32=89.25,
-                               uncollapsed_test_acc_fp32=89.25, val_acc_fp32=90.0, uncollapsed_val_acc_fp32=90.0)
+                               kept_test_acc_fp32=89.25, val_acc_fp32=90.0, kept_val_acc_fp32=90.0)
     summary_file.write_text(json.dumps(summary))
     config_file = runs_folder / "job0" / "config.yaml"
     config = yaml.safe_load(config_file.read_text())
     config["hardware"]["precision"] = "bf16"
     config_file.write_text(yaml.safe_dump(config))
     frame = collect.to_frame(collect.local_runs([runs_folder]))
-    row = frame[frame["is_final"] & (frame["precision"] == "bf16")].iloc[0]
+    row = frame[frame["is_kept"] & (frame["precision"] == "bf16")].iloc[0]
     assert (row["collapse_relative_diff"], row["test_acc_fp32"], row["collapsed_test_acc_fp32"]) == (0.012, 89.25, 89.25)
     shown = tables.table1_display(tables.table1(frame[frame["precision"] == "bf16"]))
-    assert shown["Collapsed top-1 (%)"].iloc[0] == "88.99 (fp32: 89.25 vs 89.25 uncollapsed)"
+    assert shown["Collapsed top-1 (%)"].iloc[0] == "88.99 (fp32: 89.25 vs 89.25 kept)"
     assert shown["Precision"].iloc[0] == "bf16"
     # without a collapse section a bf16 run's fp32 accuracy is unknown, never its bf16 accuracy relabelled
     del summary["collapse"]
     summary_file.write_text(json.dumps(summary))
     frame = collect.to_frame(collect.local_runs([runs_folder]))
-    row = frame[frame["is_final"] & (frame["precision"] == "bf16")].iloc[0]
+    row = frame[frame["is_kept"] & (frame["precision"] == "bf16")].iloc[0]
     assert np.isnan(row["test_acc_fp32"]) and row["test_acc"] == 89.0
 
 
@@ -394,7 +394,7 @@ def test_the_architectures_table_reads_drops_against_plain_dense_of_the_same_see
     studies["b"][0][0]["model"]["name"] = "swin_t"
     timed = studies["b"][0][2]["collapse"]
     timed["latency_ms"] = {"eager": timed["latency_ms"], "onnxruntime": {
-        "uncollapsed": {"batch_1": 0.3, "batch_64": 9.0}, "bn_folded": {"batch_1": 0.3, "batch_64": 9.0},
+        "kept": {"batch_1": 0.3, "batch_64": 9.0}, "bn_folded": {"batch_1": 0.3, "batch_64": 9.0},
         "collapsed": {"batch_1": 0.2, "batch_64": 6.0}}}
     for study, runs in studies.items():
         for i, run in enumerate(runs):

@@ -237,7 +237,7 @@ def test_inverted_residual_with_linear_activations_merges_exactly():
     _, default = collapse(block, stats, x)  # ReLU6 is not the identity above 6: left in place unless asked
     assert [u["action"] for u in default.units] == ["kept", "kept"] and not ops(default, "merge")
     small, report = collapse(block, stats, x, approximate_activations=True)
-    # the error is measured at each unit on the verification batch, in the uncollapsed model
+    # the error is measured at each unit on the verification batch, in the kept (uncollapsed) model
     with torch.no_grad():
         z1 = block.bn1(block.expand(x))
         z2 = block.bn2(block.dw(F.relu6(z1)))

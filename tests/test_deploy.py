@@ -213,7 +213,7 @@ def test_a_run_ships_onnx_times_every_runtime_and_measures_the_approximate_netwo
                                 "collapse.runtimes=[eager,compile,onnxruntime]")
     c = summary.collapse
     assert isinstance(c, CollapseResult) and c.runtimes == {"eager": "ok", "compile": "ok", "onnxruntime": "ok"}
-    models = {"uncollapsed", "bn_folded", "collapsed", "approximate", "finetuned"}
+    models = {"kept", "bn_folded", "collapsed", "approximate", "finetuned"}
     assert all(set(c.latency_ms[r]) == models and set(c.latency_iqr_ms[r]) == models for r in c.runtimes)
     assert c.onnx_file == "collapsed.onnx" and c.onnx_relative_diff <= c.tolerance
     onnx_model = OnnxRuntimeModel(run_dir / "collapsed.onnx")
@@ -264,5 +264,5 @@ def test_a_model_of_your_own_is_collapsed_measured_and_shipped_from_plain_inputs
     result = measure_collapsed(d, small, report, tmp_path)
     assert (result.test_acc, result.val_acc, result.file) == (70.0, 75.0, "collapsed.pt2") and calls == [small]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["collapsed.pt2"]
-    assert set(result.latency_ms["eager"]) == {"uncollapsed", "bn_folded", "collapsed"}
+    assert set(result.latency_ms["eager"]) == {"kept", "bn_folded", "collapsed"}
     assert torch.allclose(small(images), model(images), atol=1e-4)

@@ -167,7 +167,7 @@ def test_a_lacoot_run_removes_blocks_in_order_and_collapses_them_away(run_fast):
     assert all(r.pruned == 0 and r.epochs == 0 for r in records[1:])  # no weight pruning, no fine-tuning
     assert records[0].train_reg_loss > 0 and records[0].epochs == 3
     assert list(records[1].method_stats["val_mswd"]) == [u for u in RESNET_UNITS if u != order[0]]
-    assert summary.stop_reason == "max_rounds" and summary.final_round == 4  # every unit removed
+    assert summary.stop_reason == "max_rounds" and summary.kept_round == 4  # every unit removed
     collapse = summary.collapse
     assert collapse.before.weight_layers_on_longest_path == 10 and collapse.after.weight_layers_on_longest_path <= 10
     assert collapse.relative_diff <= 1e-4 and collapse.test_acc == pytest.approx(records[4].test_acc, abs=0.5)
@@ -190,8 +190,8 @@ def test_lacoot_keeps_the_longest_prefix_of_removals_within_its_max_drop(run_fas
                                 "collapse.enabled=false", "pruning.n_projections=5")
     records = read_rounds(run_dir)
     assert [r.val_acc for r in records] == [90.0, 89.8, 89.4, 88.5]  # stopped at the first removal beyond 1 point
-    assert summary.stop_reason == "accuracy_drop" and summary.final_round == 2
-    assert summary.final.k == records[2].k and len(records[2].replaced_by_identity) == 2
+    assert summary.stop_reason == "accuracy_drop" and summary.kept_round == 2
+    assert summary.kept.k == records[2].k and len(records[2].replaced_by_identity) == 2
 
 
 def test_the_compact_cnns_one_unit_is_removed_and_fine_tuned_without_a_regulariser_left(run_fast):
@@ -208,7 +208,7 @@ def test_the_compact_cnns_one_unit_is_removed_and_fine_tuned_without_a_regularis
     records = read_rounds(run_dir)
     assert [r.replaced_by_identity for r in records] == [[], ["layers.0.0"]]
     assert records[0].train_reg_loss > 0 and records[1].epochs == 1 and records[1].train_reg_loss is None
-    assert summary.status == "complete" and summary.final.k == records[1].k
+    assert summary.status == "complete" and summary.kept.k == records[1].k
 
 
 def test_create_method_lacoot_in_the_library_matches_the_cli_preset():

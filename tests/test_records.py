@@ -41,9 +41,9 @@ def a_summary() -> Summary:
                                                          operations=[{"op": "merge", "exact": False}]),
                               finetuned=ShippedNetwork(cost=small, test_acc=87.0, val_acc=88.0, epochs=2,
                                                        val_acc_before=87.0, test_acc_before=86.0))
-    return Summary(stop_reason="max_rounds", rounds_completed=2, final_round=2, dense=RoundBrief.of(dense),
-                   final=RoundBrief.of(kept), k=1, N=2, depth="1/2", zero_entropy_units=["relu"],
-                   cost=Costs(dense=cost, final=cost, collapsed=small),
+    return Summary(stop_reason="max_rounds", rounds_completed=2, kept_round=2, dense=RoundBrief.of(dense),
+                   kept=RoundBrief.of(kept), k=1, N=2, depth="1/2", zero_entropy_units=["relu"],
+                   cost=Costs(dense=cost, kept=cost, collapsed=small),
                    trajectory={"0": TrajectoryPoint.of(dense), "2": TrajectoryPoint.of(kept)}, collapse=collapse,
                    config_hash="ab" * 8, device="cpu", wall_time_s=99.0, versions={"torch": "2.14.1"})
 
@@ -78,8 +78,8 @@ def test_unknown_keys_a_missing_required_key_and_a_newer_schema_are_refused():
         RoundRecord.from_dict({"schema": 2, "round": 1, "val_accc": 3.0})
     with pytest.raises(RecordError, match="RoundRecord lacks the required key 'round'"):
         RoundRecord.from_dict({"schema": 2, "val_acc": 3.0})
-    with pytest.raises(RecordError, match="Summary has schema 3, newer than this nepenthe reads"):
-        Summary.from_dict({"schema": 3})
+    with pytest.raises(RecordError, match="Summary has schema 4, newer than this nepenthe reads"):
+        Summary.from_dict({"schema": 4})
     # a W&B summary also holds the last round's keys: read leniently there, and only there
     lenient = Summary.from_dict({"schema": 2, "status": "complete", "sparsity": 0.5, "plan": {}}, strict=False)
     assert lenient.status == "complete"
@@ -109,26 +109,62 @@ def test_the_design_doc_shows_the_fields_of_the_dataclasses_and_nothing_else():
         assert f"`{cls.__name__}`" in shown
 
 
-@pytest.mark.parametrize("results", ["smoke", "fashion_mnist_resnet18"])
-def test_the_committed_records_read_back_as_typed_records_and_agree_with_their_runs_csv(results):
+def test_a_schema_2_summary_reads_its_final_and_uncollapsed_names_as_kept():
+    summary = a_summary().to_dict()
+    old = {**{k: v for k, v in summary.items() if k not in ("kept_round", "kept")}, "schema": 2,
+           "final_round": summary["kept_round"], "final": summary["kept"],
+           "cost": {"dense": summary["cost"]["dense"], "final": summary["cost"]["kept"],
+                    "collapsed": summary["cost"]["collapsed"]}}
+    collapse = old["collapse"] = {**summary["collapse"], "schema": 2}  # collapse.json stands alone: its own schema
+    collapse["latency_ms"] = {"eager": {"uncollapsed": {"batch_1": 2.0}, "collapsed": {"batch_1": 1.0}},
+                              "onnxruntime": {"uncollapsed": {"batch_1": 0.5}, "bn_folded": {"batch_1": 0.4}}}
+    collapse["latency_iqr_ms"] = {"eager": {"uncollapsed": {"batch_1": 0.1}}}
+    del collapse["kept_test_acc_fp32"], collapse["kept_val_acc_fp32"]
+    collapse.update(uncollapsed_test_acc_fp32=88.5, uncollapsed_val_acc_fp32=89.0)
+    read = Summary.from_dict(json.loads(json.dumps(old)))
+    assert read.kept_round == 2 and read.kept == a_summary().kept and read.cost == a_summary().cost
+    assert read.collapse.latency_ms == {"eager": {"kept": {"batch_1": 2.0}, "collapsed": {"batch_1": 1.0}},
+                                        "onnxruntime": {"kept": {"batch_1": 0.5}, "bn_folded": {"batch_1": 0.4}}}
+    assert read.collapse.latency_iqr_ms == {"eager": {"kept": {"batch_1": 0.1}}}
+    assert (read.collapse.kept_test_acc_fp32, read.collapse.kept_val_acc_fp32) == (88.5, 89.0)
+    with pytest.raises(RecordError, match="unknown key"):  # schema 3 has no "final": the upgrade is for older ones
+        Summary.from_dict({**old, "schema": 3})
+
+
+def test_a_runs_csv_written_before_the_rename_reads_with_this_versions_columns(tmp_path):
     import pandas as pd
+
+    from analysis.rows import COLUMNS, read_runs
+
+    old = {c: [1.0] for c in ("latency_ms_b1_uncollapsed", "latency_iqr_ms_bn_uncollapsed",
+                              "latency_ms_b1_uncollapsed_onnxruntime", "latency_ms_b1_collapsed")}
+    pd.DataFrame({"run_id": ["r"], "is_final": [True], **old}).to_csv(tmp_path / "runs.csv", index=False)
+    frame = read_runs(tmp_path / "runs.csv")
+    assert list(frame.columns) == ["run_id", "is_kept", "latency_ms_b1_kept", "latency_iqr_ms_bn_kept",
+                                   "latency_ms_b1_kept_onnxruntime", "latency_ms_b1_collapsed"]
+    assert set(frame.columns) <= set(COLUMNS)
+
+
+@pytest.mark.parametrize("results", ["smoke", "fashion_mnist_resnet18", "fashion_mnist_swin_t"])
+def test_the_committed_records_read_back_as_typed_records_and_agree_with_their_runs_csv(results):
+    from analysis.rows import read_runs
 
     folder = ROOT / "experiments" / "results" / results
     if not (folder / "records").is_dir():
         pytest.skip(f"the committed {results} records are not in this checkout")
     runs = sorted(p.parent for p in (folder / "records").rglob("summary.json"))
     assert len(runs) == 10  # five methods x two seeds
-    table = pd.read_csv(folder / "runs.csv")
-    final = table[table["is_final"]].set_index(["method", "seed"])
+    table = read_runs(folder / "runs.csv")
+    final = table[table["is_kept"]].set_index(["method", "seed"])
     for run in runs:
         summary = read_summary(run)
         rounds = read_rounds(run)
         assert [r.round for r in rounds] == list(range(len(rounds)))
-        assert summary.final_round in [r.round for r in rounds]
-        assert summary.final.test_acc == rounds[summary.final_round].test_acc
+        assert summary.kept_round in [r.round for r in rounds]
+        assert summary.kept.test_acc == rounds[summary.kept_round].test_acc
         assert summary.collapse.after.weight_layers_on_longest_path <= summary.cost.dense.weight_layers_on_longest_path
         assert read_status(run) is None
         row = final.loc[(rounds[0].method, int(run.name.rsplit("seed=", 1)[1]))]  # the tables come from these records
-        assert (row["kept_round"], row["test_acc"], row["k"]) == (summary.final_round, summary.final.test_acc,
-                                                                 summary.final.k)
+        assert (row["kept_round"], row["test_acc"], row["k"]) == (summary.kept_round, summary.kept.test_acc,
+                                                                 summary.kept.k)
         assert row["weight_layers_collapsed"] == summary.collapse.after.weight_layers_on_longest_path

@@ -34,16 +34,16 @@ def check_run_directory(run_dir: Path, rounds: int) -> tuple[list[RoundRecord], 
     for r in records:
         assert list(r.entropy) == UNITS_IN_ORDER and r.N == 7 and r.k == len(r.zero_entropy_units)
         assert all(0.0 <= h <= 1.0 for h in r.entropy.values()) and 0.0 <= r.test_acc <= 100.0
-        assert r.weight_layers == 8  # pruning never removes a layer of the uncollapsed model
+        assert r.weight_layers == 8  # pruning never removes a layer of the kept model
     assert records[0].sparsity == 0.0 and records[0].pruned == 0
     assert all(b.sparsity > a.sparsity for a, b in zip(records, records[1:]))
     summary = read_summary(run_dir)
     assert summary.status == "complete" and summary.depth == f"{summary.k}/7"
     assert {r: dataclasses.asdict(p) for r, p in summary.trajectory.items()} == {
         str(r.round): {k: getattr(r, k) for k in ("sparsity", "val_acc", "test_acc", "k", "N")} for r in records}
-    dense, final = summary.cost.dense, summary.cost.final
+    dense, final = summary.cost.dense, summary.cost.kept
     assert final.macs == dense.macs and final.weight_layers_on_longest_path == 8
-    kept = records[summary.final_round]
+    kept = records[summary.kept_round]
     assert (final.macs_nonzero < dense.macs_nonzero) == (kept.sparsity > 0)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["name"] == "compact_cnn"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"round_{i:03d}.pt" for i in range(rounds + 1)]
@@ -54,7 +54,7 @@ def check_run_directory(run_dir: Path, rounds: int) -> tuple[list[RoundRecord], 
 def check_collapse(run_dir: Path, summary: Summary, kept: RoundRecord):
     section = summary.collapse
     assert isinstance(section, CollapseResult)
-    assert section.before == summary.cost.final and section.after == summary.cost.collapsed
+    assert section.before == summary.cost.kept and section.after == summary.cost.collapsed
     assert section.after.weight_layers_on_longest_path <= section.before.weight_layers_on_longest_path
     assert section.after.macs <= section.before.macs
     assert section.relative_diff <= section.tolerance  # relative to the output's own size, no floor
@@ -64,7 +64,7 @@ def check_collapse(run_dir: Path, summary: Summary, kept: RoundRecord):
     assert [u["unit"] for u in section.units] == UNITS_IN_ORDER
     assert section.runtimes == {"eager": "ok"} and set(section.latency_ms) == {"eager"}  # FAST times eager only
     eager, spread = section.latency_ms["eager"], section.latency_iqr_ms["eager"]
-    assert set(eager) == set(spread) == {"uncollapsed", "bn_folded", "collapsed"}
+    assert set(eager) == set(spread) == {"kept", "bn_folded", "collapsed"}
     assert all(ms > 0 for timings in eager.values() for ms in timings.values())
     assert all(iqr >= 0 for timings in spread.values() for iqr in timings.values())
     assert section.latency_repeats >= 1 and section.latency_precision == section.precision == "fp32"
@@ -77,7 +77,7 @@ def check_collapse(run_dir: Path, summary: Summary, kept: RoundRecord):
 def test_a_run_writes_typed_records_and_a_verified_collapse(run_fast, capsys):
     summary, run_dir = run_fast("pruning=nepenthe")
     records, written = check_run_directory(run_dir, rounds=3)
-    assert summary.stop_reason == "max_rounds" and summary.final_round == 3
+    assert summary.stop_reason == "max_rounds" and summary.kept_round == 3
     # its estimate is said after the first training steps, before round 0's row, and recorded beside its wall time
     lines = capsys.readouterr().out.splitlines()
     [where] = [i for i, line in enumerate(lines) if line.startswith("estimate: ")]
@@ -204,11 +204,11 @@ def test_bf16_autocast_and_channels_last_run_on_cpu(run_fast):
     records = read_rounds(run_dir)
     assert records[0].test_acc > 50.0 and records[1].sparsity > 0.2
     assert summary.device == "cpu"
-    # collapse is verified in fp32: in fp32 the collapsed model scores what the uncollapsed one does (200 test
+    # collapse is verified in fp32: in fp32 the collapsed model scores what the kept one does (200 test
     # images: one image is 0.5 points), and the bf16 difference is reported as measured, not hidden
     section = summary.collapse
     assert section.precision == section.latency_precision == "bf16"
-    assert abs(section.test_acc_fp32 - section.uncollapsed_test_acc_fp32) <= 0.5
+    assert abs(section.test_acc_fp32 - section.kept_test_acc_fp32) <= 0.5
     assert section.relative_diff <= 1e-4 < section.relative_diff_run_precision < 0.2
     # the fp32 number is the kept model's own fp32 accuracy, evaluated here independently of collapse
     from nepenthe.engine import evaluate
@@ -217,7 +217,7 @@ def test_bf16_autocast_and_channels_last_run_on_cpu(run_fast):
     exp, record = restore_run(run_dir)
     loader = exp.data.loader("test", 256)
     fp32 = evaluate(exp.model, loader, device=exp.device, amp_dtype=None, channels_last=True)["acc"]
-    assert fp32 == section.uncollapsed_test_acc_fp32 and record.test_acc == records[-1].test_acc
+    assert fp32 == section.kept_test_acc_fp32 and record.test_acc == records[-1].test_acc
 
 
 @pytest.mark.slow  # make test-all: over 5 s on 2 cores
@@ -242,8 +242,8 @@ def test_the_collapse_command_recollapses_a_saved_run(run_fast, tmp_path, capsys
     assert main([str(run_dir), "--merge", "never", "--out", str(out), "--verify-batch", "32"]) == 0
     assert sorted(p.name for p in out.glob("collapsed*")) == ["collapsed.pt2"]  # nothing older beside it
     report = CollapseResult.from_dict(json.loads((out / "collapse.json").read_text()))
-    assert report.round == summary.final_round == 2 and report.merge == "never"
-    assert report.input_shape[0] == 32 and report.kept_test_acc == summary.final.test_acc
+    assert report.round == summary.kept_round == 2 and report.merge == "never"
+    assert report.input_shape[0] == 32 and report.kept_test_acc == summary.kept.test_acc
     assert report.after == summary.collapse.after  # same checkpoint, same probe: same collapsed model
     assert report.test_acc == summary.collapse.test_acc
     model = torch.export.load(str(out / "collapsed.pt2")).module()
@@ -276,8 +276,8 @@ def test_an_easier_run_swaps_one_activation_per_round_and_collapse_drops_them(ru
 def test_collapse_can_be_switched_off_and_the_kept_model_is_still_costed(run_fast):
     summary, run_dir = run_fast("collapse.enabled=false", "stop.max_rounds=1")
     assert summary.collapse is None and summary.cost.collapsed is None
-    assert summary.cost.final.macs == summary.cost.dense.macs
-    assert summary.cost.final.macs_nonzero < summary.cost.dense.macs_nonzero
+    assert summary.cost.kept.macs == summary.cost.dense.macs
+    assert summary.cost.kept.macs_nonzero < summary.cost.dense.macs_nonzero
     assert not (run_dir / "collapsed.pt2").exists()
 
 
@@ -318,7 +318,7 @@ def test_quickstart_final_model_collapses_with_accuracy_unchanged(tmp_path):
     summary = train.execute(train.to_run_config(cfg), tmp_path / "run")
     section = summary.collapse
     assert summary.k >= 1
-    assert abs(section.test_acc - summary.final.test_acc) <= 0.1
+    assert abs(section.test_acc - summary.kept.test_acc) <= 0.1
     assert section.after.weight_layers_on_longest_path < section.before.weight_layers_on_longest_path
     assert section.after.macs < section.before.macs and section.removed_layers
 

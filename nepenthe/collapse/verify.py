@@ -72,7 +72,7 @@ def check_step(step: str, nodes: list[str], got, expected, tolerance: float) -> 
                    f"allowed {tolerance:g} × max |output| = {tolerance * output_scale(expected[0]):.3g})")
     raise CollapseError(
         f"collapse step {step!r}{where} does not reproduce the model on the verification batch: {problem}; the "
-        f"uncollapsed model is unaffected. Collapse with merge='never', or a larger tolerance only if you accept "
+        f"model given is unaffected. Collapse with merge='never', or a larger tolerance only if you accept "
         f"that difference")
 
 

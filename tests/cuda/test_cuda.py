@@ -27,11 +27,11 @@ def test_a_tiny_nepenthe_run_trains_probes_and_collapses_on_the_gpu(run_fast):
     records = read_rounds(run_dir)
     assert [r.round for r in records] == [0, 1, 2] and records[2].sparsity > records[1].sparsity > 0.3
     collapse = summary.collapse
-    assert collapse.relative_diff_vs_original < 1e-4  # verified on the GPU against the uncollapsed model
-    assert abs(collapse.test_acc - summary.final.test_acc) <= 100 / 200  # at most one of 200 test images differs
+    assert collapse.relative_diff_vs_original < 1e-4  # verified on the GPU against the kept model
+    assert abs(collapse.test_acc - summary.kept.test_acc) <= 100 / 200  # at most one of 200 test images differs
     timed = collapse.latency_ms["eager"]
     assert collapse.latency_device.startswith("cuda")
-    assert all(timed[m]["batch_1"] > 0 for m in ("uncollapsed", "bn_folded", "collapsed"))
+    assert all(timed[m]["batch_1"] > 0 for m in ("kept", "bn_folded", "collapsed"))
 
 
 def test_bf16_autocast_and_channels_last_train_on_the_gpu(run_fast):
@@ -47,8 +47,8 @@ def test_torch_compile_trains_the_same_rounds_on_the_gpu(run_fast, tmp_path):
                         data=SYNTHETIC)
     compiled, _ = run_fast(*ON_GPU, "stop.max_rounds=1", "collapse.enabled=false", "hardware.compile=true",
                            run_dir=tmp_path / "compiled", data=SYNTHETIC)
-    assert compiled.final.sparsity == eager.final.sparsity  # the same plan: masks are decided on the same model
-    assert abs(compiled.final.test_acc - eager.final.test_acc) <= 5.0  # kernels differ, training is short
+    assert compiled.kept.sparsity == eager.kept.sparsity  # the same plan: masks are decided on the same model
+    assert abs(compiled.kept.test_acc - eager.kept.test_acc) <= 5.0  # kernels differ, training is short
 
 
 def test_in_memory_data_lives_on_the_gpu_and_batches_are_built_there():

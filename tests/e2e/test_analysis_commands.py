@@ -108,7 +108,7 @@ def test_the_resnet18_study_sweep_runs_one_lacoot_seed_on_a_small_subset_through
     frame = pd.read_csv(tmp_path / "results" / "study_fashion_mnist_resnet18" / "runs.csv")
     assert set(frame["method"]) == {"lacoot"} and set(frame["model"]) == {"resnet18_cifar"}
     assert set(frame["N"]) == {17}  # the papers' 17 rectifier units at a quarter of the width
-    final = frame[frame["is_final"]].iloc[0]
+    final = frame[frame["is_kept"]].iloc[0]
     assert final["params_dense"] < 800_000  # width 16: 0.70 M parameters (the full width has 11.2 M)
     assert final["weight_layers_dense"] == 18 and final["weight_layers_collapsed"] <= 18
     # LaCoOT removes one block per round (two weight layers each) while it stays within its max_drop

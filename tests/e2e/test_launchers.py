@@ -39,7 +39,7 @@ def test_a_two_job_sweep_through_the_local_submitit_launcher_completes_and_is_co
     logs = sorted((runs / "sweep" / ".submitit").glob("*/*_0_log.out"))
     assert len(logs) == 2 and all("Job completed successfully" in p.read_text() for p in logs)
     frame = to_frame(local_runs([str(runs)]))
-    assert sorted(frame.loc[frame["is_final"], "seed"].tolist()) == [0, 1]
+    assert sorted(frame.loc[frame["is_kept"], "seed"].tolist()) == [0, 1]
     assert len(frame) == 4  # 2 runs × rounds 0 and 1
 
 

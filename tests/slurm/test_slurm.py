@@ -189,7 +189,7 @@ def test_a_two_job_sweep_completes_on_slurm_and_is_collected(slurm_env, tmp_path
     assert len(ids) == 2 and ids[0].split("_")[0] == ids[1].split("_")[0]  # one array of two tasks
     assert all(accounting(i, slurm_env) == ["COMPLETED"] for i in ids)
     frame = to_frame(local_runs([str(runs)]))
-    assert sorted(frame.loc[frame["is_final"], "seed"].tolist()) == [0, 1]
+    assert sorted(frame.loc[frame["is_kept"], "seed"].tolist()) == [0, 1]
 
 
 def test_a_job_slurm_cancels_is_recorded_as_failed_the_sweep_waits_for_the_others_and_a_resubmission_resumes_it(
@@ -249,7 +249,7 @@ def test_a_time_limit_requeues_the_job_which_resumes_inside_its_round_with_the_r
     states = accounting(job_id, slurm_env)
     assert states[-1] == "COMPLETED" and "REQUEUED" in states[:-1], states
     assert strip(read_rounds(run_dir)) == strip(read_rounds(run_dirs(reference_root)[0]))
-    assert read_summary(run_dir).final == read_summary(run_dirs(reference_root)[0]).final
+    assert read_summary(run_dir).kept == read_summary(run_dirs(reference_root)[0]).kept
 
 
 def test_a_job_preempted_by_a_higher_priority_partition_is_requeued_and_resumes_inside_its_round(slurm_env, tmp_path):
@@ -293,7 +293,7 @@ def test_make_reproduce_table1_smoke_submits_to_a_cpu_only_cluster_with_the_pres
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "hydra/launcher=slurm" in done.stdout and "(1 jobs)" in done.stdout
     frame = to_frame(local_runs([str(tmp_path / "runs")]))
-    assert frame.loc[frame["is_final"], "method"].tolist() == ["nepenthe"]
+    assert frame.loc[frame["is_kept"], "method"].tolist() == ["nepenthe"]
     assert (tmp_path / "results" / "smoke" / "table1.md").is_file()
     [submission] = (tmp_path / "runs" / "table1_smoke" / ".submitit").glob("*/*_submission.sh")
     script = submission.read_text()
