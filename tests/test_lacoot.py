@@ -64,6 +64,18 @@ def test_mobilenetv2_cifar_units_are_its_13_stride_1_depthwise_layers_and_swin_t
         preset_units(nn.Sequential(nn.Linear(3, 3)))
 
 
+@pytest.mark.parametrize("name, removed", [("mobilenetv2_cifar", ["features.2.conv.1", "features.17.conv.1"]),
+                                           ("swin_t", ["features.1.0", "features.5.0", "features.5.1"])])
+def test_the_preset_units_stay_the_same_after_units_were_removed(name, removed):
+    # the study's LaCoOT runs on MobileNetV2 failed at round 1 indexing a removed depthwise unit; on Swin a stage whose
+    # first block was removed dropped out of the units
+    model = create_model(name, 10, 3, **({"width_mult": 0.25} if name.startswith("mobilenet") else {"embed_dim": 24}))
+    before = preset_units(model)
+    replace_by_identity(model, removed)
+    assert preset_units(model) == before and {u.module for u in before} >= set(removed)
+    assert all(isinstance(model.get_submodule(path), nn.Identity) for path in removed)
+
+
 def test_the_regulariser_is_lambda_times_the_mean_mswd_of_the_units_with_gradients_to_every_block():
     torch.manual_seed(0)
     model = create_model("resnet18_cifar", 10, 3, width=8).train()

@@ -83,6 +83,9 @@ def _mobilenet_depthwise(model: torchvision.models.MobileNetV2) -> list[Transpor
         convs = getattr(block, "conv", None)
         if convs is None or len(convs) != 4:  # features[1] (expand ratio 1) has no expanding conv before its dw
             continue
+        if isinstance(convs[1], nn.Identity):  # removed in an earlier round: still one of the units
+            units.append(TransportUnit(f"features.{i}.conv.1"))
+            continue
         depthwise = convs[1][0]
         if depthwise.stride == (1, 1) and depthwise.groups == depthwise.in_channels == depthwise.out_channels:
             units.append(TransportUnit(f"features.{i}.conv.1"))
@@ -90,8 +93,10 @@ def _mobilenet_depthwise(model: torchvision.models.MobileNetV2) -> list[Transpor
 
 
 def _swin_blocks(model: torchvision.models.SwinTransformer) -> list[TransportUnit]:
+    # a stage is a Sequential of blocks with an MLP; a block removed in an earlier round (an identity) stays a unit
     return [TransportUnit(f"features.{s}.{b}", f"features.{s}.{b}.mlp") for s, stage in enumerate(model.features)
-            if isinstance(stage, nn.Sequential) and stage and hasattr(stage[0], "mlp") for b in range(len(stage))]
+            if isinstance(stage, nn.Sequential) and any(hasattr(block, "mlp") for block in stage)
+            for b in range(len(stage))]
 
 
 def preset_units(model: nn.Module) -> list[TransportUnit]:
