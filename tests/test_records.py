@@ -145,7 +145,8 @@ def test_a_runs_csv_written_before_the_rename_reads_with_this_versions_columns(t
     assert set(frame.columns) <= set(COLUMNS)
 
 
-@pytest.mark.parametrize("results", ["smoke", "fashion_mnist_resnet18", "fashion_mnist_swin_t"])
+@pytest.mark.parametrize("results", ["smoke", "fashion_mnist_resnet18", "fashion_mnist_swin_t",
+                                     "fashion_mnist_mobilenetv2"])
 def test_the_committed_records_read_back_as_typed_records_and_agree_with_their_runs_csv(results):
     from analysis.rows import read_runs
 
