@@ -42,6 +42,7 @@ def strip(records):
     return [{k: v for k, v in r.to_dict().items() if k not in TIMING} for r in records]
 
 
+@pytest.mark.timeout(400)  # three whole runs as well
 def test_a_run_killed_mid_fine_tune_resumes_after_its_last_epoch_and_matches_an_uninterrupted_run(tmp_path):
     reference = subprocess.Popen(command(tmp_path / "reference"), cwd=tmp_path, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
@@ -81,6 +82,7 @@ def test_a_run_killed_mid_fine_tune_resumes_after_its_last_epoch_and_matches_an_
     assert read_summary(run_dir).kept == read_summary(run_dir_of(tmp_path / "reference")).kept
 
 
+@pytest.mark.timeout(400)  # three whole runs (victim, resumed, reference), each collapsed and timed: 124 s measured
 @pytest.mark.parametrize("signum", [signal.SIGUSR2, signal.SIGTERM])
 def test_a_requeue_or_preemption_signal_saves_at_the_next_batch_and_the_run_resumes_there(tmp_path, signum):
     """What Slurm sends before a time limit (SIGUSR2, through submitit) or on preemption (SIGTERM): the run stops at
