@@ -14,7 +14,7 @@ from conftest import FAST, SYNTHETIC, compose_config
 from nepenthe.data.fashion_mnist import DEBIAN_DIR, prepare_fashion_mnist, raw_dir
 from nepenthe.errors import ConfigError
 from nepenthe.experiment import Experiment
-from nepenthe.records import CollapseResult, RoundRecord, Summary
+from nepenthe.records import SCHEMA_VERSION, CollapseResult, RoundRecord, Summary
 from nepenthe.rundir import RunDir
 from nepenthe.store import load_checkpoint
 from nepenthe.tracking import read_rounds, read_summary
@@ -94,7 +94,7 @@ def test_a_run_writes_typed_records_and_a_verified_collapse(run_fast, capsys):
     for r in records[1:]:
         assert r.pruned == sum(r.plan.values()) > 0 and r.replaced_by_identity == []
     assert records[0].test_acc > 80.0  # synthetic templates are easy; a broken pipeline would sit near 10 %
-    assert json.loads((run_dir / "rounds.jsonl").read_text().splitlines()[0])["schema"] == 2
+    assert json.loads((run_dir / "rounds.jsonl").read_text().splitlines()[0])["schema"] == SCHEMA_VERSION
 
 
 @pytest.mark.slow  # make test-all: over 5 s on 2 cores
