@@ -99,12 +99,25 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from the dense network while fine-tuning (nepenthe/distill.py): the loss becomes
+    cross-entropy + weight · T² · KL(teacher's softened output ‖ the student's), T = temperature (Hinton et al.)."""
+
+    weight: float = 0.0  # 0: off (plain cross-entropy, as every run before the option existed)
+    temperature: float = 4.0
+
+
+@dataclass
 class FinetuneConfig:
     epochs: Optional[int] = None  # None: rewind the full training schedule every round (reference protocol)
     lr: Optional[float] = None  # None: train.lr
     milestones: Optional[list[int]] = None  # None: train.milestones
     # Same total fine-tuning for every method: spread over stop.max_rounds rounds (the first ones get the remainder)
     total_epochs: Optional[int] = None
+    distill: DistillConfig = field(default_factory=DistillConfig)  # every round's fine-tuning (not the dense round)
+    # The distillation teacher (here and collapse.finetune.distill): None, this run's dense model (round 0); or a
+    # run directory whose round-0 model has this run's architecture (LaCoOT: a plain, unregularised dense run)
+    teacher: Optional[str] = None
 
 
 @dataclass
@@ -119,6 +132,10 @@ class StopConfig:
 class CollapseFinetuneConfig:
     epochs: int = 0  # > 0: fine-tune the collapsed network itself (the approximate one when there is one)
     lr: Optional[float] = None  # None: finetune.lr, else train.lr (the run's optimizer settings otherwise)
+    # true: a batch norm after every conv while it trains (set to the identity at the start, folded back exactly
+    # afterwards: nepenthe/collapse/renormalize.py); false: the folded convs train bare
+    batchnorm: bool = True
+    distill: DistillConfig = field(default_factory=DistillConfig)  # its teacher: finetune.teacher's
 
 
 @dataclass
@@ -186,6 +203,11 @@ def check_stop(stop: StopConfig) -> StopConfig:
     return stop
 
 
+def check_distill(option: str, distill: DistillConfig) -> None:
+    _positive(f"{option}.weight", distill.weight, allow_zero=True)
+    _positive(f"{option}.temperature", distill.temperature)
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     if not is_known_model(cfg.model.name):
         raise unknown_name("model", cfg.model.name, list_models())
@@ -218,6 +240,12 @@ def validate(cfg: RunConfig) -> RunConfig:
                               f"{cfg.finetune.epochs} both set the fine-tuning length; keep one (the other null)")
     if cfg.finetune.lr is not None:
         _positive("finetune.lr", cfg.finetune.lr)
+    check_distill("finetune.distill", cfg.finetune.distill)
+    check_distill("collapse.finetune.distill", cfg.collapse.finetune.distill)
+    if cfg.finetune.teacher is not None and not Path(cfg.finetune.teacher).is_dir():
+        raise ConfigError(f"finetune.teacher={cfg.finetune.teacher!r} is not a directory; give a run directory (its "
+                          f"round-0 checkpoint is the teacher) or null for this run's own dense model",
+                          "finetune.teacher")
     if cfg.hardware.threads is not None:
         _positive("hardware.threads", cfg.hardware.threads)
     if cfg.hardware.sync_batchnorm and cfg.hardware.device == "cpu":
@@ -337,6 +365,9 @@ def semantic_dict(cfg: RunConfig) -> dict:
     # rounding was in every run's identity before methods had options of their own (as "nearest" where the method
     # has none): kept so, so that those runs resume
     data["pruning"]["rounding"] = data["pruning"]["rounding"] or "nearest"
+    # distillation off is what every run did before it existed: absent from the identity, so those runs resume
+    if not cfg.finetune.distill.weight:
+        del data["finetune"]["distill"], data["finetune"]["teacher"]
     for key in NON_SEMANTIC_KEYS:
         *parents, leaf = key.split(".")
         node = data

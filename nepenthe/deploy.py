@@ -27,11 +27,13 @@ from .collapse import approximate_network, collapse, fold_batchnorm_only, save_c
 from .collapse.export import OnnxRuntimeModel, export_onnx, onnx_relative_diff
 from .collapse.measure import latency_by_runtime
 from .collapse.pipeline import detached_copy
+from .collapse.renormalize import fold_batchnorms_back, with_batchnorms
 from .collapse.timing import SegmentTimer
 from .collapse.verify import outputs, relative_diff
 from .config import CollapseConfig
 from .entropy import LayerStats
 from .errors import NepentheError, NonFiniteLossError
+from .loop import DISTILL_TERM
 from .metrics import cost_report
 from .pruning.masks import make_permanent
 from .records import CollapseReport, CollapseResult, ShippedNetwork
@@ -51,8 +53,12 @@ class Deployment:
     device: torch.device = torch.device("cpu")
     amp: torch.dtype | None = None  # the run's autocast dtype; None: float32
     precision: str = "fp32"  # its name in the records
-    finetune: Callable[[nn.Module, int, float], None] | None = None  # (network, epochs, lr): trains it in place
+    # (network, epochs, lr) -> fit's result (train_loss, train_ce_loss, train_terms): trains it in place, with
+    # distillation from the dense network when collapse.finetune.distill asks
+    finetune: Callable[[nn.Module, int, float], dict] | None = None
     finetune_lr: float | None = None  # collapse.finetune.lr, else finetune.lr, else train.lr
+    train_images: Callable[[], torch.Tensor] | None = None  # training images as the model sees them (batch-norm
+    #                                                          statistics of collapse.finetune.batchnorm)
 
 
 def collapse_kept(d: Deployment, stats: dict[str, LayerStats]) -> tuple[nn.Module, CollapseReport]:
@@ -89,14 +95,18 @@ def measure_collapsed(d: Deployment, small: nn.Module, report: CollapseReport, o
         base = networks.get("approximate", small)
         before = result.approximate if result.approximate is not None else result
         try:
-            tuned = finetune_collapsed(d, base)
+            tuned, fitted = finetune_collapsed(d, base)
         except NonFiniteLossError as exc:  # an opt-in extra must not cost the run its summary
-            warn(f"the collapsed network was not fine-tuned: {exc} (collapse.finetune.lr; a collapsed network has "
-                 f"no batch norm left to steady it)")
+            hint = "" if c.finetune.batchnorm else "; collapse.finetune.batchnorm=true steadies it"
+            warn(f"the collapsed network was not fine-tuned: {exc} (collapse.finetune.lr{hint})")
         else:
-            result.finetuned = measured_network(d, tuned, epochs=c.finetune.epochs, val_acc_before=before.val_acc,
-                                                test_acc_before=before.test_acc,
-                                                relative_diff=_relative(tuned, small, batch))
+            distill = c.finetune.distill
+            result.finetuned = measured_network(
+                d, tuned, epochs=c.finetune.epochs, val_acc_before=before.val_acc, test_acc_before=before.test_acc,
+                relative_diff=_relative(tuned, small, batch), lr=d.finetune_lr, batchnorm=c.finetune.batchnorm,
+                distill_weight=distill.weight, distill_temperature=distill.temperature if distill.weight else None,
+                train_loss=fitted.get("train_loss"), train_ce_loss=fitted.get("train_ce_loss"),
+                train_distill_loss=fitted.get("train_terms", {}).get(DISTILL_TERM))
             networks["finetuned"] = shipped["finetuned"] = tuned
     if out_dir is not None:
         save_files(d, shipped, RunDir(out_dir), result, warn)
@@ -116,15 +126,22 @@ def _relative(network: nn.Module, reference: nn.Module, batch: torch.Tensor) -> 
     return relative_diff(outputs(network, batch)[0], outputs(reference, batch)[0])
 
 
-def finetune_collapsed(d: Deployment, network: nn.Module) -> nn.Module:
+def finetune_collapsed(d: Deployment, network: nn.Module) -> tuple[nn.Module, dict]:
     """A copy of ``network`` (a collapsed graph: a trainable module) fine-tuned ``collapse.finetune.epochs`` epochs by
-    ``d.finetune`` at ``d.finetune_lr``."""
+    ``d.finetune`` at ``d.finetune_lr``, and what the fit reported. With ``collapse.finetune.batchnorm`` a batch norm
+    sits after every conv while it trains (the identity at the start) and is folded back exactly afterwards
+    (:mod:`nepenthe.collapse.renormalize`): the network shipped has the collapsed network's layers."""
     assert d.finetune is not None and d.finetune_lr is not None, "a deployment without a way to fine-tune"
-    tuned = copy.deepcopy(network)
+    tuned, inserted = copy.deepcopy(network), cast(list[str], [])
+    if d.settings.finetune.batchnorm:
+        images = d.train_images() if d.train_images is not None else d.batch
+        tuned, inserted = with_batchnorms(cast(fx.GraphModule, tuned), images)
     for parameter in tuned.parameters():
         parameter.requires_grad_(True)
-    d.finetune(tuned, d.settings.finetune.epochs, d.finetune_lr)
-    return tuned.eval()
+    fitted = d.finetune(tuned, d.settings.finetune.epochs, d.finetune_lr)
+    if inserted:
+        tuned = fold_batchnorms_back(cast(fx.GraphModule, tuned), inserted)
+    return tuned.eval(), fitted or {}
 
 
 def save_files(d: Deployment, shipped: dict[str, nn.Module], out_dir: RunDir, result: CollapseResult,

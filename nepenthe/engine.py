@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -82,8 +82,9 @@ def _to_device(x, y, device, channels_last):
 
 
 class LossTerm(Protocol):
-    """A method's term added to the cross-entropy during training (LaCoOT's transport regulariser): attached to the
-    model for one fit, it sees the forward pass through hooks and returns its weighted term for the last batch."""
+    """A term added to the cross-entropy during training (LaCoOT's transport regulariser, distillation from the
+    dense network): attached to the model for one fit, it sees the forward pass through hooks and returns its
+    weighted term for the last batch."""
 
     def attach(self, model: nn.Module) -> None: ...
 
@@ -118,17 +119,31 @@ class _Stopped(Exception):
         self.signum, self.batches, self.sums = signum, batches, sums
 
 
+def _partial_term_sums(sums: dict, names: list[str]) -> dict[str, float]:
+    """The loss terms' sums of an epoch that stopped part-way (written before terms were named: one "term")."""
+    if "terms" in sums:
+        return dict(sums["terms"])
+    return {names[0]: sums.get("term", 0.0)} if len(names) == 1 else {}
+
+
 def train_one_epoch(model, loader, optimizer, plan: TrainingPlan, *, desc: str | None = None, check_every=50,
-                    loss_term: LossTerm | None = None, skip: int = 0, sums: dict | None = None) -> dict:
-    """One epoch, where and how ``plan`` says (device, precision, memory format, progress bar). ``skip`` batches are
-    drawn (the loader's random stream advances as before) but not trained on, and ``sums`` continue an epoch that
-    stopped there. A stop requested by a signal (:mod:`nepenthe.interrupt`) ends the epoch after the batch in
-    progress with :class:`_Stopped`."""
+                    loss_terms: Mapping[str, LossTerm] | None = None, skip: int = 0, sums: dict | None = None) -> dict:
+    """One epoch, where and how ``plan`` says (device, precision, memory format, progress bar): the loss is the
+    cross-entropy plus every one of ``loss_terms`` (by name), each part's mean returned (``ce``, ``terms``).
+    ``skip`` batches are drawn (the loader's random stream advances as before) but not trained on, and ``sums``
+    continue an epoch that stopped there. A stop requested by a signal (:mod:`nepenthe.interrupt`) ends the epoch
+    after the batch in progress with :class:`_Stopped`."""
     device, amp_dtype, channels_last = plan.device, plan.amp_dtype, plan.channels_last
+    loss_terms = dict(loss_terms or {})
+    names = list(loss_terms)
     model.train()
     sums = sums or {}
     loss_sum = torch.tensor(sums.get("loss", 0.0), device=device, dtype=torch.float64)
-    term_sum = torch.tensor(sums.get("term", 0.0), device=device, dtype=torch.float64)
+    # an epoch stopped before the cross-entropy was summed apart: its loss less its terms
+    ce_sum = torch.tensor(sums.get("ce", sums.get("loss", 0.0) - sums.get("term", 0.0)), device=device,
+                          dtype=torch.float64)
+    partial = _partial_term_sums(sums, names)
+    term_sums = {name: torch.tensor(partial.get(name, 0.0), device=device, dtype=torch.float64) for name in names}
     correct = torch.tensor(sums.get("correct", 0), device=device, dtype=torch.long)
     seen = int(sums.get("seen", 0))
     bar = tqdm(loader, desc=desc or plan.desc, leave=False, disable=not plan.progress, initial=skip)
@@ -141,9 +156,10 @@ def train_one_epoch(model, loader, optimizer, plan: TrainingPlan, *, desc: str |
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y)
-        if loss_term is not None:
+        ce_sum += loss.detach().double() * y.shape[0]
+        for name, loss_term in loss_terms.items():
             term = loss_term()
-            term_sum += term.detach().double() * y.shape[0]
+            term_sums[name] += term.detach().double() * y.shape[0]
             loss = loss + term
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -162,19 +178,19 @@ def train_one_epoch(model, loader, optimizer, plan: TrainingPlan, *, desc: str |
             bar.set_postfix(loss=f"{value:.3f}")
         signum = interrupt.requested()
         if signum is not None and step + 1 < len(loader):
-            raise _Stopped(signum, step + 1, {"loss": float(loss_sum), "term": float(term_sum),
+            raise _Stopped(signum, step + 1, {"loss": float(loss_sum), "ce": float(ce_sum),
+                                              "terms": {n: float(v) for n, v in term_sums.items()},
                                               "correct": int(correct), "seen": seen})
-    totals = torch.stack([loss_sum, term_sum, correct.double(), torch.tensor(float(seen), device=device,
-                                                                             dtype=torch.float64)])
+    totals = torch.stack([loss_sum, ce_sum, *term_sums.values(), correct.double(),
+                          torch.tensor(float(seen), device=device, dtype=torch.float64)])
     plan.collective.all_reduce_sum([totals])  # a distributed run: every process's part of the epoch
-    loss_total, term_total, correct_total, seen_total = (float(v) for v in totals)
-    mean_loss = loss_total / max(seen_total, 1)
+    loss_total, ce_total, *term_totals, correct_total, seen_total = (float(v) for v in totals)
+    seen_total = max(seen_total, 1)
+    mean_loss = loss_total / seen_total
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError(f"{desc}: mean loss is {mean_loss}; lower train.lr{_precision_hint(amp_dtype)}")
-    result = {"loss": mean_loss, "acc": 100.0 * correct_total / max(seen_total, 1)}
-    if loss_term is not None:
-        result["term"] = term_total / max(seen_total, 1)
-    return result
+    return {"loss": mean_loss, "acc": 100.0 * correct_total / seen_total, "ce": ce_total / seen_total,
+            "terms": {name: total / seen_total for name, total in zip(names, term_totals)}}
 
 
 @torch.no_grad()
@@ -214,17 +230,19 @@ def set_rng_state(state: dict) -> None:
 
 
 def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epoch_end=None,
-        loss_term: LossTerm | None = None, wrap=None) -> dict:
-    """Train ``plan.train.epochs`` epochs with a fresh optimizer and schedule; returns ``train_loss``, ``train_acc``,
-    ``epochs`` (and ``train_term``, the loss term's mean over the last epoch, when there is one).
+        loss_terms: Mapping[str, LossTerm] | None = None, wrap=None) -> dict:
+    """Train ``plan.train.epochs`` epochs with a fresh optimizer and schedule; returns ``train_loss`` (the whole
+    loss), ``train_acc``, ``epochs``, ``train_ce_loss`` (its cross-entropy part) and ``train_terms`` ({name: mean}
+    of each loss term), all over the last epoch.
 
     ``on_epoch_end(state)`` receives, after every epoch, what continuing needs besides the model's own state
     (epochs done, optimizer, scheduler, RNG streams, last metrics); ``resume=state`` continues from it, and the model
     (loaded by the caller) then ends exactly where an uninterrupted call would. A stop requested by a signal
     (:mod:`nepenthe.interrupt`) hands ``on_epoch_end`` the same state at the batch boundary where training stopped
     (``batch``: the batches of the epoch in progress already trained, with their sums), then raises
-    :class:`~nepenthe.interrupt.StopRequested`; resuming from that state trains the rest of that epoch. ``loss_term``
-    is attached to the model for this fit and its value added to every batch's loss. ``wrap(model)`` gives the module
+    :class:`~nepenthe.interrupt.StopRequested`; resuming from that state trains the rest of that epoch. Every one of
+    ``loss_terms`` is attached to the model for this fit and its value added to every batch's loss (a method's
+    regulariser, distillation). ``wrap(model)`` gives the module
     that trains (``DistributedDataParallel`` in a distributed run); the state always belongs to ``model``.
     """
     if plan.train.epochs < 0:
@@ -234,7 +252,7 @@ def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epo
     scheduler = make_scheduler(optimizer, t.schedule, t.epochs, t.milestones, t.gamma)
     step_model = wrap(model) if wrap is not None else model
     step_model = torch.compile(step_model) if plan.compile else step_model
-    last = {"loss": float("nan"), "acc": float("nan")}
+    last: dict[str, Any] = {"loss": float("nan"), "acc": float("nan")}
     start, skip, sums = 0, 0, None
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
@@ -242,7 +260,8 @@ def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epo
         set_rng_state(resume["rng"])
         start, last = resume["epoch"], resume["last"]
         skip, sums = resume.get("batch", 0), resume.get("sums")
-    if loss_term is not None:
+    loss_terms = dict(loss_terms or {})
+    for loss_term in loss_terms.values():
         loss_term.attach(model)
 
     def state(epoch_done: int, **partial) -> dict:
@@ -256,7 +275,7 @@ def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epo
                 loader.set_epoch(plan.first_epoch + epoch)
             try:
                 last = train_one_epoch(step_model, loader, optimizer, plan,
-                                       desc=f"{plan.desc} {epoch + 1}/{plan.train.epochs}", loss_term=loss_term,
+                                       desc=f"{plan.desc} {epoch + 1}/{plan.train.epochs}", loss_terms=loss_terms,
                                        skip=skip, sums=sums)
             except _Stopped as stop:
                 if on_epoch_end is not None:
@@ -270,12 +289,14 @@ def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epo
             if on_epoch_end is not None:
                 on_epoch_end(state(epoch + 1))
     finally:
-        if loss_term is not None:
+        for loss_term in loss_terms.values():
             loss_term.detach()
-    result = {"train_loss": last["loss"], "train_acc": last["acc"], "epochs": plan.train.epochs}
-    if "term" in last:
-        result["train_term"] = last["term"]
-    return result
+    # an epoch state written before the parts were kept apart has "term" only (one term) and no "ce"
+    terms: dict[str, float] = dict(last["terms"]) if "terms" in last else (
+        _partial_term_sums(last, list(loss_terms)) if "term" in last else {})
+    loss = float(last["loss"])
+    return {"train_loss": loss, "train_acc": last["acc"], "epochs": plan.train.epochs,
+            "train_ce_loss": last.get("ce", loss - sum(terms.values())), "train_terms": terms}
 
 
 def _precision_hint(amp_dtype) -> str:

@@ -18,11 +18,13 @@ from .config import RunConfig, create_method_from, load_run_config, validate
 from .data import create_data
 from .deploy import Deployment
 from .discovery import model_units
+from .distill import DistillationLoss
 from .distributed import SINGLE, Collective, restore_batchnorm
 from .engine import TrainingPlan, autocast_dtype, evaluate, fit, resolve_device, seed_everything
 from .entropy import probe_units
 from .errors import NepentheError
 from .estimate import BatchClock, RunWork, estimate_run
+from .loop import DISTILL_TERM, METHOD_TERM
 from .models import create_model
 from .records import RoundRecord, RunEstimate
 from .rundir import RunDir
@@ -59,6 +61,11 @@ class Experiment:
         self.estimate: RunEstimate | None = None
         self.on_estimate: Callable[[RunEstimate], None] | None = None
         self.clock = BatchClock(self._measured, device=self.device)
+        # where distillation finds this run's dense model (the runner: its store's round 0), and the teacher loaded
+        self.dense_checkpoint: Callable[[], Checkpoint] | None = None
+        self._teacher: torch.nn.Module | None = None
+        if cfg.finetune.teacher is not None and cfg.finetune.distill.weight:
+            self.teacher()  # another run's model: checked now, before anything is trained or written
 
     def new_model(self) -> torch.nn.Module:
         """A freshly initialised model, the same for the same seed; the global random streams are left as they were."""
@@ -135,13 +142,40 @@ class Experiment:
         distributed run through DistributedDataParallel."""
         seed_everything(round_seed(self.cfg.seed, round_index))
         resume = checkpoints.restore(self.model)
+        terms = {METHOD_TERM: self.method.loss_term(self.model)}
+        distill = self.cfg.finetune.distill
+        if round_index > 0 and distill.weight and self.epochs_for(round_index):
+            terms[DISTILL_TERM] = DistillationLoss(self.teacher(), distill.weight, distill.temperature)
         try:
             return fit(self.model, self.train_loader, self.training_plan(round_index), resume=resume,
                        on_epoch_end=lambda state: checkpoints.save(self.model, state),
-                       loss_term=self.method.loss_term(self.model),
+                       loss_terms={name: term for name, term in terms.items() if term is not None},
                        wrap=self.collective.wrapper(self.device, self.cfg.hardware.sync_batchnorm))
         finally:
             restore_batchnorm(self.model)  # SyncBatchNorm only while training
+
+    def teacher(self) -> torch.nn.Module:
+        """The distillation teacher (``finetune.teacher``): the round-0 model of the run directory it names, else
+        this run's own dense model (its round-0 checkpoint, through :attr:`dense_checkpoint`)."""
+        if self._teacher is None:
+            source = self.cfg.finetune.teacher
+            if source is not None:
+                path = RunDir(source).checkpoint(0)
+                if not path.is_file():
+                    raise NepentheError(f"finetune.teacher={source!r} holds no round-0 checkpoint ({path.name}); "
+                                        f"give a run directory whose dense round finished")
+                ckpt = load_checkpoint(path)
+            elif self.dense_checkpoint is not None:
+                ckpt = self.dense_checkpoint()
+            else:
+                raise NepentheError("distillation needs the dense model: this run has no store to read round 0 "
+                                    "from (set finetune.teacher to a run directory)")
+            try:
+                self._teacher = restore_model(self.new_model(), ckpt)
+            except RuntimeError as exc:  # another architecture's state dict
+                raise NepentheError(f"the teacher's round-0 checkpoint does not fit this run's model "
+                                    f"{self.cfg.model.name}: {str(exc).splitlines()[0]}") from exc
+        return self._teacher
 
     def probe(self, model=None):
         e = self.cfg.entropy
@@ -176,16 +210,27 @@ class Experiment:
         return Deployment(model=self.model, batch=self.verify_batch(), settings=c, assess=self.assess,
                           layouts=unit_layouts(self.units), device=self.device, amp=self.amp,
                           precision=cfg.hardware.precision, finetune=self.train_collapsed,
-                          finetune_lr=c.finetune.lr or cfg.finetune.lr or cfg.train.lr)
+                          finetune_lr=c.finetune.lr or cfg.finetune.lr or cfg.train.lr,
+                          train_images=self.train_images)
 
-    def train_collapsed(self, network: torch.nn.Module, epochs: int, lr: float) -> None:
+    def train_collapsed(self, network: torch.nn.Module, epochs: int, lr: float) -> dict:
         """Train ``network`` (a collapsed graph) in place on the training split with the run's optimizer settings:
-        ``epochs`` at ``lr``, no milestones, its own random draws apart from every round's."""
+        ``epochs`` at ``lr``, no milestones, its own random draws apart from every round's; distilled from the dense
+        network when ``collapse.finetune.distill.weight`` > 0."""
         plan = self.training_plan(1)
         plan = replace(plan, train=replace(plan.train, epochs=epochs, lr=lr, milestones=[]),
                        desc="collapsed fine-tune", compile=False)
+        distill = self.cfg.collapse.finetune.distill
+        terms = {DISTILL_TERM: DistillationLoss(self.teacher(), distill.weight, distill.temperature)} \
+            if distill.weight else {}
         seed_everything(self.cfg.seed * 1000 + FINETUNE_SEED_OFFSET)
-        fit(network, self.train_loader, plan)
+        return fit(network, self.train_loader, plan, loss_terms=terms)
+
+    def train_images(self) -> torch.Tensor:
+        """The first training batch of the run's seed (augmented as training sees it), on the training device."""
+        images, _ = next(iter(self.data.loader("train", self.cfg.train.batch_size, seed=self.cfg.seed)))
+        images = images.to(self.device)
+        return images.contiguous(memory_format=torch.channels_last) if self.cfg.hardware.channels_last else images
 
     def verify_batch(self) -> torch.Tensor:
         """The first test images, preprocessed as the model sees them: the real data collapse is verified on."""
@@ -210,17 +255,21 @@ def chosen_round(run_dir: Path, requested: int | None) -> int:
 def restore_run(run_dir: str | Path, round_index: int | None = None, *, device=None, data_root=None,
                 **collapse_settings) -> tuple[Experiment, RoundRecord]:
     """Rebuild a run from its directory with one round's checkpoint loaded: ``(experiment, that round's record)``.
-    ``collapse_settings`` are ``collapse.*`` keys (merge, tolerance, onnx, runtimes, ...); those left at None, and
+    ``collapse_settings`` are ``collapse.*`` keys (merge, tolerance, onnx, runtimes, ...; ``finetune_epochs``,
+    ``finetune_lr``, ``finetune_batchnorm``, ``distill_weight``, ``distill_temperature`` for
+    ``collapse.finetune.*``); those left at None, and
     ``device`` / ``data_root`` left at None, keep the run's own settings."""
     run_dir = Path(run_dir)
     config = RunDir(run_dir).config
     if not config.is_file():
         raise NepentheError(f"{run_dir} is not a run directory (no {config.name}); pass the folder train.py wrote")
     cfg = load_run_config(config)
-    finetune = collapse_settings.pop("finetune_epochs", None)
+    finetune = {key: collapse_settings.pop(f"finetune_{key}", None) for key in ("epochs", "lr", "batchnorm")}
+    distill = {key: collapse_settings.pop(f"distill_{key}", None) for key in ("weight", "temperature")}
     cfg.collapse = replace(cfg.collapse, **{k: v for k, v in collapse_settings.items() if v is not None})
-    if finetune is not None:
-        cfg.collapse.finetune = replace(cfg.collapse.finetune, epochs=finetune)
+    cfg.collapse.finetune = replace(cfg.collapse.finetune, **{k: v for k, v in finetune.items() if v is not None})
+    cfg.collapse.finetune.distill = replace(cfg.collapse.finetune.distill,
+                                            **{k: v for k, v in distill.items() if v is not None})
     cfg.hardware = replace(cfg.hardware, device=device or cfg.hardware.device)
     cfg.dataset = replace(cfg.dataset, root=data_root or cfg.dataset.root)
     cfg.progress = False
@@ -234,4 +283,5 @@ def restore_run(run_dir: str | Path, round_index: int | None = None, *, device=N
     ckpt = load_checkpoint(path)
     exp = Experiment(cfg)
     exp.model = exp.load_round(ckpt)
+    exp.dense_checkpoint = lambda: load_checkpoint(RunDir(run_dir).checkpoint(0))  # the distillation teacher
     return exp, ckpt.records[round_index]

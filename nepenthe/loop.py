@@ -32,6 +32,8 @@ from .store import Checkpoint, EpochCheckpoints, MemoryStore, Store, check_same_
 from .tracking import RunRecorder
 from .units import Unit, find_module, weight_layer_names
 
+METHOD_TERM, DISTILL_TERM = "method", "distill"  # the names of the loss terms a round's fit reports (train_terms)
+
 
 class Steps(Protocol):
     """What the loop needs from a run: the model (reassigned when a round is reloaded), its units, the method."""
@@ -41,7 +43,8 @@ class Steps(Protocol):
     method: Method
     collective: Collective  # the processes running this loop together (distributed.SINGLE: one)
 
-    def fit(self, round_index: int, checkpoints: EpochCheckpoints) -> dict: ...  # train_acc, train_loss, epochs
+    # train_acc, train_loss, epochs; optional: train_ce_loss, train_terms {METHOD_TERM: ..., DISTILL_TERM: ...}
+    def fit(self, round_index: int, checkpoints: EpochCheckpoints) -> dict: ...
 
     def probe(self, model: nn.Module | None = None) -> dict[str, LayerStats]: ...
 
@@ -133,7 +136,8 @@ def round_record(steps: Steps, round_index: int, stats: dict[str, LayerStats], p
         val_acc=scores["val_acc"], test_acc=scores.get("test_acc"), val_loss=scores.get("val_loss"),
         test_loss=scores.get("test_loss"), extra_scores={k: v for k, v in scores.items() if k not in known},
         train_acc=fitted.get("train_acc"), train_loss=fitted.get("train_loss"),
-        train_reg_loss=fitted.get("train_term"), epochs=fitted.get("epochs"),
+        train_ce_loss=fitted.get("train_ce_loss"), train_reg_loss=fitted.get("train_terms", {}).get(METHOD_TERM),
+        train_distill_loss=fitted.get("train_terms", {}).get(DISTILL_TERM), epochs=fitted.get("epochs"),
         method_stats=method_stats, wall_time_s=wall, elapsed_s=elapsed, processes=steps.collective.world,
     )
 

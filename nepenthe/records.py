@@ -143,9 +143,14 @@ class RoundRecord(Record):
     val_loss: Optional[float] = doc("mean cross-entropy on the validation split", None)
     test_loss: Optional[float] = doc("mean cross-entropy on the test split", None)
     train_acc: Optional[float] = doc("training top-1 of the round's last epoch (augmented batches, train mode)", None)
-    train_loss: Optional[float] = doc("training cross-entropy of the round's last epoch", None)
-    train_reg_loss: Optional[float] = doc("a method's training regulariser (LaCoOT: mean MSWD over units), last "
+    train_loss: Optional[float] = doc("training loss of the round's last epoch: the cross-entropy plus the terms "
+                                      "below", None)
+    train_ce_loss: Optional[float] = doc("its cross-entropy part (None: written before the parts were recorded)",
+                                         None)
+    train_reg_loss: Optional[float] = doc("a method's training regulariser (LaCoOT: λ · mean MSWD over units), last "
                                           "epoch's mean; None when the method adds none", None)
+    train_distill_loss: Optional[float] = doc("the distillation term (finetune.distill: weight · T² · KL to the dense "
+                                              "teacher), last epoch's mean; None without distillation", None)
     epochs: Optional[int] = doc("training epochs spent in this round", None)
     pruned: int = doc("weights removed this round", 0)
     plan: dict[str, int] = doc("{layer: weights removed this round}", factory=dict)
@@ -239,6 +244,14 @@ class ShippedNetwork(Record):
     epochs: int = doc("fine-tuning epochs it was trained for (0: not fine-tuned)", 0)
     val_acc_before: Optional[float] = doc("fine-tuned: validation top-1 before fine-tuning", None)
     test_acc_before: Optional[float] = doc("fine-tuned: test top-1 before fine-tuning", None)
+    lr: Optional[float] = doc("fine-tuned: its learning rate", None)
+    batchnorm: Optional[bool] = doc("fine-tuned: trained with a batch norm after every conv, folded back afterwards "
+                                    "(collapse.finetune.batchnorm)", None)
+    distill_weight: Optional[float] = doc("fine-tuned: the distillation weight (0: plain cross-entropy)", None)
+    distill_temperature: Optional[float] = doc("fine-tuned: the distillation temperature, when distilled", None)
+    train_loss: Optional[float] = doc("fine-tuned: training loss of its last epoch", None)
+    train_ce_loss: Optional[float] = doc("fine-tuned: its cross-entropy part", None)
+    train_distill_loss: Optional[float] = doc("fine-tuned: its distillation part, when distilled", None)
     file: Optional[str] = doc("its torch.export program in the run directory", None)
     onnx_file: Optional[str] = doc("its ONNX file in the run directory (when exported)", None)
 

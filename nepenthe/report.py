@@ -71,7 +71,13 @@ def format_collapse(section: CollapseResult, kept_test_acc: float | None) -> lis
     if section.approximate is not None:
         lines.append(format_network("with approximate merges", section.approximate, before))
     if section.finetuned is not None:
-        lines.append(format_network(f"fine-tuned {section.finetuned.epochs} epochs", section.finetuned, before))
+        tuned = section.finetuned
+        how = [f"lr {tuned.lr:g}"] if tuned.lr is not None else []
+        how += ["batch norms in, folded back"] if tuned.batchnorm else []
+        how += [f"distilled (weight {tuned.distill_weight:g}, T {tuned.distill_temperature:g})"] \
+            if tuned.distill_weight else []
+        lines.append(format_network(f"fine-tuned {tuned.epochs} epochs" + (f" ({', '.join(how)})" if how else ""),
+                                    tuned, before))
     lines += format_latency(section)
     if section.file:
         files = section.file + (f" and {section.onnx_file} (ONNX Runtime matches it to "

@@ -43,6 +43,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, config_yaml: str | None 
     identity = semantic_dict(cfg)
     with RunLock(run_dir) if main else contextlib.nullcontext():  # one writer per run directory
         store = DirStore(run_dir) if main else FollowerStore(run_dir)
+        exp.dense_checkpoint = lambda: store.load(0)  # the distillation teacher (finetune.distill)
         # process 0 prepares the directory (or refuses it: raised on every process)
         done = collective.outcome(previous_run, cfg, run_dir, store, identity)
         if done is not None:

@@ -40,6 +40,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also build the network with border-ring merges and measure it on its own")
     parser.add_argument("--finetune-epochs", type=int, default=None,
                         help="fine-tune the collapsed (approximate) network this many epochs")
+    parser.add_argument("--finetune-lr", type=float, default=None, help="its learning rate (default: the run's "
+                        "collapse.finetune.lr, else finetune.lr, else train.lr)")
+    parser.add_argument("--finetune-batchnorm", action=argparse.BooleanOptionalAction, default=None,
+                        help="a batch norm after every conv while it trains, folded back afterwards (default: the "
+                        "run's collapse.finetune.batchnorm)")
+    parser.add_argument("--distill-weight", type=float, default=None, help="distil it from the run's dense model "
+                        "with this weight (default: the run's collapse.finetune.distill.weight; 0: off)")
+    parser.add_argument("--distill-temperature", type=float, default=None, help="the distillation temperature")
     parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
                         help="export collapsed.onnx, verified in ONNX Runtime (default: the run's collapse.onnx)")
     parser.add_argument("--runtimes", nargs="+", default=None, choices=RUNTIMES,
@@ -56,7 +64,9 @@ def run(args: argparse.Namespace):
                               merge=args.merge, tolerance=args.tolerance, verify_batch=args.verify_batch,
                               approximate_activations=args.approximate_activations, onnx=args.onnx,
                               runtimes=args.runtimes, approximate_merges=args.approximate_merges,
-                              finetune_epochs=args.finetune_epochs)
+                              finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+                              finetune_batchnorm=args.finetune_batchnorm, distill_weight=args.distill_weight,
+                              distill_temperature=args.distill_temperature)
     out = args.out or args.run_dir
     out.mkdir(parents=True, exist_ok=True)
     deployment = exp.deployment()

@@ -91,12 +91,18 @@ def test_a_loss_term_is_added_to_every_batch_and_reported():
         def __call__(self):
             return torch.tensor(0.25)
 
+    class Scaled(Constant):
+        def __call__(self):
+            return torch.tensor(0.5)
+
     plain = fit(pruned_cnn(), loader(), PLAN)
-    with_term = fit(pruned_cnn(), loader(), PLAN, loss_term=Constant())
-    # a constant adds nothing to the gradients: the same weights, the loss 0.25 higher
-    assert with_term["train_loss"] == pytest.approx(plain["train_loss"] + 0.25, abs=1e-6)
-    assert with_term["train_term"] == pytest.approx(0.25) and "train_term" not in plain
-    assert Constant.attached == Constant.detached == 1
+    with_terms = fit(pruned_cnn(), loader(), PLAN, loss_terms={"a": Constant(), "b": Scaled()})
+    # constants add nothing to the gradients: the same weights, the loss 0.75 higher, each part reported apart
+    assert with_terms["train_loss"] == pytest.approx(plain["train_loss"] + 0.75, abs=1e-6)
+    assert with_terms["train_ce_loss"] == pytest.approx(plain["train_loss"], abs=1e-6)
+    assert with_terms["train_terms"] == pytest.approx({"a": 0.25, "b": 0.5}) and plain["train_terms"] == {}
+    assert plain["train_ce_loss"] == plain["train_loss"]
+    assert Constant.attached == Constant.detached == 2
 
 
 def test_the_nan_hint_suggests_fp32_only_to_bf16_runs():
