@@ -32,7 +32,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from nepenthe.pruning.registry import METHODS  # noqa: E402
 
-from .rows import TIMED, read_runs  # noqa: E402
+from .rows import TIMED, base_method, read_runs  # noqa: E402
 from .tables import by_validation, label, method_order, pair_label, plain_dense  # noqa: E402
 
 FADED = 0.25  # alpha of rounds past the stop rule
@@ -52,8 +52,25 @@ def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _colours(frame: pd.DataFrame) -> dict[str, str]:
-    """Each method's colour of its registry entry (unknown ones gray), in the papers' order."""
-    return {m: METHODS[m].colour if m in METHODS else "tab:gray" for m in method_order(frame["method"])}
+    """Each method's colour of its registry entry (unknown ones gray), in the papers' order; the settings of one
+    method (qualified methods) in shades of its colour, darkest first."""
+    methods = method_order(frame["method"])
+    colours = {}
+    for m in methods:
+        base = base_method(m)
+        colour = METHODS[base].colour if base in METHODS else "tab:gray"
+        siblings = [s for s in methods if base_method(s) == base]
+        if len(siblings) > 1:
+            colour = _shade(colour, siblings.index(m) / (len(siblings) - 1))
+        colours[m] = colour
+    return colours
+
+
+def _shade(colour: str, lightness: float):
+    """``colour`` darkened (lightness 0) to lightened (1): settings of one method told apart, still its hue."""
+    rgb = np.asarray(matplotlib.colors.to_rgb(colour))
+    dark, light = rgb * 0.6, rgb + (1 - rgb) * 0.55
+    return tuple(float(v) for v in dark * (1 - lightness) + light * lightness)
 
 
 def _runs(g: pd.DataFrame):

@@ -10,9 +10,10 @@ A sweep is a Hydra preset (conf/experiment/<name>.yaml with ``hydra.sweeper.para
 swept key's values, ``--extra`` adds overrides, ``--launcher`` picks conf/hydra/launcher (``slurm``: its
 resources follow each job's ``hardware.device``; ``local``; default: one job after another here). Before launching anything, every job of the sweep is composed and
 what it needs is checked (a GPU where it asks for CUDA, its dataset on disk, its initial weights): a missing piece is
-one line naming the fix. Outputs go to ``RESULTS/<scale or experiment>/`` (``--out-name`` names another folder): runs.csv,
-{table1,matched_k,matched_sparsity,matched_macs}.{md,tex,csv}, figures/*.png|pdf. ``--no-sweep`` renders the run
-directories already there without running anything. A failed sweep still renders what finished, then exits 1.
+one line naming the fix. Outputs go to ``RESULTS/<scale or experiment>/`` (``--out-name`` names another folder):
+runs.csv, {table1,matched_k,matched_sparsity,matched_macs,frontier,frontier_best}.{md,tex,csv}, figures/*.png|pdf
+(analysis/frontier.py reads a latency.csv of bench/frontier_latency.py already in that folder). ``--no-sweep``
+renders the run directories already there without running anything. A failed sweep still renders what finished, then exits 1.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 
-from . import collect, plots, tables
+from . import collect, frontier, plots, tables
+from .rows import read_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALES = {"smoke": "table1_smoke", "published": "table1"}  # make reproduce-table1 SCALE=... -> conf/experiment
@@ -146,9 +147,11 @@ def render(runs: Path, out: Path) -> Path:
         raise SystemExit(f"error: no run directories under {runs}")
     out.mkdir(parents=True, exist_ok=True)
     collect.to_frame(rows).to_csv(out / "runs.csv", index=False)
-    frame = pd.read_csv(out / "runs.csv")  # render from the file, exactly as a later `analysis.tables` call would
+    frame = read_runs(out / "runs.csv")  # render from the file, exactly as a later `analysis.tables` call would
     shown = tables.write_all(frame, out)
     plots.all_figures(frame, out / "figures")
+    # the depth-accuracy frontier, with the careful latency of bench/frontier_latency.py when it was measured
+    frontier.write_frontier(frame, out, frontier.read_latency(out / "latency.csv"))
     print(shown["table1"].to_markdown(index=False, disable_numparse=True))
     print(f"results in {out}/ (runs.csv, {', '.join(shown)} as .md/.tex/.csv, figures/)")
     return out

@@ -94,6 +94,9 @@ class Row:
     collapsed_test_acc_fp32: float = col("the collapsed model's test top-1 in float32")
     regularised_dense: bool = col("round 0 trained with the method's regulariser (LaCoOT, lambda_reg > 0): not the "
                                   "plain dense network the other methods start from", False)
+    setting: str = col("JSON of what a sweep may vary for the method: ratio (methods that prune by one), the "
+                       "method's own options, distill (finetune.distill.weight); runs of one method that differ here "
+                       "are shown apart (qualified_methods)", "")
 
 
 COLUMNS = [f.name for f in fields(Row)]
@@ -158,6 +161,60 @@ def _kept_fields(summary: Summary, kept_test_acc: float, precision: str) -> dict
     return values
 
 
+def run_setting(config: dict) -> str:
+    """The run's :attr:`Row.setting`: the knobs of its method that a sweep varies, as sorted JSON."""
+    pruning = config.get("pruning") or {}
+    entry = METHODS.get(pruning.get("method"))
+    knobs: dict = {}
+    if entry is not None:
+        if entry.uses_ratio:
+            knobs["ratio"] = pruning.get("ratio")
+        knobs.update({key: pruning.get(key) for key in entry.option_names})
+    knobs["distill"] = float(((config.get("finetune") or {}).get("distill") or {}).get("weight") or 0.0)
+    return json.dumps(knobs, sort_keys=True)
+
+
+SHORT_KNOBS = {"lambda_reg": "λ", "distill": "distill", "ratio": "ratio"}
+
+
+def variant_label(knobs: dict, varying: list[str]) -> str:
+    return ", ".join(f"{SHORT_KNOBS.get(key, key)}={knobs.get(key)!s}".replace(".0,", ",").removesuffix(".0")
+                     for key in varying)
+
+
+def qualified_methods(frame: pd.DataFrame) -> pd.DataFrame:
+    """Runs of one method with different settings (a sweep over its knobs) shown apart: their ``method`` becomes
+    ``name[variant]`` (``lacoot[λ=0.5]``), naming only the knobs that differ between them; a frame with one setting
+    per method (or none recorded) is returned as it is. Tables and figures group by this column."""
+    if "setting" not in frame.columns or not frame["setting"].fillna("").astype(bool).any():
+        return frame
+    frame = frame.copy()
+    settings = frame["setting"].fillna("").astype(str)
+    for (_model, _dataset, method), g in frame.groupby(["model", "dataset", "method"]):
+        distinct = sorted(set(settings[g.index]) - {""})
+        if len(distinct) < 2:
+            continue
+        parsed = {text: json.loads(text) for text in distinct}
+        keys = sorted({key for knobs in parsed.values() for key in knobs})
+        varying = [key for key in keys if len({json.dumps(knobs.get(key)) for knobs in parsed.values()}) > 1]
+        for index in g.index:
+            knobs = parsed.get(settings[index])
+            if knobs is not None:
+                frame.loc[index, "method"] = f"{method}[{variant_label(knobs, varying)}]"
+    return frame
+
+
+def base_method(name: str) -> str:
+    """``lacoot`` of ``lacoot[λ=0.5]`` (a qualified method) or of ``lacoot``."""
+    return str(name).split("[", 1)[0]
+
+
+def variant_of(name: str) -> str:
+    """``λ=0.5`` of ``lacoot[λ=0.5]``; "" for a method with one setting."""
+    name = str(name)
+    return name.split("[", 1)[1].removesuffix("]") if "[" in name else ""
+
+
 def regularised_dense(config: dict) -> bool:
     """Whether the run's dense round trains with a loss term of its method (LaCoOT's transport regulariser), so its
     round 0 is not the plain dense network: the method's registry entry says, from its options in the config."""
@@ -173,7 +230,7 @@ def run_rows(run_id: str, config: dict, records: list[RoundRecord], summary: Sum
     kept_round = summary.kept_round if summary is not None else None
     kept = next((r for r in records if r.round == kept_round), None)
     precision = (config.get("hardware") or {}).get("precision", "fp32")
-    regularised = regularised_dense(config)
+    regularised, setting = regularised_dense(config), run_setting(config)
     kept_values = _kept_fields(summary, kept.test_acc if kept else NAN, precision) if summary is not None else {}
     rows = []
     for r in sorted(records, key=lambda r: r.round):
@@ -183,7 +240,7 @@ def run_rows(run_id: str, config: dict, records: list[RoundRecord], summary: Sum
                   kept_round=kept_round if kept_round is not None else NAN, sparsity=r.sparsity,
                   val_acc=r.val_acc, test_acc=NAN if r.test_acc is None else r.test_acc, k=int(r.k), N=int(r.N),
                   depth=f"{int(r.k)}/{int(r.N)}", entropy=json.dumps(r.entropy) if r.entropy else "",
-                  regularised_dense=regularised)
+                  regularised_dense=regularised, setting=setting)
         if row.is_kept:
             for key, value in kept_values.items():
                 setattr(row, key, NAN if value is None else value)
@@ -231,7 +288,8 @@ def _renamed_column(name: str) -> str:
 
 
 def read_runs(path) -> pd.DataFrame:
-    """A runs.csv as this version's columns: one written before the rename has its columns renamed (never a column
-    left empty because its name moved)."""
+    """A runs.csv as this version's columns (one written before the rename has its columns renamed: never a column
+    left empty because its name moved), with runs of one method in several settings told apart
+    (:func:`qualified_methods`)."""
     frame = pd.read_csv(path)
-    return frame.rename(columns={c: _renamed_column(c) for c in frame.columns})
+    return qualified_methods(frame.rename(columns={c: _renamed_column(c) for c in frame.columns}))

@@ -26,7 +26,7 @@ import pandas as pd
 
 from nepenthe.pruning.registry import METHODS
 
-from .rows import TIMED, read_runs
+from .rows import TIMED, base_method, read_runs, variant_of
 
 REFERENCE = Path(__file__).resolve().parent.parent / "experiments" / "reference"
 DATASET_LABELS = {"cifar10": "CIFAR-10", "tiny_imagenet": "Tiny-ImageNet-200", "pacs": "PACS", "vlcs": "VLCS",
@@ -41,15 +41,35 @@ MAC_BUDGETS = (1.0, 0.9, 0.75, 0.5)
 
 
 def label(kind: str, name: str) -> str:
-    if kind == "method":  # the method's registry entry names it
-        return METHODS[name].label if name in METHODS else name
+    if kind == "method":  # the method's registry entry names it; a qualified one ("lacoot[λ=1]") its setting too
+        base, variant = base_method(name), variant_of(name)
+        text = METHODS[base].label if base in METHODS else base
+        return f"{text} ({variant})" if variant else text
     return {"model": MODEL_LABELS, "dataset": DATASET_LABELS}[kind].get(name, name)
 
 
 def method_order(methods) -> list[str]:
-    """Methods in the papers' order (NEPENTHE, EGP, EASIER, LaCoOT, IMP, ...), unknown ones after, alphabetically."""
+    """Methods in the papers' order (NEPENTHE, EGP, EASIER, LaCoOT, IMP, ...), unknown ones after, alphabetically;
+    a method's settings together, in their own order."""
     known = list(METHODS)  # the registry's rank order
-    return sorted(set(methods), key=lambda m: (known.index(m) if m in known else len(known), m))
+
+    def rank(m: str):
+        base = base_method(m)
+        return (known.index(base) if base in known else len(known), base, _variant_key(variant_of(m)))
+
+    return sorted(set(methods), key=rank)
+
+
+def _variant_key(variant: str) -> tuple:
+    """Settings in numeric order where their values are numbers (λ=0.5 before λ=2)."""
+    values = []
+    for part in variant.split(", ") if variant else []:
+        value = part.split("=", 1)[-1]
+        try:
+            values.append((0, float(value), ""))
+        except ValueError:
+            values.append((1, 0.0, value))
+    return tuple(values)
 
 
 def pair_label(model: str, dataset: str) -> str:
@@ -76,7 +96,7 @@ def _num(value: float, digits: int) -> str:
 
 def published(model: str, dataset: str, method: str, k: float) -> tuple[float, str]:
     """The reference top-1 for this pair and method and where it comes from, or (NaN, "")."""
-    m, d = label("model", model), label("dataset", dataset)
+    m, d, method = label("model", model), label("dataset", dataset), base_method(method)
     table = pd.read_csv(REFERENCE / "table1_reference.csv")
     hit = table[(table.dataset == d) & (table.model == m) & (table.method == method)]
     if not hit.empty:

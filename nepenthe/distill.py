@@ -1,5 +1,4 @@
-"""Knowledge distillation from the dense network while a pruned or collapsed one fine-tunes (docs/DESIGN.md, "Healing
-the shallow network").
+"""Knowledge distillation from the dense network while a pruned or collapsed one fine-tunes (docs/DESIGN.md step 13).
 
 :class:`DistillationLoss` is a :class:`~nepenthe.engine.LossTerm`: attached to the student for one fit, a forward
 hook keeps the student's input and output of the last batch; calling the term runs the frozen teacher on the same

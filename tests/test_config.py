@@ -23,7 +23,8 @@ def test_every_group_has_its_options():
     assert GROUPS["hardware"] == ["auto", "cpu", "cuda"] and GROUPS["logger"] == ["none", "wandb"]
     assert GROUPS["protocol"] == ["cifar", "domains", "none", "transfer"] and GROUPS["scale"] == ["full", "smoke"]
     # hand-written presets only: nothing generated is committed
-    assert GROUPS["experiment"] == ["quickstart", "study_fashion_mnist_mobilenetv2", "study_fashion_mnist_resnet18",
+    assert GROUPS["experiment"] == ["frontier_fashion_mnist_resnet18_distill", "frontier_fashion_mnist_resnet18_lacoot",
+                                    "quickstart", "study_fashion_mnist_mobilenetv2", "study_fashion_mnist_resnet18",
                                     "study_fashion_mnist_swin_t", "table1", "table1_smoke"]
 
 

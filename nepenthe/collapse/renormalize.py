@@ -1,5 +1,5 @@
-"""Batch norms put back into a collapsed network while it fine-tunes, then folded away again (docs/DESIGN.md,
-"Healing the shallow network").
+"""Batch norms put back into a collapsed network while it fine-tunes, then folded away again (docs/DESIGN.md step
+13).
 
 Collapse folds every batch norm into its conv, so a collapsed network fine-tunes bare, and the study measured what that
 does: its test accuracy fell in all six runs tried. :func:`with_batchnorms` puts a ``BatchNorm2d`` after every conv

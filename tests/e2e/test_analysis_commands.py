@@ -61,7 +61,9 @@ def test_make_reproduce_table1_renders_a_multi_model_multi_dataset_record_set(tm
     for name in ("matched_k", "matched_sparsity", "matched_macs"):
         assert (out / f"{name}.md").is_file() and (out / f"{name}.tex").is_file()
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
-        f"{n}.{ext}" for n in plots.FIGURES for ext in ("png", "pdf"))
+        f"{n}.{ext}" for n in [*plots.FIGURES, "frontier"] for ext in ("png", "pdf"))
+    frontier = pd.read_csv(out / "frontier.csv")  # the kept rounds as frontier points, one per method and network
+    assert len(frontier) == 16 and (out / "frontier_best.md").is_file()
 
 
 def test_collect_command_writes_the_csv(runs_folder, tmp_path):
