@@ -131,7 +131,7 @@ def best(table: pd.DataFrame, within: float = WITHIN) -> pd.DataFrame:
     points (ties: the smaller drop); where none is, the point closest to it (the smallest drop among those that
     removed anything), marked ``within=False``."""
     rows = []
-    for (model, dataset, method), g in table.groupby(["model", "dataset", "base_method"]):
+    for _, g in table.groupby(["model", "dataset", "base_method"]):
         ok = g[g["drop_mean"] >= -within]
         if len(ok):
             pick, inside = ok.sort_values(["layers_removed_mean", "drop_mean"], ascending=[False, False]).iloc[0], True
@@ -194,7 +194,7 @@ def figure(table: pd.DataFrame, points: pd.DataFrame):
     base_colours = _colours(table.assign(method=table["base_method"]))
     markers = {"exact": ("o", True), "finetuned": ("^", False)}
     sources = set()
-    for (left, right), (model, dataset) in zip(axes, pairs):
+    for (left, right), (model, dataset) in zip(axes, pairs, strict=True):
         g = table[(table["model"] == model) & (table["dataset"] == dataset)]
         for _, r in g.iterrows():
             marker, filled = markers[r["network"]]
