@@ -182,6 +182,6 @@ def test_stored_configs_upgrade_and_keep_the_identity_of_every_run_but_lacoots()
         else:  # every other run, and LaCoOT runs written since (the Swin-T study's)
             same += 1
             assert config_hash(cfg) == summary["config_hash"], config
-    # every committed study holds five methods x two seeds; the four old-LaCoOT runs are the smoke and ResNet-18 ones
-    assert len(configs) == 10 * len(studies) and {"smoke", "fashion_mnist_resnet18"} <= studies
+    # the four runs written before are the smoke and ResNet-18 studies' LaCoOT runs; every other one keeps its hash
+    assert {"smoke", "fashion_mnist_resnet18"} <= studies and len(configs) >= 40
     assert (same, moved) == (len(configs) - 4, 4)
