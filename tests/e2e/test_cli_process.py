@@ -67,11 +67,27 @@ def snapshot(folder: Path) -> dict:
     return {p: p.stat().st_size for p in folder.rglob("*") if p.is_file() and ".lock" not in p.name}
 
 
+def largest_tensor_payload(path) -> int:
+    """Where the bytes of the checkpoint's largest tensor start (torch.save writes an uncompressed zip; its readers
+    check no CRC, so damage there unpickles and only the content hash can tell), past the zip's headers wherever the
+    records' size puts them."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        entry = max(archive.infolist(), key=lambda info: info.file_size)
+    assert entry.file_size > 8192 and entry.compress_type == zipfile.ZIP_STORED
+    raw = path.read_bytes()
+    name_length, extra_length = struct.unpack("<HH", raw[entry.header_offset + 26: entry.header_offset + 30])
+    return entry.header_offset + 30 + name_length + extra_length + entry.file_size // 2 - 2048
+
+
 def test_a_corrupted_checkpoint_and_a_corrupted_record_file_are_named(tmp_path):
     run_dir = completed_run(tmp_path)
     ckpt = run_dir / "checkpoints" / "round_002.pt"
     data = bytearray(ckpt.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 4096] = bytes(4096)  # same size, still unpickles
+    start = largest_tensor_payload(ckpt)
+    data[start: start + 4096] = bytes(4096)  # inside one tensor's bytes: same size, still unpickles
     ckpt.write_bytes(bytes(data))
     before = snapshot(run_dir)
     done = run(tmp_path, ["stop.max_rounds=2"])
