@@ -35,7 +35,7 @@ from .entropy import LayerStats
 from .errors import NepentheError, NonFiniteLossError
 from .loop import DISTILL_TERM
 from .metrics import cost_report
-from .pruning.masks import make_permanent
+from .pruning.masks import make_permanent, mask_zero_weights
 from .records import CollapseReport, CollapseResult, ShippedNetwork
 from .rundir import RunDir
 
@@ -130,7 +130,8 @@ def finetune_collapsed(d: Deployment, network: nn.Module) -> tuple[nn.Module, di
     """A copy of ``network`` (a collapsed graph: a trainable module) fine-tuned ``collapse.finetune.epochs`` epochs by
     ``d.finetune`` at ``d.finetune_lr``, and what the fit reported. With ``collapse.finetune.batchnorm`` a batch norm
     sits after every conv while it trains (the identity at the start) and is folded back exactly afterwards
-    (:mod:`nepenthe.collapse.renormalize`): the network shipped has the collapsed network's layers."""
+    (:mod:`nepenthe.collapse.renormalize`): the network shipped has the collapsed network's layers, MACs and zeros
+    (a conv without a bias gains one from the fold)."""
     assert d.finetune is not None and d.finetune_lr is not None, "a deployment without a way to fine-tune"
     tuned, inserted = copy.deepcopy(network), cast(list[str], [])
     if d.settings.finetune.batchnorm:
@@ -138,7 +139,9 @@ def finetune_collapsed(d: Deployment, network: nn.Module) -> tuple[nn.Module, di
         tuned, inserted = with_batchnorms(cast(fx.GraphModule, tuned), images)
     for parameter in tuned.parameters():
         parameter.requires_grad_(True)
+    mask_zero_weights(tuned)  # pruned weights stay pruned: the same sparsity, the same non-zero MACs
     fitted = d.finetune(tuned, d.settings.finetune.epochs, d.finetune_lr)
+    make_permanent(tuned)
     if inserted:
         tuned = fold_batchnorms_back(cast(fx.GraphModule, tuned), inserted)
     return tuned.eval(), fitted or {}

@@ -15,6 +15,7 @@ from nepenthe.data.fashion_mnist import DEBIAN_DIR, prepare_fashion_mnist
 from nepenthe.distill import DistillationLoss, distillation_kl
 from nepenthe.errors import ConfigError
 from nepenthe.tracking import read_rounds, read_summary
+from test_deploy import same_network_cost
 
 
 def test_the_distillation_term_is_t_squared_kl_from_the_softened_teacher():
@@ -169,7 +170,24 @@ def test_a_distilled_run_and_its_collapsed_network_fine_tuned_with_batch_norms_o
     assert tuned.train_distill_loss > 0 and tuned.train_loss == pytest.approx(
         tuned.train_ce_loss + tuned.train_distill_loss, rel=1e-6)
     assert (tuned.val_acc_before, tuned.test_acc_before) == (c.val_acc, c.test_acc)
-    assert tuned.cost == c.after  # batch norms folded back: the collapsed network's layers and MACs
+    assert same_network_cost(tuned.cost, c.after)  # batch norms folded back, zeros held: its layers, MACs, zeros
+    assert tuned.cost.macs_nonzero < tuned.cost.macs  # pruned weights are still there, as zeros
     assert tuned.relative_diff > 0 and tuned.file == "collapsed_finetuned.pt2"
     assert (run_dir / "collapsed_finetuned.onnx").is_file() and (run_dir / "collapsed.onnx").is_file()
     assert set(c.latency_ms["onnxruntime"]) == {"kept", "bn_folded", "collapsed", "finetuned"}
+
+
+def test_a_collapsed_network_keeps_its_zeros_while_it_fine_tunes():
+    from nepenthe.pruning.masks import make_permanent, mask_zero_weights
+
+    torch.manual_seed(0)
+    net = ConvNet()
+    with torch.no_grad():
+        net.a.weight[:3] = 0.0  # three channels pruned away
+    assert mask_zero_weights(net) == ["a"]  # only layers holding zeros are masked
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    net(torch.randn(4, 3, 10, 10)).pow(2).sum().backward()
+    optimizer.step()
+    make_permanent(net)
+    assert int((net.a.weight == 0).sum()) == 3 * 3 * 9 and not hasattr(net.a, "weight_orig")
+    assert bool((net.b.weight != 0).all())  # the others trained freely

@@ -81,6 +81,18 @@ def pruned_layer_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if is_pruned(m)]
 
 
+def mask_zero_weights(model: nn.Module, types=(nn.Conv2d, nn.Linear)) -> list[str]:
+    """Hold every exact-zero weight of ``model``'s conv/linear layers at zero while it trains (a
+    ``torch.nn.utils.prune`` mask over the zeros): a collapsed network keeps the sparsity it was pruned to.
+    Returns the masked layers' names; :func:`make_permanent` folds the masks away afterwards."""
+    masked = []
+    for name, module in model.named_modules():
+        if isinstance(module, types) and not is_pruned(module) and bool((module.weight == 0).any()):
+            prune.custom_from_mask(module, "weight", mask=(module.weight != 0).to(module.weight.dtype))
+            masked.append(name)
+    return masked
+
+
 def make_permanent(model: nn.Module) -> nn.Module:
     """Fold masks into plain weights (for export and inference)."""
     for name in pruned_layer_names(model):
