@@ -184,7 +184,7 @@ NUMERIC = ["Seeds", "Layers removed", "MACs (% of dense)", "ONNX Runtime b1 (ms,
            "Drop (pts)"]
 
 
-def figure(table: pd.DataFrame, points: pd.DataFrame):
+def figure(table: pd.DataFrame):
     """Per (model, dataset) a row of two panels: drop against layers removed, and against batch-1 ONNX Runtime
     latency; one colour per method setting, filled circles the exact collapse, open triangles fine-tuned, error
     bars the seeds' std (drop, layers) and the rounds' spread (latency), each method's front a line."""
@@ -257,7 +257,7 @@ def write_frontier(frame: pd.DataFrame, out: str | Path, latency: pd.DataFrame |
     write_table(table, display(table), out / "frontier", NUMERIC)
     chosen = best(table)
     write_table(chosen, best_display(chosen), out / "frontier_best", NUMERIC)
-    _save(figure(table, points), out / "figures", "frontier")
+    _save(figure(table), out / "figures", "frontier")
     return table
 
 

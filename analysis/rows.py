@@ -178,8 +178,11 @@ SHORT_KNOBS = {"lambda_reg": "λ", "distill": "distill", "ratio": "ratio"}
 
 
 def variant_label(knobs: dict, varying: list[str]) -> str:
-    return ", ".join(f"{SHORT_KNOBS.get(key, key)}={knobs.get(key)!s}".replace(".0,", ",").removesuffix(".0")
-                     for key in varying)
+    """``λ=0.5, distill=1``: the knobs that differ, numbers in their shortest form."""
+    def text(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return ", ".join(f"{SHORT_KNOBS.get(key, key)}={text(knobs.get(key))}" for key in varying)
 
 
 def qualified_methods(frame: pd.DataFrame) -> pd.DataFrame:

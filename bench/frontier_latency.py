@@ -62,11 +62,10 @@ def architecture(run_dir: Path) -> tuple[str, str, str]:
                                                                             {}).items()))
 
 
-def dense_onnx(run_dir: Path, folder: Path) -> tuple[Path, torch.Tensor]:
-    """The run's round-0 network with its batch norms folded, exported to ONNX, and one real input."""
+def dense_onnx(run_dir: Path, path: Path) -> tuple[Path, torch.Tensor]:
+    """The run's round-0 network with its batch norms folded, exported to ``path``, and one real input."""
     exp, _ = restore_run(run_dir, 0, device="cpu")
     batch = exp.verify_batch()
-    path = folder / f"dense_{len(list(folder.iterdir()))}.onnx"
     export_onnx(fold_batchnorm_only(exp.model, batch), batch[:1], path)
     return path, batch[:1]
 
@@ -81,7 +80,7 @@ def measure(folders: list[str], rounds: int, min_run_time: float, threads: int) 
             model, dataset, kwargs = architecture(run_dir)
             key = (model, dataset, kwargs)
             if key not in samples:
-                path, samples[key] = dense_onnx(run_dir, Path(tmp))
+                path, samples[key] = dense_onnx(run_dir, Path(tmp) / f"dense_{len(samples)}.onnx")
                 name = f"dense:{model}:{dataset}:{len(samples)}"
                 networks[name] = OnnxRuntimeModel(path, threads=threads)
                 rows[name] = {"run": "dense", "network": "dense", "model": model, "dataset": dataset,

@@ -292,8 +292,7 @@ def fit(model, loader, plan: TrainingPlan, *, resume: dict | None = None, on_epo
         for loss_term in loss_terms.values():
             loss_term.detach()
     # an epoch state written before the parts were kept apart has "term" only (one term) and no "ce"
-    terms: dict[str, float] = dict(last["terms"]) if "terms" in last else (
-        _partial_term_sums(last, list(loss_terms)) if "term" in last else {})
+    terms = _partial_term_sums(last, list(loss_terms)) if {"terms", "term"} & set(last) else {}
     loss = float(last["loss"])
     return {"train_loss": loss, "train_acc": last["acc"], "epochs": plan.train.epochs,
             "train_ce_loss": last.get("ce", loss - sum(terms.values())), "train_terms": terms}
