@@ -42,12 +42,13 @@ quickstart: install
 
 # Test tiers (pytest markers, tests/conftest.py): the default suite (< 160 s of tests on 2 cores) is what a newcomer
 # runs; test-all adds the slow, end-to-end (subprocesses, kills, sweeps, notebooks), real-Slurm and cuda tiers (CI runs
-# it; the cuda tier skips, saying why, without a GPU).
+# it; the cuda tier skips, saying why, without a GPU). test-all prints its 30 slowest tests, so a CI log shows where
+# its 60-minute budget goes.
 test: install
 	$(PYTHON) -m pytest -q -m "not slow and not e2e and not slurm"
 
 test-all: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=30
 
 test-slurm: install
 	$(PYTHON) -m pytest -q -m slurm

@@ -145,18 +145,22 @@ def test_a_runs_csv_written_before_the_rename_reads_with_this_versions_columns(t
     assert set(frame.columns) <= set(COLUMNS)
 
 
-@pytest.mark.parametrize("results", ["smoke", "fashion_mnist_resnet18", "fashion_mnist_swin_t",
-                                     "fashion_mnist_mobilenetv2"])
-def test_the_committed_records_read_back_as_typed_records_and_agree_with_their_runs_csv(results):
-    from analysis.rows import read_runs
+@pytest.mark.parametrize("results, count", [
+    ("smoke", 10), ("fashion_mnist_resnet18", 10), ("fashion_mnist_swin_t", 10), ("fashion_mnist_mobilenetv2", 10),
+    ("fashion_mnist_resnet18_frontier", 12),  # five methods x two seeds; the frontier: 12 of its sweep's 14 runs so far
+])
+def test_the_committed_records_read_back_as_typed_records_and_agree_with_their_runs_csv(results, count):
+    from analysis.rows import base_method, read_runs
 
     folder = ROOT / "experiments" / "results" / results
     if not (folder / "records").is_dir():
         pytest.skip(f"the committed {results} records are not in this checkout")
     runs = sorted(p.parent for p in (folder / "records").rglob("summary.json"))
-    assert len(runs) == 10  # five methods x two seeds
+    assert len(runs) == count
     table = read_runs(folder / "runs.csv")
-    final = table[table["is_kept"]].set_index(["method", "seed"])
+    final = table[table["is_kept"]]
+    final = final.set_index(final["run_id"].map(lambda run_id: Path(run_id).name))  # a run's folder names it
+    assert final.index.is_unique and len(final) == count
     for run in runs:
         summary = read_summary(run)
         rounds = read_rounds(run)
@@ -165,7 +169,8 @@ def test_the_committed_records_read_back_as_typed_records_and_agree_with_their_r
         assert summary.kept.test_acc == rounds[summary.kept_round].test_acc
         assert summary.collapse.after.weight_layers_on_longest_path <= summary.cost.dense.weight_layers_on_longest_path
         assert read_status(run) is None
-        row = final.loc[(rounds[0].method, int(run.name.rsplit("seed=", 1)[1]))]  # the tables come from these records
+        row = final.loc[run.name]  # the tables come from these records
+        assert (row["seed"], base_method(row["method"])) == (int(run.name.rsplit("seed=", 1)[1]), rounds[0].method)
         assert (row["kept_round"], row["test_acc"], row["k"]) == (summary.kept_round, summary.kept.test_acc,
                                                                  summary.kept.k)
         assert row["weight_layers_collapsed"] == summary.collapse.after.weight_layers_on_longest_path
